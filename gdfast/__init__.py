@@ -1,0 +1,38 @@
+"""gdfast: fast gradient descent on the CPU.
+
+Fused, in-place optimizer kernels and an MLP with its own SIMD GEMM, in C
+behind one Cython module, with a small NumPy-first Python API.
+"""
+import os as _os
+
+from . import _kernels
+from ._version import __version__
+from ._kernels import get_num_threads, set_num_threads
+
+
+def _init_simd():
+    forced = _os.environ.get("GDFAST_SIMD", "").strip().lower()
+    _kernels.set_simd(forced or _kernels.simd_best())
+
+
+_init_simd()
+
+
+def build_info():
+    """What this build of gdfast is and what it runs on right now."""
+    return {
+        "version": __version__,
+        "compiler": _kernels.compiler(),
+        "openmp": _kernels.has_openmp(),
+        "simd": _kernels.simd_active(),
+        "simd_available": _kernels.simd_paths(),
+        "threads": get_num_threads(),
+    }
+
+
+def set_simd(name):
+    """Force a SIMD path ('scalar', 'avx2'); GDFAST_SIMD does the same at import."""
+    _kernels.set_simd(name)
+
+
+__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd"]

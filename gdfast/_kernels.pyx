@@ -1,0 +1,84 @@
+# cython: language_level=3
+"""gdfast's one compiled module: checks buffers, releases the GIL, calls C.
+
+The pieces are kept in include files by topic (_checks.pxi, _optim.pxi,
+_gemm.pxi, _mlp.pxi); they compile into this single extension so they share
+one dispatch table and one thread setting.
+"""
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "gdfast.h" nogil:
+    ctypedef long long gd_index
+    int GDFAST_ISA_COUNT
+    int gdfast_isa_supported(int isa)
+    int gdfast_isa_best()
+    int gdfast_isa_active()
+    int gdfast_select_isa(int isa)
+    const char *gdfast_isa_name(int isa)
+    int gdfast_has_openmp()
+    int gdfast_get_num_threads()
+    void gdfast_set_num_threads(int n)
+
+cdef extern from *:
+    """
+    #if defined(__clang__)
+    #define GDFAST_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define GDFAST_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_VER)
+    #define GDFAST_COMPILER "msvc " GDFAST_STR(_MSC_VER)
+    #else
+    #define GDFAST_COMPILER "unknown"
+    #endif
+    #define GDFAST_STR2(x) #x
+    #define GDFAST_STR(x) GDFAST_STR2(x)
+    """
+    const char *GDFAST_COMPILER
+
+include "_checks.pxi"
+
+
+def simd_paths():
+    """Names of the SIMD paths this build has and this CPU supports, weakest first."""
+    return [gdfast_isa_name(i).decode() for i in range(GDFAST_ISA_COUNT)
+            if gdfast_isa_supported(i)]
+
+
+def simd_best():
+    return gdfast_isa_name(gdfast_isa_best()).decode()
+
+
+def simd_active():
+    return gdfast_isa_name(gdfast_isa_active()).decode()
+
+
+def set_simd(str name):
+    """Route every kernel through one SIMD path ('scalar', 'avx2', ...)."""
+    for i in range(GDFAST_ISA_COUNT):
+        if gdfast_isa_name(i).decode() == name:
+            if gdfast_select_isa(i) != 0:
+                raise ValueError(f"SIMD path {name!r} is not supported here; "
+                                 f"available: {simd_paths()}")
+            return
+    names = [gdfast_isa_name(i).decode() for i in range(GDFAST_ISA_COUNT)]
+    raise ValueError(f"unknown SIMD path {name!r}; expected one of {names}")
+
+
+def has_openmp():
+    return bool(gdfast_has_openmp())
+
+
+def compiler():
+    return GDFAST_COMPILER.decode()
+
+
+def get_num_threads():
+    return gdfast_get_num_threads()
+
+
+def set_num_threads(int n):
+    if n < 1:
+        raise ValueError(f"n must be a positive number of threads, got {n}")
+    gdfast_set_num_threads(n)

@@ -1,0 +1,42 @@
+/* gdfast: shared definitions for the C kernels.
+ *
+ * Every instruction set's kernels are compiled in their own files with their
+ * own flags (optim_avx2.c, gemm_avx2.c, ...); nothing else assumes the CPU.
+ * gdfast_select_isa() points each kernel table at one instruction set's
+ * implementations; it runs once at import and again when tests force a path.
+ */
+#ifndef GDFAST_H
+#define GDFAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Signed 64-bit element counts and offsets: buffers over 2^31 elements work. */
+typedef int64_t gd_index;
+
+enum {
+    GDFAST_ISA_SCALAR = 0, /* portable C, any CPU */
+    GDFAST_ISA_AVX2 = 1,   /* x86-64 with AVX2 + FMA, OS saves YMM state */
+    GDFAST_ISA_COUNT
+};
+
+/* Run-time CPU dispatch (dispatch.c). */
+int gdfast_isa_supported(int isa); /* compiled in, CPU has it and OS enables it */
+int gdfast_isa_best(void);
+int gdfast_isa_active(void);
+int gdfast_select_isa(int isa);    /* 0 on success, -1 if not supported */
+const char *gdfast_isa_name(int isa);
+
+/* Each kernel family fills its table for the chosen ISA (in its own .c file). */
+void gdfast_optim_select(int isa);
+void gdfast_gemm_select(int isa);
+
+/* Threads (threads.c). OpenMP is optional: without it everything runs on one. */
+int gdfast_has_openmp(void);
+int gdfast_get_num_threads(void);
+void gdfast_set_num_threads(int n);
+/* Threads worth using for `work` units when each thread should get at least
+ * `grain` of them: small jobs stay on one thread so start-up never dominates. */
+int gdfast_threads_for(gd_index work, gd_index grain);
+
+#endif

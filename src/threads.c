@@ -1,0 +1,36 @@
+/* Thread count shared by every kernel. Results never depend on it: kernels
+ * split work into ranges whose boundaries do not move with the thread count,
+ * or reduce in a fixed order. */
+#include "gdfast.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int num_threads = 0; /* 0: not set yet, take OpenMP's default */
+
+int gdfast_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int gdfast_get_num_threads(void) {
+#ifdef _OPENMP
+    if (num_threads <= 0) num_threads = omp_get_max_threads();
+    return num_threads;
+#else
+    return 1;
+#endif
+}
+
+void gdfast_set_num_threads(int n) { num_threads = n < 1 ? 1 : n; }
+
+int gdfast_threads_for(gd_index work, gd_index grain) {
+    int nt = gdfast_get_num_threads();
+    if (grain < 1) grain = 1;
+    gd_index useful = work / grain;
+    if (useful < 1) return 1;
+    return useful < nt ? (int)useful : nt;
+}
