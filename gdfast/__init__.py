@@ -12,7 +12,10 @@ from ._kernels import get_num_threads, set_num_threads
 
 def _init_simd():
     forced = _os.environ.get("GDFAST_SIMD", "").strip().lower()
-    _kernels.set_simd(forced or _kernels.simd_best())
+    try:
+        _kernels.set_simd(forced or _kernels.simd_best())
+    except ValueError as e:
+        raise ValueError(f"environment variable GDFAST_SIMD={forced!r}: {e}") from None
 
 
 _init_simd()
