@@ -107,3 +107,16 @@ def test_installed_package_has_every_module_of_the_source_tree():
     wanted = {p.relative_to(SOURCE_PACKAGE) for p in SOURCE_PACKAGE.rglob("*.py")}
     missing = sorted(str(p) for p in wanted if not (PACKAGE_DIR / p).is_file())
     assert not missing, f"modules missing from the installed package: {missing}"
+
+
+@pytest.mark.skipif(not TEST_INSTALLED, reason="reads the installed distribution's metadata")
+def test_installed_metadata_is_complete():
+    meta = importlib.metadata.metadata("gdfast")
+    assert meta["Name"] == "gdfast" and meta["Version"] == gdfast.__version__
+    assert meta["License"] == "MIT" or meta["License-Expression"] == "MIT"
+    assert meta["Requires-Python"] == ">=3.9"
+    assert "# gdfast" in meta["Description"]  # the README is the long description
+    assert any(url.startswith("Source, https://") for url in meta.get_all("Project-URL"))
+    assert {"test", "plot", "bench"} <= set(meta.get_all("Provides-Extra"))
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("gdfast") == "gdfast.cli:main"
