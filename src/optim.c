@@ -32,6 +32,7 @@ void gdfast_optim_select(int isa) {
 
 enum { OP_UPDATE, OP_SCALE, OP_CLAMP };
 
+#ifdef _OPENMP
 /* Thread t's share of [0, total): contiguous, starting at a multiple of GD_SPLIT. */
 static void split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
     gd_index chunk = (total + nt - 1) / nt;
@@ -40,6 +41,7 @@ static void split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
     *lo = a < total ? a : total;
     *hi = a + chunk < total ? a + chunk : total;
 }
+#endif
 
 /* Index of the segment holding global position pos (segments sorted by start). */
 static int find_segment(const gd_plan *pl, gd_index pos) {
