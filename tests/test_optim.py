@@ -379,3 +379,37 @@ def test_bandwidth_probes_report_positive_rates():
     assert gdfast._kernels.bandwidth_triad(100_000, 2) > 1e8
     with pytest.raises(ValueError):
         gdfast._kernels.bandwidth_rmw(0)
+
+
+@pytest.mark.parametrize("cls,kw", [CONFIGS[3], CONFIGS[14]], ids=["SGD", "AdamW"])
+def test_segments_across_thread_boundaries_bitwise(cls, kw, simd_threads):
+    # three segments (groups alternate), thread split falls inside the first
+    shapes = {"w1": (600_001,), "b": (7,), "w2": (500_001,)}
+    rng = np.random.default_rng(10)
+    init = rng.standard_normal(1_100_009).astype(np.float32)
+    groups = [{"params": ["b"], "weight_decay": 0.0, "lr": 0.02}]
+    runs = []
+    for threads in (1, 2):
+        simd_threads(SIMD[-1], threads)
+        p = gdfast.Params(shapes)
+        p.data[...] = init
+        opt = getattr(gdfast, cls)(p, lr=0.01, groups=groups, **kw)
+        g_rng = np.random.default_rng(11)
+        for _ in range(5):
+            p.grad[...] = g_rng.standard_normal(p.size, dtype=np.float32)
+            opt.step(max_grad_norm=500.0)
+        runs.append(p.data.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    # the reference, one optimizer per group
+    w1, b, w2 = init[:600_001].copy(), init[600_001:600_008].copy(), init[600_008:].copy()
+    big = getattr(ref, cls)([w1, w2], lr=0.01, **kw)
+    small = getattr(ref, cls)([b], lr=0.02, **{**kw, "weight_decay": 0.0})
+    g_rng = np.random.default_rng(11)
+    for _ in range(5):
+        g = g_rng.standard_normal(1_100_009, dtype=np.float32)
+        gs = [g[:600_001], g[600_001:600_008], g[600_008:]]
+        _, coef = ref.clip_coef(gs, 500.0)
+        gs = [x * coef for x in gs]
+        big.step([gs[0], gs[2]])
+        small.step([gs[1]])
+    _assert_close([runs[0][:600_001], runs[0][600_001:600_008], runs[0][600_008:]], [w1, b, w2])
