@@ -193,7 +193,7 @@ def test_state_dict_and_file_resume_bit_exactly(cls, kw, tmp_path):
         p.grad[...] = g
         opt.step()
     sd, saved = opt.state_dict(), p.data.copy()
-    opt.save(tmp_path / "opt.npz")
+    opt.save(tmp_path / "opt.state")
     for g in grads[10:]:
         p.grad[...] = g
         opt.step()
@@ -205,13 +205,22 @@ def test_state_dict_and_file_resume_bit_exactly(cls, kw, tmp_path):
         if restore == "dict":
             fresh.load_state_dict(sd)
         else:
-            fresh.load(tmp_path / "opt.npz")
+            fresh.load(tmp_path / "opt.state")
         assert fresh.param_groups[0]["lr"] == 0.01
         for g in grads[10:]:
             q.grad[...] = g
             fresh.step()
         np.testing.assert_array_equal(q.data, want)
     assert set(sd["state"]) == {"w", "b"} and sd["step"] == 10
+
+
+def test_file_of_another_optimizer_is_refused(tmp_path):
+    p = [np.ones(4, np.float32)]
+    gdfast.Adam(p).save(tmp_path / "adam.npz")
+    with np.load(tmp_path / "adam.npz", allow_pickle=False) as z:
+        assert "__meta__" in z.files and all(z[f].dtype != object for f in z.files)
+    with pytest.raises(ValueError, match="holds Adam state"):
+        gdfast.AdamW(p).load(tmp_path / "adam.npz")
 
 
 def test_load_state_dict_checks_before_changing():
