@@ -12,13 +12,14 @@
 #include <omp.h>
 #endif
 
-/* Floats per thread below which a pass stays on one thread: a thread should
- * get a few microseconds of work so waking it does not dominate. On Zen3 an
- * in-cache SGD or Lookahead update costs ~0.1 ns/float; the kernels with a
- * sqrt and a division per float (RMSprop, Adam, Adagrad) ~0.32 ns/float,
- * bound by the divider. Plain streaming passes (norm, clip) are cheaper still. */
+/* Floats per thread below which a pass stays on one thread. Measured on the
+ * 2-core Zen3: an OpenMP fork/join costs ~0.5 us when the cores are idle; an
+ * in-cache SGD or Lookahead update ~0.1 ns/float; the kernels with a sqrt and
+ * a division per float (RMSprop, Adam, Adagrad) ~0.32 ns/float, bound by the
+ * divider. A second thread pays off from ~10k light or ~3k heavy floats; the
+ * grains leave a margin (on busy, shared cores waking a thread costs more). */
 #define GD_GRAIN_LIGHT 16384
-#define GD_GRAIN_HEAVY 8192
+#define GD_GRAIN_HEAVY 4096
 #define GD_GRAIN_STREAM 65536
 
 gd_optim_kernels gd_optim_k;
