@@ -260,6 +260,7 @@ def _bad_input_cases():
          "unknown option 'foo'"),
         ("nesterov", lambda: gdfast.SGD(ok(), nesterov=True), ValueError, "nesterov"),
         ("eps", lambda: gdfast.RMSprop(ok(), eps=-1), ValueError, "eps"),
+        ("lr", lambda: gdfast.SGD(ok(), lr="0.1"), TypeError, r"\['lr'\] must be a number"),
         ("init", lambda: gdfast.Adagrad(ok(), initial_accumulator_value=-1), ValueError,
          "initial_accumulator_value"),
     ]
