@@ -8,6 +8,9 @@ import os as _os
 from . import _kernels
 from ._version import __version__
 from ._kernels import get_num_threads, set_num_threads
+from .optim import (SGD, Adagrad, Adam, AdamW, Lookahead, RMSprop, clip_grad_norm,
+                    clip_grad_value)
+from .params import Params
 
 
 def _init_simd():
@@ -38,4 +41,6 @@ def set_simd(name):
     _kernels.set_simd(name)
 
 
-__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd"]
+__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
+           "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
+           "clip_grad_norm", "clip_grad_value"]
