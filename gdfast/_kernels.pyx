@@ -38,6 +38,7 @@ cdef extern from *:
     const char *GDFAST_COMPILER
 
 include "_checks.pxi"
+include "_gemm.pxi"
 
 
 def simd_paths():
