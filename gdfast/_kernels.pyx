@@ -39,6 +39,7 @@ cdef extern from *:
 
 include "_checks.pxi"
 include "_gemm.pxi"
+include "_mlp.pxi"
 
 
 def simd_paths():
