@@ -38,6 +38,7 @@ cdef extern from *:
     const char *GDFAST_COMPILER
 
 include "_checks.pxi"
+include "_optim.pxi"
 include "_gemm.pxi"
 include "_mlp.pxi"
 
