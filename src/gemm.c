@@ -29,7 +29,7 @@
 #define GD_KC 256
 #endif
 #define GD_NC 1024
-/* Up to this many flops (2mnk) the unpacked path is used when it can be. */
+/* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
@@ -192,7 +192,10 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
     gemm_job g = {trans_a, trans_b, 0, 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, ep};
     double flops = 2.0 * (double)m * (double)n * (double)k;
     int small = flops <= GD_SMALL_FLOPS;
-    g.pack_b = trans_b || !small;
+    /* B is packed unless the problem is small and has few rows: read in place,
+     * rows of B at power-of-two strides (the MLP's layer widths) collide in
+     * the same L1 sets. A is read in place for small problems. */
+    g.pack_b = trans_b || !small || m > 2 * GD_MR;
     g.pack_a = !small;
 
     /* Column sums add rows in order, so their columns must stay on one thread. */
