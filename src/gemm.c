@@ -98,11 +98,14 @@ static void pack_a(const gemm_job *g, gd_index i0, gd_index mc, gd_index p0, gd_
                 dst += GD_MR;
             }
         } else {
-            for (gd_index p = 0; p < kc; p++) {
-                for (int i = 0; i < mr; i++) dst[i] = src[i * rs + p];
-                for (int i = mr; i < GD_MR; i++) dst[i] = 0.0f;
-                dst += GD_MR;
+            for (int i = 0; i < GD_MR; i++) {
+                const float *row = src + i * rs;
+                if (i < mr)
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = row[p];
+                else
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = 0.0f;
             }
+            dst += kc * GD_MR;
         }
     }
 }
@@ -123,13 +126,17 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
                 dst += GD_NR;
             }
         } else {
-            /* op(B)(p, j) = B[j, p]: walk NR rows of B together */
+            /* op(B)(p, j) = B[j, p]: read each row of B straight through and
+             * scatter it down its panel column (the panel sits in L1) */
             const float *src = g->b + j * g->ldb + p0;
-            for (gd_index p = 0; p < kc; p++) {
-                for (int jj = 0; jj < nr; jj++) dst[jj] = src[jj * g->ldb + p];
-                for (int jj = nr; jj < GD_NR; jj++) dst[jj] = 0.0f;
-                dst += GD_NR;
+            for (int jj = 0; jj < GD_NR; jj++) {
+                const float *row = src + jj * g->ldb;
+                if (jj < nr)
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = row[p];
+                else
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = 0.0f;
             }
+            dst += kc * GD_NR;
         }
     }
 }
