@@ -31,6 +31,8 @@
 #define GD_NC 1024
 /* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
+/* Below this k the tiles are walked along the rows of C. */
+#define GD_SHORT_K 32
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
 
@@ -163,12 +165,19 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
             for (gd_index ic = i0; ic < i1; ic += GD_MC) {
                 gd_index mc = i1 - ic < GD_MC ? i1 - ic : GD_MC;
                 if (g->pack_a) pack_a(g, ic, mc, pc, kc, abuf);
-                for (gd_index jr = 0; jr < nc; jr += GD_NR) {
-                    int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
-                    const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
-                    gd_index rsb = g->pack_b ? GD_NR : g->ldb;
-                    for (gd_index ir = 0; ir < mc; ir += GD_MR) {
+                /* Short k: C traffic dominates, so walk C row panel by row
+                 * panel (sequential stores); otherwise keep each B
+                 * micro-panel in L1 across the row panels (BLIS order). */
+                int rows_outer = kc < GD_SHORT_K;
+                gd_index outer_n = rows_outer ? mc : nc, inner_n = rows_outer ? nc : mc;
+                gd_index outer_step = rows_outer ? GD_MR : GD_NR, inner_step = rows_outer ? GD_NR : GD_MR;
+                for (gd_index o = 0; o < outer_n; o += outer_step) {
+                    for (gd_index q = 0; q < inner_n; q += inner_step) {
+                        gd_index ir = rows_outer ? o : q, jr = rows_outer ? q : o;
                         int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
+                        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+                        const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
+                        gd_index rsb = g->pack_b ? GD_NR : g->ldb;
                         gd_index i = ic + ir, j = jc + jr;
                         if (g->pack_a)
                             tile_fn(kc, abuf + ir * kc, 1, GD_MR, bp, rsb, g->pack_b, mr, nr,

@@ -116,16 +116,31 @@ GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valp
 
 #define GD_OUT(r)                                                                  \
     if (MR > r) {                                                                  \
-        acc[2 * r] = c##r##0;                                                      \
-        acc[2 * r + 1] = c##r##1;                                                  \
+        if (mode == GD_STORE) {                                                    \
+            _mm256_storeu_ps(c + r * ldc, c##r##0);                                \
+            _mm256_storeu_ps(c + r * ldc + 8, c##r##1);                            \
+        } else if (mode == GD_ADD) {                                               \
+            _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(c##r##0, _mm256_loadu_ps(c + r * ldc))); \
+            _mm256_storeu_ps(c + r * ldc + 8,                                      \
+                             _mm256_add_ps(c##r##1, _mm256_loadu_ps(c + r * ldc + 8))); \
+        } else {                                                                   \
+            acc[2 * r] = c##r##0;                                                  \
+            acc[2 * r + 1] = c##r##1;                                              \
+        }                                                                          \
     }
+
+/* What the k loop does with its sums: hand them back, or for a full-width
+ * tile with alpha = 1 and no epilogue, store them (beta = 0) or add them to
+ * C (beta = 1) straight from the registers. */
+enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
 
 /* The k loop alone, its 12 accumulators handed back through memory: kept
  * apart from the write-back so the compiler never spills an accumulator
  * (all 16 ymm registers: 12 accumulators, 2 rows of B, 1 broadcast of A). */
 GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd_index k,
                           const float *a, gd_index rsa, gd_index csa, const float *b,
-                          gd_index rsb, int nr, __m256 *acc) {
+                          gd_index rsb, int nr, __m256 *acc, int mode, float *c,
+                          gd_index ldc) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m256i m0 = _mm256_setzero_si256(), m1 = m0;
@@ -161,20 +176,24 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd
 #endif
 
 typedef void (*accum_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                         const float *b, gd_index rsb, int nr, __m256 *acc);
+                         const float *b, gd_index rsb, int nr, __m256 *acc, int mode,
+                         float *c, gd_index ldc);
 
 #define GD_ACCUM(R)                                                                \
     static GD_NOINLINE void accum_packed_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc) {          \
-        accumulate(R, 0, 1, k, a, rsa, csa, b, rsb, nr, acc);                      \
+        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
+        float *c, gd_index ldc) {                                                  \
+        accumulate(R, 0, 1, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
     }                                                                              \
     static GD_NOINLINE void accum_strided_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc) {          \
-        accumulate(R, 0, 0, k, a, rsa, csa, b, rsb, nr, acc);                      \
+        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
+        float *c, gd_index ldc) {                                                  \
+        accumulate(R, 0, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
     }                                                                              \
     static GD_NOINLINE void accum_masked_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc) {          \
-        accumulate(R, 1, 0, k, a, rsa, csa, b, rsb, nr, acc);                      \
+        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
+        float *c, gd_index ldc) {                                                  \
+        accumulate(R, 1, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
     }
 
 GD_ACCUM(1) GD_ACCUM(2) GD_ACCUM(3) GD_ACCUM(4) GD_ACCUM(5) GD_ACCUM(6)
@@ -194,9 +213,13 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
                            float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
     __m256 acc[2 * GD_MR];
-    if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, nr, acc);
-    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, nr, acc);
-    else accum_strided[mr](k, a, rsa, csa, b, rsb, nr, acc);
+    int mode = GD_RETURN;
+    if (nr == GD_NR && alpha == 1.0f && !(last && ep))
+        mode = beta == 0.0f ? GD_STORE : beta == 1.0f ? GD_ADD : GD_RETURN;
+    if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    else accum_strided[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    if (mode != GD_RETURN) return;
     __m256 valpha = _mm256_set1_ps(alpha);
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
     int full0 = nr >= 8, full1 = nr >= 16;
