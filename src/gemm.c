@@ -193,6 +193,7 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     return 0;
 }
 
+#ifdef _OPENMP
 /* [lo, hi) of `units` tiles for part t of nt, in elements of size `unit`. */
 static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd_index *hi) {
     gd_index units = (total + unit - 1) / unit;
@@ -200,6 +201,7 @@ static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd
     *lo = a * unit;
     *hi = b * unit < total ? b * unit : total;
 }
+#endif
 
 int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
