@@ -25,8 +25,11 @@
 #ifndef GD_MC
 #define GD_MC 120
 #endif
+/* k is cut into the fewest blocks of at most GD_KC, all of nearly equal
+ * size (784 -> 3 x 261..262, not 256+256+256+16): no tiny last block, and
+ * one pass over C per block. */
 #ifndef GD_KC
-#define GD_KC 256
+#define GD_KC 320
 #endif
 #define GD_NC 1024
 /* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
@@ -157,8 +160,9 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     for (gd_index jc = j0; jc < j1; jc += GD_NC) {
         gd_index nc = j1 - jc < GD_NC ? j1 - jc : GD_NC;
         for (gd_index kb = 0; kb < nkb; kb++) {
-            gd_index pc = kb * GD_KC;
-            gd_index kc = g->k - pc < GD_KC ? g->k - pc : GD_KC;
+            gd_index base = g->k / nkb, extra = g->k % nkb;
+            gd_index pc = kb * base + (kb < extra ? kb : extra);
+            gd_index kc = base + (kb < extra);
             int last = kb == nkb - 1;
             float beta = kb == 0 ? g->beta : 1.0f;
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);
