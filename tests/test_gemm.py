@@ -142,3 +142,23 @@ def test_bad_input_is_refused():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="out must be writeable"):
         gdfast.matmul(a, b, out=ro)
+
+
+def test_matmul_releases_the_gil(threads):
+    import threading
+    import time
+    threads(1)
+    a = np.ones((1500, 1500), np.float32)
+    started = threading.Event()
+
+    def work():
+        started.set()
+        gdfast.matmul(a, a)  # ~0.1 s: the main thread must run meanwhile
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    time.sleep(0.005)
+    running = t.is_alive()  # with the GIL held, this line would wait for the end
+    t.join()
+    assert running
