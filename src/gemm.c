@@ -52,25 +52,53 @@ void gdfast_gemm_select(int isa) {
     tile_fn = gdfast_gemm_tile_scalar;
 }
 
+/* Packing buffers: a fixed pool of slots, each allocated on first use and
+ * kept, taken and given back atomically by whichever thread runs a packed
+ * block. No call allocates after warm-up, memory is bounded by the number of
+ * threads ever packing at once, and threads that come and go leak nothing.
+ * If every slot is busy, the call packs into a buffer of its own. */
+#define GD_PACK_SLOTS 64
+#define GD_PACK_FLOATS ((size_t)GD_MC * GD_KC + (size_t)GD_KC * GD_NC)
+
 #if defined(_MSC_VER)
-#define GD_THREAD_LOCAL __declspec(thread)
+#include <intrin.h>
+typedef volatile long gd_flag;
+static int flag_take(gd_flag *f) { return _InterlockedCompareExchange(f, 1, 0) == 0; }
+static void flag_give(gd_flag *f) { _InterlockedExchange(f, 0); }
 #else
-#define GD_THREAD_LOCAL _Thread_local
+typedef int gd_flag;
+static int flag_take(gd_flag *f) {
+    int expected = 0;
+    return __atomic_compare_exchange_n(f, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static void flag_give(gd_flag *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
 #endif
 
-/* Each OS thread keeps one packing buffer for life: allocated on its first
- * packed GEMM, then reused, so no call allocates after warm-up. */
-static GD_THREAD_LOCAL float *pack_buf;
+static gd_flag slot_busy[GD_PACK_SLOTS];
+static void *slot_raw[GD_PACK_SLOTS];
 
-static float *thread_pack_buffer(void) {
-    if (!pack_buf) {
-        size_t floats = (size_t)GD_MC * GD_KC + (size_t)GD_KC * GD_NC + 16;
-        void *raw = malloc(floats * sizeof(float) + 64);
-        if (!raw) return NULL;
-        /* keep the raw pointer just before the aligned start (never freed: one per thread) */
-        pack_buf = (float *)(((uintptr_t)raw + 64) & ~(uintptr_t)63);
+static float *align64(void *raw) { return (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63); }
+
+/* A packing buffer and the slot it came from (-1: private, free it after). */
+static float *take_pack_buffer(int *slot, void **raw) {
+    for (int s = 0; s < GD_PACK_SLOTS; s++) {
+        if (!flag_take(&slot_busy[s])) continue;
+        if (!slot_raw[s]) slot_raw[s] = malloc(GD_PACK_FLOATS * sizeof(float) + 64);
+        if (!slot_raw[s]) {
+            flag_give(&slot_busy[s]);
+            return NULL;
+        }
+        *slot = s;
+        return align64(slot_raw[s]);
     }
-    return pack_buf;
+    *slot = -1;
+    *raw = malloc(GD_PACK_FLOATS * sizeof(float) + 64);
+    return *raw ? align64(*raw) : NULL;
+}
+
+static void give_pack_buffer(int slot, void *raw) {
+    if (slot >= 0) flag_give(&slot_busy[slot]);
+    else free(raw);
 }
 
 typedef struct {
@@ -149,8 +177,10 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
 /* C[i0:i1, j0:j1] on the calling thread. */
 static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
     float *buf = NULL;
+    int slot = -1;
+    void *raw = NULL;
     if (g->pack_a || g->pack_b) {
-        buf = thread_pack_buffer();
+        buf = take_pack_buffer(&slot, &raw);
         if (!buf) return -1;
     }
     float *abuf = buf, *bbuf = buf ? buf + (size_t)GD_MC * GD_KC : NULL;
@@ -194,6 +224,7 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
             }
         }
     }
+    if (buf) give_pack_buffer(slot, raw);
     return 0;
 }
 
