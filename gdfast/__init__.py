@@ -7,7 +7,8 @@ import os as _os
 
 from . import _kernels
 from ._version import __version__
-from ._kernels import get_num_threads, set_num_threads
+from ._kernels import get_num_threads, matmul, set_num_threads
+from .mlp import MLP
 from .optim import (SGD, Adagrad, Adam, AdamW, Lookahead, RMSprop, clip_grad_norm,
                     clip_grad_value)
 from .params import Params
@@ -43,4 +44,4 @@ def set_simd(name):
 
 __all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
            "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
-           "clip_grad_norm", "clip_grad_value"]
+           "clip_grad_norm", "clip_grad_value", "MLP", "matmul"]

@@ -39,6 +39,8 @@ cdef extern from *:
 
 include "_checks.pxi"
 include "_optim.pxi"
+include "_gemm.pxi"
+include "_mlp.pxi"
 include "_bench.pxi"
 
 
