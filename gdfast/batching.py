@@ -22,9 +22,13 @@ class Batches:
     does not matter to the gradient).
     drop_last: drop the last partial batch instead of yielding it short.
     seed: an int or a ``numpy.random.Generator`` driving the shuffles.
+    shift: augment images by a random translation of up to `shift` pixels in
+    each direction (zero fill), drawn per example per epoch; needs
+    `image_shape` (rows, cols) unless x has 784 columns (28x28).
     """
 
-    def __init__(self, x, y, batch_size=None, *, shuffle=True, drop_last=False, seed=0):
+    def __init__(self, x, y, batch_size=None, *, shuffle=True, drop_last=False, seed=0,
+                 shift=0, image_shape=None):
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must hold at least one example, got shape {x.shape}")
@@ -44,11 +48,53 @@ class Batches:
         self.shuffle = bool(shuffle) and not self.full
         self.drop_last = bool(drop_last)
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.shift = int(shift)
+        if self.shift < 0:
+            raise ValueError(f"shift must be >= 0, got {shift!r}")
+        if self.shift and self.full:
+            raise ValueError("shift augmentation needs mini-batches (batch_size < len(x))")
         if not self.full:
             self._order = np.arange(n, dtype=np.intp)
             self._index = np.empty(n, dtype=np.intp)
             self._xbuf = np.empty((self.batch_size,) + x.shape[1:], dtype=x.dtype)
             self._ybuf = np.empty((self.batch_size,) + y.shape[1:], dtype=y.dtype)
+        if self.shift:
+            self._init_shift(image_shape)
+
+    def _init_shift(self, image_shape):
+        x = self.x
+        if image_shape is None:
+            if x.ndim != 2 or x.shape[1] != 784:
+                raise ValueError(f"shift needs image_shape=(rows, cols) for x of shape {x.shape}")
+            image_shape = (28, 28)
+        rows, cols = image_shape
+        if x.ndim != 2 or rows * cols != x.shape[1]:
+            raise ValueError(f"image_shape {image_shape} does not match x rows of {x.shape[1:]}")
+        # the set, flattened, after one leading zero: out-of-image pixels gather index 0
+        self._src = np.zeros(x.size + 1, dtype=x.dtype)
+        self._src[1:] = x.ravel()
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        span = range(-self.shift, self.shift + 1)
+        maps = []
+        for dr in span:
+            for dc in span:
+                sr, sc = r - dr, c - dc
+                inside = (sr >= 0) & (sr < rows) & (sc >= 0) & (sc < cols)
+                # outside: so negative that adding any row base still clips to index 0
+                maps.append(np.where(inside, sr * cols + sc, -(x.size + 1)))
+        self._maps = np.array(maps, dtype=np.intp)
+        self._gather = np.empty((self.batch_size, rows * cols), dtype=np.intp)
+        self._base = np.empty((self.batch_size, 1), dtype=np.intp)
+
+    def _shifted(self, idx, shifts, out):
+        """out[k] = image idx[k] translated by shift number shifts[k]; no allocation."""
+        m = len(idx)
+        gather, base = self._gather[:m], self._base[:m, 0]
+        np.take(self._maps, shifts, axis=0, out=gather, mode="clip")
+        np.multiply(idx, self.x.shape[1], out=base)
+        base += 1
+        gather += self._base[:m]
+        np.take(self._src, gather, out=out, mode="clip")
 
     def __len__(self):
         """Batches per epoch."""
@@ -68,12 +114,17 @@ class Batches:
         if self.shuffle:
             self.rng.shuffle(self._index)
         b, n = self.batch_size, len(self.x)
+        if self.shift:   # one array per epoch, not per step
+            shifts = self.rng.integers(0, len(self._maps), n, dtype=np.intp)
         stop = n - n % b if self.drop_last else n
         for start in range(0, stop, b):
             idx = self._index[start:start + b]
             xb, yb = self._xbuf[:len(idx)], self._ybuf[:len(idx)]
             # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
-            np.take(self.x, idx, axis=0, out=xb, mode="clip")
+            if self.shift:
+                self._shifted(idx, shifts[start:start + b], xb)
+            else:
+                np.take(self.x, idx, axis=0, out=xb, mode="clip")
             np.take(self.y, idx, axis=0, out=yb, mode="clip")
             yield xb, yb
 
@@ -86,4 +137,5 @@ class Batches:
 
     def __repr__(self):
         kind = "full" if self.full else f"batch_size={self.batch_size}"
-        return f"Batches(n={len(self.x)}, {kind}, shuffle={self.shuffle}, drop_last={self.drop_last})"
+        return (f"Batches(n={len(self.x)}, {kind}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, shift={self.shift})")
