@@ -7,7 +7,8 @@ import os as _os
 
 from . import _kernels
 from ._version import __version__
-from ._kernels import get_num_threads, set_num_threads
+from ._kernels import get_num_threads, matmul, set_num_threads
+from .mlp import MLP
 
 
 def _init_simd():
@@ -35,4 +36,4 @@ def set_simd(name):
     _kernels.set_simd(name)
 
 
-__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd"]
+__all__ = ["MLP", "__version__", "build_info", "get_num_threads", "matmul", "set_num_threads", "set_simd"]

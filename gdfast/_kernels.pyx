@@ -38,6 +38,8 @@ cdef extern from *:
     const char *GDFAST_COMPILER
 
 include "_checks.pxi"
+include "_gemm.pxi"
+include "_mlp.pxi"
 
 
 def simd_paths():

@@ -1,2 +1,220 @@
-#include "gdfast.h"
-void gdfast_gemm_select(int isa) { (void)isa; }
+/* GEMM driver in the GotoBLAS/BLIS shape:
+ *
+ *   for jc (NC columns of C)          B block  kc x nc  packed, lives in L3/L2
+ *     for pc (KC steps of k)
+ *       for ic (MC rows of C)         A block  mc x kc  packed, lives in L2
+ *         for jr (NR columns)         B micro-panel kc x NR stays in L1
+ *           for ir (MR rows)          register tile (gemm_<isa>.c)
+ *
+ * Packing lays A out as MR-row panels (a(i,p) at [p*MR + i]) and B as
+ * NR-column panels (b(p,j) at [p*NR + j]), zero-padded, so the tile reads both
+ * with unit stride whatever the transposes. For the small matrices of MNIST
+ * layers packing costs more than it saves: the tile then reads A and B where
+ * they are (any A strides; B must have unit column stride, i.e. not
+ * transposed). Threads split the columns (or rows) of C into fixed tile
+ * ranges; the K loop is never split, so every element of C is computed by the
+ * same operations in the same order whatever the thread count.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "gemm.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define GD_MC 120
+#define GD_KC 256
+#define GD_NC 1024
+/* Up to this many flops (2mnk) the unpacked path is used when it can be. */
+#define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
+/* Each extra thread should get at least this many flops. */
+#define GD_THREAD_GRAIN ((gd_index)1 << 18)
+
+static gd_tile_fn tile_fn = gdfast_gemm_tile_scalar;
+
+void gdfast_gemm_select(int isa) {
+#if defined(GDFAST_BUILD_AVX2)
+    if (isa == GDFAST_ISA_AVX2) {
+        tile_fn = gdfast_gemm_tile_avx2;
+        return;
+    }
+#endif
+    (void)isa;
+    tile_fn = gdfast_gemm_tile_scalar;
+}
+
+#if defined(_MSC_VER)
+#define GD_THREAD_LOCAL __declspec(thread)
+#else
+#define GD_THREAD_LOCAL _Thread_local
+#endif
+
+/* Each OS thread keeps one packing buffer for life: allocated on its first
+ * packed GEMM, then reused, so no call allocates after warm-up. */
+static GD_THREAD_LOCAL float *pack_buf;
+
+static float *thread_pack_buffer(void) {
+    if (!pack_buf) {
+        size_t floats = (size_t)GD_MC * GD_KC + (size_t)GD_KC * GD_NC + 16;
+        void *raw = malloc(floats * sizeof(float) + 64);
+        if (!raw) return NULL;
+        /* keep the raw pointer just before the aligned start (never freed: one per thread) */
+        pack_buf = (float *)(((uintptr_t)raw + 64) & ~(uintptr_t)63);
+    }
+    return pack_buf;
+}
+
+typedef struct {
+    int trans_a, trans_b, pack_a, pack_b;
+    gd_index m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+    const gd_epilogue *ep;
+} gemm_job;
+
+/* a(i,p) of op(A) as strides over the stored A. */
+static void a_strides(const gemm_job *g, gd_index *rs, gd_index *cs) {
+    *rs = g->trans_a ? 1 : g->lda;
+    *cs = g->trans_a ? g->lda : 1;
+}
+
+static void pack_a(const gemm_job *g, gd_index i0, gd_index mc, gd_index p0, gd_index kc, float *dst) {
+    gd_index rs, cs;
+    a_strides(g, &rs, &cs);
+    for (gd_index ir = 0; ir < mc; ir += GD_MR) {
+        int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
+        const float *src = g->a + (i0 + ir) * rs + p0 * cs;
+        if (g->trans_a) {
+            /* rows of op(A) are contiguous in memory: copy MR at a time */
+            for (gd_index p = 0; p < kc; p++) {
+                const float *s = src + p * cs;
+                for (int i = 0; i < mr; i++) dst[i] = s[i];
+                for (int i = mr; i < GD_MR; i++) dst[i] = 0.0f;
+                dst += GD_MR;
+            }
+        } else {
+            for (gd_index p = 0; p < kc; p++) {
+                for (int i = 0; i < mr; i++) dst[i] = src[i * rs + p];
+                for (int i = mr; i < GD_MR; i++) dst[i] = 0.0f;
+                dst += GD_MR;
+            }
+        }
+    }
+}
+
+static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_index nc, float *dst) {
+    for (gd_index jr = 0; jr < nc; jr += GD_NR) {
+        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+        gd_index j = j0 + jr;
+        if (!g->trans_b) {
+            const float *src = g->b + p0 * g->ldb + j;
+            for (gd_index p = 0; p < kc; p++) {
+                const float *s = src + p * g->ldb;
+                if (nr == GD_NR) memcpy(dst, s, GD_NR * sizeof(float));
+                else {
+                    for (int jj = 0; jj < nr; jj++) dst[jj] = s[jj];
+                    for (int jj = nr; jj < GD_NR; jj++) dst[jj] = 0.0f;
+                }
+                dst += GD_NR;
+            }
+        } else {
+            /* op(B)(p, j) = B[j, p]: walk NR rows of B together */
+            const float *src = g->b + j * g->ldb + p0;
+            for (gd_index p = 0; p < kc; p++) {
+                for (int jj = 0; jj < nr; jj++) dst[jj] = src[jj * g->ldb + p];
+                for (int jj = nr; jj < GD_NR; jj++) dst[jj] = 0.0f;
+                dst += GD_NR;
+            }
+        }
+    }
+}
+
+/* C[i0:i1, j0:j1] on the calling thread. */
+static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
+    float *buf = NULL;
+    if (g->pack_a || g->pack_b) {
+        buf = thread_pack_buffer();
+        if (!buf) return -1;
+    }
+    float *abuf = buf, *bbuf = buf ? buf + (size_t)GD_MC * GD_KC : NULL;
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    gd_index nkb = g->k == 0 ? 1 : (g->k + GD_KC - 1) / GD_KC;
+    for (gd_index jc = j0; jc < j1; jc += GD_NC) {
+        gd_index nc = j1 - jc < GD_NC ? j1 - jc : GD_NC;
+        for (gd_index kb = 0; kb < nkb; kb++) {
+            gd_index pc = kb * GD_KC;
+            gd_index kc = g->k - pc < GD_KC ? g->k - pc : GD_KC;
+            int last = kb == nkb - 1;
+            float beta = kb == 0 ? g->beta : 1.0f;
+            if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);
+            for (gd_index ic = i0; ic < i1; ic += GD_MC) {
+                gd_index mc = i1 - ic < GD_MC ? i1 - ic : GD_MC;
+                if (g->pack_a) pack_a(g, ic, mc, pc, kc, abuf);
+                for (gd_index jr = 0; jr < nc; jr += GD_NR) {
+                    int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+                    const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
+                    gd_index rsb = g->pack_b ? GD_NR : g->ldb;
+                    for (gd_index ir = 0; ir < mc; ir += GD_MR) {
+                        int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
+                        gd_index i = ic + ir, j = jc + jr;
+                        if (g->pack_a)
+                            tile_fn(kc, abuf + ir * kc, 1, GD_MR, bp, rsb, g->pack_b, mr, nr,
+                                    g->alpha, beta, g->c + i * g->ldc + j, g->ldc, g->ep, i, j, last);
+                        else
+                            tile_fn(kc, g->a + i * rsa + pc * csa, rsa, csa, bp, rsb, g->pack_b, mr, nr,
+                                    g->alpha, beta, g->c + i * g->ldc + j, g->ldc, g->ep, i, j, last);
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* [lo, hi) of `units` tiles for part t of nt, in elements of size `unit`. */
+static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd_index *hi) {
+    gd_index units = (total + unit - 1) / unit;
+    gd_index a = units * t / nt, b = units * (t + 1) / nt;
+    *lo = a * unit;
+    *hi = b * unit < total ? b * unit : total;
+}
+
+int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
+                 float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
+                 float beta, float *c, gd_index ldc, const gd_epilogue *ep) {
+    if (m <= 0 || n <= 0) return 0;
+    gemm_job g = {trans_a, trans_b, 0, 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, ep};
+    double flops = 2.0 * (double)m * (double)n * (double)k;
+    int small = flops <= GD_SMALL_FLOPS;
+    g.pack_b = trans_b || !small;
+    g.pack_a = !small;
+
+    /* Column sums add rows in order, so their columns must stay on one thread. */
+    int by_cols = (ep && ep->colsum) || n >= m;
+    gd_index tiles = by_cols ? (n + GD_NR - 1) / GD_NR : (m + GD_MR - 1) / GD_MR;
+    gd_index grain = GD_THREAD_GRAIN;
+    int nt = gdfast_threads_for((gd_index)(flops / (double)grain) + 1, 1);
+    if (nt > tiles) nt = (int)tiles;
+    if (nt <= 1) return gemm_range(&g, 0, m, 0, n);
+
+    int status = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) reduction(| : status)
+    {
+        int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        gd_index lo, hi;
+        if (by_cols) {
+            split(n, GD_NR, t, nth, &lo, &hi);
+            if (lo < hi) status |= gemm_range(&g, 0, m, lo, hi);
+        } else {
+            split(m, GD_MR, t, nth, &lo, &hi);
+            if (lo < hi) status |= gemm_range(&g, lo, hi, 0, n);
+        }
+    }
+#else
+    status = gemm_range(&g, 0, m, 0, n);
+#endif
+    return status;
+}

@@ -1,0 +1,130 @@
+# The MLP's compiled core (src/mlp.c): input checks, reusable work buffers,
+# one GIL-free C call per forward or forward+backward.
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+
+cdef extern from "mlp.h" nogil:
+    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE
+    ctypedef struct gd_mlp:
+        int n_layers
+        const gd_index *sizes
+        int hidden_act
+        int out_act
+        int loss
+    gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n)
+    float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n)
+    int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
+                           float *ws)
+    gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
+                                  const float *x, gd_index n, const int64_t *labels,
+                                  const float *targets, float *ws, double *loss)
+
+ACTIVATIONS = {"identity": GD_ACT_IDENTITY, "relu": GD_ACT_RELU,
+               "sigmoid": GD_ACT_SIGMOID, "tanh": GD_ACT_TANH}
+LOSSES = {"cross_entropy": GD_LOSS_CROSS_ENTROPY, "mse": GD_LOSS_MSE}
+
+# forward() works through big inputs in chunks of this many rows so its work
+# space stays small.
+cdef gd_index FORWARD_CHUNK = 1024
+
+
+cdef class MLPCore:
+    """C state of an MLP: layer sizes, arena pointers and grown-on-demand buffers."""
+    cdef gd_mlp net
+    cdef cnp.ndarray sizes, data, grad, ws, labels
+    cdef gd_index rows  # batch size the buffers currently hold
+
+    def __init__(self, sizes, str activation, str output_activation, str loss, data, grad):
+        self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+        self.data = check_f32(data, "params.data", writeable=True)
+        self.grad = check_f32(grad, "params.grad", writeable=True)
+        self.net.n_layers = len(self.sizes) - 1
+        self.net.sizes = <const gd_index *>cnp.PyArray_DATA(self.sizes)
+        self.net.hidden_act = ACTIVATIONS[activation]
+        self.net.out_act = ACTIVATIONS[output_activation]
+        self.net.loss = LOSSES[loss]
+        self.rows = 0
+        self._reserve(1)
+
+    cdef _reserve(self, gd_index n):
+        """Grow the work buffers to hold n rows (never shrinks)."""
+        if n <= self.rows:
+            return
+        self.ws = np.empty(gdfast_mlp_workspace(&self.net, n), dtype=np.float32)
+        self.labels = np.empty(n, dtype=np.int64)
+        self.rows = n
+
+    cdef cnp.ndarray _check_x(self, object x):
+        cdef cnp.ndarray X = check_f32(x, "x")
+        if X.ndim != 2 or X.shape[1] != self.sizes[0]:
+            raise ValueError(f"x must have shape (n, {self.sizes[0]}), got {x.shape}")
+        return X
+
+    def forward(self, x):
+        """Network outputs for x: probabilities (cross-entropy) or activations (MSE)."""
+        cdef cnp.ndarray X = self._check_x(x)
+        cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
+        cdef cnp.ndarray out = np.empty((n, n_out), dtype=np.float32)
+        cdef gd_index start, rows
+        cdef int status = 0
+        self._reserve(min(n, FORWARD_CHUNK))
+        cdef float *ws = <float *>cnp.PyArray_DATA(self.ws)
+        cdef const float *params = <const float *>cnp.PyArray_DATA(self.data)
+        cdef const float *px = <const float *>cnp.PyArray_DATA(X)
+        cdef float *po = <float *>cnp.PyArray_DATA(out)
+        with nogil:
+            start = 0
+            while start < n and status == 0:
+                rows = min(n - start, FORWARD_CHUNK)
+                status = gdfast_mlp_forward(&self.net, params, px + start * self.net.sizes[0],
+                                            rows, ws)
+                if status == 0:
+                    memcpy(po + start * n_out, gdfast_mlp_output(&self.net, ws, rows),
+                           rows * n_out * sizeof(float))
+                start += rows
+        if status != 0:
+            raise MemoryError("MLP forward could not allocate a GEMM packing buffer")
+        return out
+
+    def loss_and_grad(self, x, y):
+        """Mean loss over the batch; gradients overwrite params.grad."""
+        cdef cnp.ndarray X = self._check_x(x)
+        cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
+        if n == 0:
+            raise ValueError("x must hold at least one row, got shape "
+                             f"{x.shape}")
+        self._reserve(n)
+        cdef cnp.ndarray T = None
+        cdef const int64_t *labels = NULL
+        cdef const float *targets = NULL
+        if not isinstance(y, np.ndarray):
+            raise TypeError(f"y must be a numpy.ndarray of integer labels or float32 targets, "
+                            f"got {type(y).__name__}")
+        if y.dtype.kind in "iu":
+            if y.ndim != 1 or y.shape[0] != n:
+                raise ValueError(f"integer labels y must have shape ({n},) to match x, "
+                                 f"got {y.shape}")
+            np.copyto(self.labels[:n], y, casting="unsafe")
+            labels = <const int64_t *>cnp.PyArray_DATA(self.labels)
+        elif y.dtype == np.float32:
+            T = check_f32(y, "y")
+            if T.ndim != 2 or T.shape[0] != n or T.shape[1] != n_out:
+                raise ValueError(f"float32 targets y must have shape ({n}, {n_out}), "
+                                 f"got {y.shape}")
+            targets = <const float *>cnp.PyArray_DATA(T)
+        else:
+            raise TypeError(f"y must hold integer class labels or float32 targets, "
+                            f"got dtype {y.dtype}")
+        cdef double loss = 0.0
+        cdef gd_index status
+        with nogil:
+            status = gdfast_mlp_loss_grad(&self.net, <const float *>cnp.PyArray_DATA(self.data),
+                                          <float *>cnp.PyArray_DATA(self.grad),
+                                          <const float *>cnp.PyArray_DATA(X), n, labels, targets,
+                                          <float *>cnp.PyArray_DATA(self.ws), &loss)
+        if status > 0:
+            raise ValueError(f"y[{status - 1}] = {y[status - 1]} is not a class label "
+                             f"in [0, {n_out})")
+        if status < 0:
+            raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
+        return loss

@@ -1,0 +1,138 @@
+"""gdfast.MLP: a fully connected network trained by our own fused C kernels.
+
+Weights and biases are views into one parameter arena (gdfast.params.Params),
+so one optimizer call updates all of them. Forward, backward and the loss run
+in one GIL-free C call per mini-batch (src/mlp.c), with work buffers owned by
+the MLP, grown for bigger batches and reused.
+
+Conventions:
+- W_l has shape (fan_in, fan_out), so a layer is act(X @ W_l + b_l).
+- Hidden layers use `activation`. The output layer is linear + softmax for
+  loss="cross_entropy"; for loss="mse" it uses `output_activation`
+  (default: `activation`, as in Nielsen's MNIST network with sigmoid).
+- Losses are means over the batch:
+    cross_entropy  L = -(1/n) sum_i log softmax(z_i)[y_i]
+    mse            L =  (1/n) sum_i 0.5 * ||a_i - onehot(y_i)||^2   (Nielsen's C)
+  y is integer class labels (1-D, any integer dtype) or a float32 (n, n_out)
+  target array (soft targets for cross-entropy).
+- Inits: "he" W ~ N(0, 2/fan_in); "xavier"/"glorot" W ~ U(+-sqrt(6/(fan_in+fan_out)));
+  "normal" W ~ N(0, 1)/sqrt(fan_in) and b ~ N(0, 1) (Nielsen's default
+  initializer). Biases are zero for "he" and "xavier".
+"""
+import numpy as np
+
+from . import _kernels
+from .params import Params
+
+ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+LOSSES = ("cross_entropy", "mse")
+INITS = ("he", "xavier", "glorot", "normal")
+
+
+class MLP:
+    def __init__(self, sizes=(784, 256, 128, 10), activation="relu", loss="cross_entropy",
+                 init="he", seed=0, output_activation=None):
+        sizes = list(sizes)
+        if len(sizes) < 2 or any(int(s) != s or s < 1 for s in sizes):
+            raise ValueError(f"sizes must be at least two positive integers, got {sizes}")
+        sizes = [int(s) for s in sizes]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if output_activation is not None:
+            if loss != "mse":
+                raise ValueError("output_activation applies to loss='mse' only; "
+                                 "cross-entropy always uses softmax")
+            if output_activation not in ACTIVATIONS:
+                raise ValueError(f"output_activation must be one of {ACTIVATIONS}, "
+                                 f"got {output_activation!r}")
+        self.sizes = sizes
+        self.activation = activation
+        self.loss = loss
+        self.output_activation = output_activation or activation
+        shapes = {}
+        for l in range(1, len(sizes)):
+            shapes[f"w{l}"] = (sizes[l - 1], sizes[l])
+            shapes[f"b{l}"] = (sizes[l],)
+        self.params = Params(shapes)
+        self._init(init, seed)
+        self._core = _kernels.MLPCore(sizes, activation, self.output_activation, loss,
+                                      self.params.data, self.params.grad)
+
+    def _init(self, init, seed):
+        rng = np.random.default_rng(seed)
+        for l in range(1, len(self.sizes)):
+            fan_in, fan_out = self.sizes[l - 1], self.sizes[l]
+            if init == "he":
+                w = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+                b = np.zeros(fan_out)
+            elif init in ("xavier", "glorot"):
+                bound = np.sqrt(6.0 / (fan_in + fan_out))
+                w = rng.uniform(-bound, bound, (fan_in, fan_out))
+                b = np.zeros(fan_out)
+            else:
+                w = rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)
+                b = rng.standard_normal(fan_out)
+            self.params[f"w{l}"] = w
+            self.params[f"b{l}"] = b
+
+    @property
+    def n_layers(self):
+        return len(self.sizes) - 1
+
+    def forward(self, x):
+        """Outputs for x (float32, C-contiguous, (n, sizes[0])): class
+        probabilities for cross-entropy, output activations for mse."""
+        return self._core.forward(x)
+
+    def predict(self, x):
+        """Most likely class of each row of x, as int64."""
+        return np.argmax(self.forward(x), axis=1).astype(np.int64)
+
+    def loss_and_grad(self, x, y):
+        """Mean loss over the batch; the gradients overwrite params.grad."""
+        return self._core.loss_and_grad(x, y)
+
+    def train_step(self, x, y, optimizer):
+        """One step of training on a mini-batch: gradients, then the optimizer's update."""
+        loss = self._core.loss_and_grad(x, y)
+        optimizer.step()
+        return loss
+
+    def evaluate(self, x, y, batch_size=1000):
+        """(mean loss, accuracy) over a data set, without touching gradients."""
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        y = np.asarray(y)
+        n = len(y)
+        if getattr(x, "shape", (None,))[0] != n:
+            raise ValueError(f"x and y must have the same number of rows, "
+                             f"got {getattr(x, 'shape', None)} and {y.shape}")
+        if n == 0:
+            raise ValueError("evaluate needs at least one example")
+        total, correct = 0.0, 0
+        for start in range(0, n, int(batch_size)):
+            out = self.forward(x[start:start + batch_size]).astype(np.float64)
+            yb = y[start:start + batch_size]
+            if yb.dtype.kind in "iu":
+                if yb.min() < 0 or yb.max() >= self.sizes[-1]:
+                    raise ValueError(f"y must hold class labels in [0, {self.sizes[-1]})")
+                t = np.zeros_like(out)
+                t[np.arange(len(yb)), yb] = 1.0
+                labels = yb
+            else:
+                t = yb.astype(np.float64)
+                labels = np.argmax(t, axis=1)
+            if self.loss == "cross_entropy":
+                total -= float((t * np.log(np.maximum(out, np.finfo(np.float32).tiny))).sum())
+            else:
+                total += 0.5 * float(((out - t) ** 2).sum())
+            correct += int((np.argmax(out, axis=1) == labels).sum())
+        return total / n, correct / n
+
+    def __repr__(self):
+        return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
+                f"output_activation={self.output_activation!r})")

@@ -1,0 +1,68 @@
+/* Single-precision GEMM for row-major buffers, with a fused epilogue.
+ *
+ *   C = epilogue(alpha * op(A) @ op(B) + beta * C)
+ *
+ * op(A) is m x k, op(B) is k x n, C is m x n; lda/ldb/ldc are row strides of
+ * the stored matrices. The epilogue runs on each finished register tile as it
+ * is written back (no extra pass over C), in this order:
+ *   v += bias[j]                  (bias != NULL)
+ *   v  = act(v)                   (act != GD_ACT_IDENTITY)
+ *   v *= act'(y) for y = dact[i*ld_dact + j], the saved *output* y = act(z)
+ *                                 (dact != NULL; kind dact_kind)
+ *   colsum[j] += v                (colsum != NULL; rows added in ascending order)
+ * beta == 0 never reads C, so C may hold garbage. Results are the same bit
+ * for bit for any thread count: work is split over output tiles only and the
+ * K loop is never split.
+ */
+#ifndef GDFAST_GEMM_H
+#define GDFAST_GEMM_H
+
+#include "gdfast.h"
+
+enum { GD_ACT_IDENTITY = 0, GD_ACT_RELU = 1, GD_ACT_SIGMOID = 2, GD_ACT_TANH = 3, GD_ACT_COUNT };
+
+typedef struct {
+    const float *bias;
+    int act;
+    const float *dact;
+    gd_index ld_dact;
+    int dact_kind;
+    float *colsum;
+} gd_epilogue;
+
+/* Register tile shared by every ISA (packing format): MR rows x NR columns. */
+#define GD_MR 6
+#define GD_NR 16
+
+/* One register tile: acc = sum_p a(i,p) * b(p,j) for i < mr, j < nr, then
+ * write-back of alpha*acc + beta*C (+ epilogue when `last`).
+ *   a(i,p) = a[i*rsa + p*csa]     b(p,j) = b[p*rsb + j]
+ * `b_full` says 16 columns may be loaded from b even when nr < 16 (a packed,
+ * zero-padded panel); otherwise columns >= nr are never touched.
+ * (i0, j0) locate the tile in C for the epilogue's bias/dact/colsum. */
+typedef void (*gd_tile_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                           const float *b, gd_index rsb, int b_full, int mr, int nr,
+                           float alpha, float beta, float *c, gd_index ldc,
+                           const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+
+void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                             const float *b, gd_index rsb, int b_full, int mr, int nr,
+                             float alpha, float beta, float *c, gd_index ldc,
+                             const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                           const float *b, gd_index rsb, int b_full, int mr, int nr,
+                           float alpha, float beta, float *c, gd_index ldc,
+                           const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+#endif
+
+/* Returns 0, or -1 when a packing buffer could not be allocated. */
+int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
+                 float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
+                 float beta, float *c, gd_index ldc, const gd_epilogue *ep);
+
+/* Scalar activation and its derivative from the output y = act(z). */
+float gdfast_act_scalar(int act, float z);
+float gdfast_dact_scalar(int act, float y);
+
+#endif

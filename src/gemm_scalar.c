@@ -1,0 +1,55 @@
+/* Portable register tile for the GEMM: plain C the compiler may vectorize
+ * with whatever the baseline target offers (SSE2 on x86-64, NEON on arm64). */
+#include <math.h>
+#include "gemm.h"
+
+float gdfast_act_scalar(int act, float z) {
+    switch (act) {
+    case GD_ACT_RELU: return z > 0.0f ? z : 0.0f;
+    case GD_ACT_SIGMOID: return 1.0f / (1.0f + expf(-z));
+    case GD_ACT_TANH: return tanhf(z);
+    default: return z;
+    }
+}
+
+float gdfast_dact_scalar(int act, float y) {
+    switch (act) {
+    case GD_ACT_RELU: return y > 0.0f ? 1.0f : 0.0f;
+    case GD_ACT_SIGMOID: return y * (1.0f - y);
+    case GD_ACT_TANH: return 1.0f - y * y;
+    default: return 1.0f;
+    }
+}
+
+void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                             const float *b, gd_index rsb, int b_full, int mr, int nr,
+                             float alpha, float beta, float *c, gd_index ldc,
+                             const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    float acc[GD_MR][GD_NR] = {{0.0f}};
+    float bp[GD_NR] = {0.0f};
+    (void)b_full;
+    for (gd_index p = 0; p < k; p++) {
+        const float *brow = b + p * rsb;
+        for (int j = 0; j < nr; j++) bp[j] = brow[j];
+        const float *ap = a + p * csa;
+        for (int i = 0; i < mr; i++) {
+            float ai = ap[i * rsa];
+            for (int j = 0; j < GD_NR; j++) acc[i][j] += ai * bp[j];
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *crow = c + i * ldc;
+        for (int j = 0; j < nr; j++) {
+            float v = alpha * acc[i][j];
+            if (beta != 0.0f) v += beta * crow[j];
+            if (last && ep) {
+                if (ep->bias) v += ep->bias[j0 + j];
+                if (ep->act != GD_ACT_IDENTITY) v = gdfast_act_scalar(ep->act, v);
+                if (ep->dact)
+                    v *= gdfast_dact_scalar(ep->dact_kind, ep->dact[(i0 + i) * ep->ld_dact + j0 + j]);
+                if (ep->colsum) ep->colsum[j0 + j] += v;
+            }
+            crow[j] = v;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+/* Fused MLP forward/backward (see mlp.h). Every matrix product is one call of
+ * our GEMM with the layer's elementwise work in its epilogue:
+ *   forward   A_l  = act(A_{l-1} @ W_l + b_l)                 bias + act fused
+ *   backward  dW_l = A_{l-1}^T @ dZ_l        straight into the gradient arena
+ *             dZ_{l-1} = (dZ_l @ W_l^T) * act'(A_{l-1})       act' fused, and
+ *             db_{l-1} = column sums of dZ_{l-1}              fused too
+ * dX (the gradient of the input) is never formed. act' is computed from the
+ * saved outputs A, so Z is not kept. The output layer's dZ and db come from
+ * the loss pass, which is small (n x n_out).
+ */
+#include <math.h>
+#include <string.h>
+#include "mlp.h"
+#include "gemm.h"
+
+static gd_index max_width(const gd_mlp *net) {
+    gd_index w = 0;
+    for (int l = 1; l <= net->n_layers; l++)
+        if (net->sizes[l] > w) w = net->sizes[l];
+    return w;
+}
+
+gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n) {
+    gd_index total = 0;
+    for (int l = 1; l <= net->n_layers; l++) total += n * net->sizes[l];
+    return total + 2 * n * max_width(net);
+}
+
+/* A_l (l >= 1) in the work space. */
+static float *act_buf(const gd_mlp *net, float *ws, gd_index n, int l) {
+    for (int i = 1; i < l; i++) ws += n * net->sizes[i];
+    return ws;
+}
+
+static float *dz_buf(const gd_mlp *net, float *ws, gd_index n, int which) {
+    return act_buf(net, ws, n, net->n_layers + 1) + which * n * max_width(net);
+}
+
+float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n) {
+    return act_buf(net, ws, n, net->n_layers);
+}
+
+/* Offsets of w_l and b_l in the arena. */
+static gd_index w_offset(const gd_mlp *net, int l) {
+    gd_index off = 0;
+    for (int i = 1; i < l; i++) off += net->sizes[i - 1] * net->sizes[i] + net->sizes[i];
+    return off;
+}
+
+static gd_index b_offset(const gd_mlp *net, int l) {
+    return w_offset(net, l) + net->sizes[l - 1] * net->sizes[l];
+}
+
+static int out_act(const gd_mlp *net) {
+    return net->loss == GD_LOSS_CROSS_ENTROPY ? GD_ACT_IDENTITY : net->out_act;
+}
+
+/* A_L = the last layer's activations (logits for cross-entropy). */
+static int forward_layers(const gd_mlp *net, const float *params, const float *x, gd_index n,
+                          float *ws) {
+    const float *in = x;
+    for (int l = 1; l <= net->n_layers; l++) {
+        gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
+        float *out = act_buf(net, ws, n, l);
+        gd_epilogue ep = {params + b_offset(net, l),
+                          l == net->n_layers ? out_act(net) : net->hidden_act, NULL, 0, 0, NULL};
+        if (gdfast_sgemm(0, 0, n, fo, fi, 1.0f, in, fi, params + w_offset(net, l), fo,
+                         0.0f, out, fo, &ep) != 0)
+            return -1;
+        in = out;
+    }
+    return 0;
+}
+
+/* Numerically stable softmax of one row in place; returns log(sum exp(z - max)) and the max. */
+static void softmax_row(float *z, gd_index k, float *max_out, double *logsum_out) {
+    float mx = z[0];
+    for (gd_index j = 1; j < k; j++) mx = z[j] > mx ? z[j] : mx;
+    double s = 0.0;
+    for (gd_index j = 0; j < k; j++) s += (double)expf(z[j] - mx);
+    *max_out = mx;
+    *logsum_out = log(s);
+}
+
+int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
+                       float *ws) {
+    if (forward_layers(net, params, x, n, ws) != 0) return -1;
+    if (net->loss == GD_LOSS_CROSS_ENTROPY) {
+        gd_index k = net->sizes[net->n_layers];
+        float *out = gdfast_mlp_output(net, ws, n);
+        for (gd_index i = 0; i < n; i++) {
+            float *z = out + i * k, mx;
+            double ls;
+            softmax_row(z, k, &mx, &ls);
+            for (gd_index j = 0; j < k; j++) z[j] = (float)exp((double)(z[j] - mx) - ls);
+        }
+    }
+    return 0;
+}
+
+/* Loss over the batch; writes dZ_L and db_L. Outputs become probabilities. */
+static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
+                                   const int64_t *labels, const float *targets, float *dz,
+                                   float *db) {
+    gd_index k = net->sizes[net->n_layers];
+    float inv_n = 1.0f / (float)n;
+    double total = 0.0;
+    memset(db, 0, (size_t)k * sizeof(float));
+    for (gd_index i = 0; i < n; i++) {
+        float *a = out + i * k, *d = dz + i * k;
+        const float *t = targets ? targets + i * k : NULL;
+        double li = 0.0;
+        if (net->loss == GD_LOSS_CROSS_ENTROPY) {
+            float mx;
+            double ls, tsum = 0.0;
+            softmax_row(a, k, &mx, &ls);
+            for (gd_index j = 0; j < k; j++) {
+                double logp = (double)(a[j] - mx) - ls;
+                float tj = t ? t[j] : (float)(labels[i] == j);
+                a[j] = (float)exp(logp);
+                if (tj != 0.0f) li -= tj * logp;
+                tsum += tj;
+            }
+            for (gd_index j = 0; j < k; j++) {
+                float tj = t ? t[j] : (float)(labels[i] == j);
+                d[j] = (a[j] * (float)tsum - tj) * inv_n;
+            }
+        } else {
+            for (gd_index j = 0; j < k; j++) {
+                float tj = t ? t[j] : (float)(labels[i] == j);
+                float diff = a[j] - tj;
+                li += 0.5 * (double)diff * (double)diff;
+                d[j] = diff * gdfast_dact_scalar(net->out_act, a[j]) * inv_n;
+            }
+        }
+        for (gd_index j = 0; j < k; j++) db[j] += d[j];
+        total += li;
+    }
+    return total / (double)n;
+}
+
+gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
+                              const float *x, gd_index n, const int64_t *labels,
+                              const float *targets, float *ws, double *loss) {
+    int L = net->n_layers;
+    if (labels)
+        for (gd_index i = 0; i < n; i++)
+            if (labels[i] < 0 || labels[i] >= net->sizes[L]) return 1 + i;
+    if (forward_layers(net, params, x, n, ws) != 0) return -1;
+    float *dz = dz_buf(net, ws, n, 0), *dz_next = dz_buf(net, ws, n, 1);
+    *loss = loss_and_output_grad(net, gdfast_mlp_output(net, ws, n), n, labels, targets, dz,
+                                 grads + b_offset(net, L));
+    for (int l = L; l >= 1; l--) {
+        gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
+        const float *in = l == 1 ? x : act_buf(net, ws, n, l - 1);
+        if (gdfast_sgemm(1, 0, fi, fo, n, 1.0f, in, fi, dz, fo, 0.0f, grads + w_offset(net, l),
+                         fo, NULL) != 0)
+            return -1;
+        if (l == 1) break;
+        float *db = grads + b_offset(net, l - 1);
+        memset(db, 0, (size_t)fi * sizeof(float));
+        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, in, fi, net->hidden_act, db};
+        if (gdfast_sgemm(0, 1, n, fi, fo, 1.0f, dz, fo, params + w_offset(net, l), fo, 0.0f,
+                         dz_next, fi, &ep) != 0)
+            return -1;
+        float *tmp = dz;
+        dz = dz_next;
+        dz_next = tmp;
+    }
+    return 0;
+}

@@ -1,0 +1,46 @@
+/* Fused MLP forward/backward on a parameter arena.
+ *
+ * Layers l = 1..L map sizes[l-1] -> sizes[l]. The arena holds, in order,
+ * w1 (sizes[0] x sizes[1], row-major, so Z = X @ W + b), b1, w2, b2, ...
+ * Hidden layers use `hidden_act`. The output layer is linear + softmax for
+ * GD_LOSS_CROSS_ENTROPY, and `out_act` for GD_LOSS_MSE.
+ *
+ * Losses are means over the batch of n rows:
+ *   cross-entropy  L = -(1/n) sum_i sum_j t_ij log softmax(z_i)_j
+ *   quadratic      L =  (1/n) sum_i 0.5 * ||a_i - t_i||^2   (Nielsen's C)
+ * with t one-hot labels or a given target matrix.
+ */
+#ifndef GDFAST_MLP_H
+#define GDFAST_MLP_H
+
+#include "gdfast.h"
+
+enum { GD_LOSS_CROSS_ENTROPY = 0, GD_LOSS_MSE = 1 };
+
+typedef struct {
+    int n_layers;          /* L */
+    const gd_index *sizes; /* L + 1 entries */
+    int hidden_act;        /* GD_ACT_* */
+    int out_act;           /* GD_ACT_*, MSE only */
+    int loss;              /* GD_LOSS_* */
+} gd_mlp;
+
+/* Floats of work space for a batch of n rows. */
+gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n);
+/* Where the network's outputs (n x sizes[L]) are in the work space after a
+ * forward pass: probabilities for cross-entropy, activations for MSE. */
+float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n);
+
+/* Forward pass of x (n x sizes[0]). Returns 0, or -1 on allocation failure. */
+int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
+                       float *ws);
+
+/* Forward + loss + backward. Exactly one of labels (n class indices) and
+ * targets (n x sizes[L]) is non-NULL. Gradients overwrite `grads` (same
+ * layout as params). *loss gets the mean loss. Returns 0; -1 on allocation
+ * failure; or 1 + i when labels[i] is out of range (nothing is written). */
+gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
+                              const float *x, gd_index n, const int64_t *labels,
+                              const float *targets, float *ws, double *loss);
+
+#endif
