@@ -97,11 +97,11 @@ def _make_optimizer(name, params, args):
 
 
 class _ProgressBar:
-    """A tqdm bar per epoch with the live running loss and the last accuracy."""
+    """A tqdm bar per epoch with the live running loss and training accuracy."""
 
     def __init__(self, epochs, enabled=True):
         self.epochs, self.enabled = epochs, enabled
-        self.bar, self.last_acc = None, None
+        self.bar = None
 
     def on_epoch_begin(self, epoch, steps):
         self.loss_sum, self.count, self.epoch = 0.0, 0, epoch
@@ -110,21 +110,20 @@ class _ProgressBar:
             self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="step",
                             leave=False, dynamic_ncols=True, mininterval=0.2, file=sys.stderr)
 
-    def on_step(self, loss):
+    def on_step(self, loss, acc):
         self.loss_sum += loss
         self.count += 1
         if self.bar is not None:
             self.bar.update()
             if self.count % 25 == 0:
                 post = {"loss": f"{self.loss_sum / self.count:.4f}"}
-                if self.last_acc is not None:
-                    post["acc"] = f"{100 * self.last_acc:.2f}%"
+                if acc is not None:
+                    post["train acc"] = f"{100 * acc:.1f}%"
                 self.bar.set_postfix(post, refresh=False)
 
     def on_epoch_end(self, r):
         if self.bar is not None:
             self.bar.close()
-        self.last_acc = r.get("val_acc", r.get("test_acc"))
         parts = [f"epoch {r['epoch']:>3}/{self.epochs}", f"loss {r['train_loss']:.4f}"]
         if "val_acc" in r:
             parts.append(f"val acc {100 * r['val_acc']:.2f}%")

@@ -28,7 +28,7 @@ __all__ = ["Trainer", "fit", "TrainingDiverged"]
 
 _MONITORS = {"val_loss": "min", "val_acc": "max", "test_loss": "min", "test_acc": "max",
              "train_loss": "min"}
-_CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "grad_norm", "val_loss", "val_acc",
+_CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "grad_norm", "val_loss", "val_acc",
                "test_loss", "test_acc", "samples_per_s", "train_time", "eval_time"]
 
 
@@ -60,14 +60,17 @@ class Trainer:
         (by more than min_delta), or None; restore_best puts the best
         parameters back when training ends.
     checkpoint_dir: where last.npz, best.npz, history.json/.csv go each epoch.
-    progress: an object with on_epoch_begin(epoch, steps), on_step(loss),
+    progress: an object with on_epoch_begin(epoch, steps), on_step(loss, acc),
         on_epoch_end(record) (see gdfast.cli's progress bar), or None.
+    acc_every: estimate the training accuracy ("train_acc") from every
+        acc_every-th batch, predicted right after its update (0: never).
     """
 
     def __init__(self, model, optimizer, train, *, batch_size=None, schedule=None,
                  validation=None, test=None, seed=0, shuffle=True, drop_last=False, shift=0,
                  early_stopping=None, monitor=None, min_delta=0.0, restore_best=True,
-                 checkpoint_dir=None, eval_batch_size=2000, track_grad_norm=True, progress=None):
+                 checkpoint_dir=None, eval_batch_size=2000, track_grad_norm=True, progress=None,
+                 acc_every=25):
         self.model, self.optimizer = model, optimizer
         if isinstance(train, Batches):
             self.batches = train
@@ -91,6 +94,7 @@ class Trainer:
         self.early_stopping, self.min_delta, self.restore_best = early_stopping, min_delta, restore_best
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.eval_batch_size, self.track_grad_norm, self.progress = eval_batch_size, track_grad_norm, progress
+        self.acc_every = int(acc_every)
         self.params = model.params
         self.step = 0            # optimizer steps taken: the schedule's position
         self.epoch = 0           # epochs completed
@@ -137,7 +141,8 @@ class Trainer:
         if progress:
             progress.on_epoch_begin(self.epoch + 1, len(batches))
         loss_sum = norm_sum = 0.0
-        seen = steps = 0
+        seen = steps = acc_hits = acc_seen = 0
+        acc = None
         t0 = time.perf_counter()
         for xb, yb in batches:
             lr = schedule.apply(self.optimizer, self.step)
@@ -149,12 +154,16 @@ class Trainer:
             loss_sum += loss * len(yb)
             norm_sum += gnorm
             seen += len(yb)
+            if self.acc_every and steps % self.acc_every == 1 % self.acc_every:
+                acc_hits += int(np.count_nonzero(self.model.predict(xb) == yb))
+                acc_seen += len(yb)
+                acc = acc_hits / acc_seen
             if progress:
-                progress.on_step(loss)
+                progress.on_step(loss, acc)
         train_time = time.perf_counter() - t0
         self.epoch += 1
         record = {"epoch": self.epoch, "step": self.step, "lr": lr,
-                  "train_loss": loss_sum / seen, "grad_norm": norm_sum / steps,
+                  "train_loss": loss_sum / seen, "train_acc": acc, "grad_norm": norm_sum / steps,
                   "samples_per_s": seen / train_time, "train_time": train_time}
         t1 = time.perf_counter()
         for name, pair in (("val", self.validation), ("test", self.test)):
