@@ -9,6 +9,9 @@ from . import _kernels
 from ._version import __version__
 from ._kernels import get_num_threads, matmul, set_num_threads
 from .mlp import MLP
+from .optim import (SGD, Adagrad, Adam, AdamW, Lookahead, RMSprop, clip_grad_norm,
+                    clip_grad_value)
+from .params import Params
 
 
 def _init_simd():
@@ -36,4 +39,6 @@ def set_simd(name):
     _kernels.set_simd(name)
 
 
-__all__ = ["MLP", "__version__", "build_info", "get_num_threads", "matmul", "set_num_threads", "set_simd"]
+__all__ = ["__version__", "build_info", "get_num_threads", "matmul", "set_num_threads", "set_simd",
+           "MLP", "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
+           "clip_grad_norm", "clip_grad_value"]

@@ -40,6 +40,7 @@ cdef extern from *:
 include "_checks.pxi"
 include "_gemm.pxi"
 include "_mlp.pxi"
+include "_optim.pxi"
 
 
 def simd_paths():

@@ -1,2 +1,150 @@
-#include "gdfast.h"
-void gdfast_optim_select(int isa) { (void)isa; }
+/* The optimizer driver: splits one step over all segments into per-thread
+ * ranges and calls the active instruction set's kernels on each piece.
+ *
+ * Determinism: updates are elementwise and ranges start at multiples of
+ * GD_SPLIT floats, so any thread count gives the same bits. The gradient norm
+ * sums fixed blocks of GD_NORM_BLOCK floats (each in a fixed order, in
+ * double) and then the block sums in index order, whatever the threads. */
+#include "optim.h"
+
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Floats per thread below which a pass stays on one thread: measured on Zen3,
+ * waking a second thread costs about as much as updating this many floats. */
+#define GD_GRAIN_UPDATE 16384
+#define GD_GRAIN_STREAM 65536
+
+gd_optim_kernels gd_optim_k;
+
+void gdfast_optim_select(int isa) {
+#if defined(GDFAST_BUILD_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+    if (isa == GDFAST_ISA_AVX2) {
+        gdfast_optim_kernels_avx2(&gd_optim_k);
+        return;
+    }
+#endif
+    (void)isa;
+    gdfast_optim_kernels_scalar(&gd_optim_k);
+}
+
+enum { OP_UPDATE, OP_SCALE, OP_CLAMP };
+
+/* Thread t's share of [0, total): contiguous, starting at a multiple of GD_SPLIT. */
+static void split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
+    gd_index chunk = (total + nt - 1) / nt;
+    chunk = (chunk + GD_SPLIT - 1) / GD_SPLIT * GD_SPLIT;
+    gd_index a = (gd_index)t * chunk;
+    *lo = a < total ? a : total;
+    *hi = a + chunk < total ? a + chunk : total;
+}
+
+/* Index of the segment holding global position pos (segments sorted by start). */
+static int find_segment(const gd_plan *pl, gd_index pos) {
+    int lo = 0, hi = pl->nseg - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (pl->seg[mid].start <= pos) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+static void apply_range(const gd_plan *pl, gd_index lo, gd_index hi, int op, float a, float b) {
+    if (lo >= hi) return;
+    for (int k = find_segment(pl, lo); k < pl->nseg && pl->seg[k].start < hi; k++) {
+        const gd_segment *s = &pl->seg[k];
+        gd_index from = lo > s->start ? lo - s->start : 0;
+        gd_index to = hi < s->start + s->n ? hi - s->start : s->n;
+        if (from >= to) continue;
+        gd_index len = to - from;
+        switch (op) {
+        case OP_UPDATE: {
+            const gd_hyper *h = &pl->hyper[s->group];
+            gd_optim_k.update[h->kind](h, s->p + from, s->g ? s->g + from : NULL,
+                                       s->s[0] ? s->s[0] + from : NULL,
+                                       s->s[1] ? s->s[1] + from : NULL,
+                                       s->s[2] ? s->s[2] + from : NULL, len);
+            break;
+        }
+        case OP_SCALE: gd_optim_k.scale(s->p + from, a, len); break;
+        default: gd_optim_k.clamp(s->p + from, a, b, len); break;
+        }
+    }
+}
+
+static void apply(gd_plan *pl, int op, float a, float b, gd_index grain) {
+    int nt = gdfast_threads_for(pl->total, grain);
+    if (nt <= 1) {
+        apply_range(pl, 0, pl->total, op, a, b);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        gd_index lo, hi;
+        split(pl->total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+        apply_range(pl, lo, hi, op, a, b);
+    }
+#endif
+}
+
+/* Sum of squares of the gradients in block b. */
+static double block_sumsq(const gd_plan *pl, gd_index b) {
+    gd_index lo = b * GD_NORM_BLOCK;
+    gd_index hi = lo + GD_NORM_BLOCK < pl->total ? lo + GD_NORM_BLOCK : pl->total;
+    double sum = 0.0;
+    for (int k = find_segment(pl, lo); k < pl->nseg && pl->seg[k].start < hi; k++) {
+        const gd_segment *s = &pl->seg[k];
+        gd_index from = lo > s->start ? lo - s->start : 0;
+        gd_index to = hi < s->start + s->n ? hi - s->start : s->n;
+        if (from < to) sum += gd_optim_k.sumsq(s->g + from, to - from);
+    }
+    return sum;
+}
+
+double gdfast_optim_grad_norm(gd_plan *pl) {
+    gd_index nb = (pl->total + GD_NORM_BLOCK - 1) / GD_NORM_BLOCK;
+    if (nb == 0) return 0.0;
+    int nt = gdfast_threads_for(pl->total, GD_GRAIN_STREAM);
+    if (nt <= 1) {
+        for (gd_index b = 0; b < nb; b++) pl->block_sums[b] = block_sumsq(pl, b);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            for (gd_index b = nb * t / T; b < nb * (t + 1) / T; b++)
+                pl->block_sums[b] = block_sumsq(pl, b);
+        }
+#endif
+    }
+    double total = 0.0;
+    for (gd_index b = 0; b < nb; b++) total += pl->block_sums[b];
+    return sqrt(total);
+}
+
+int gdfast_optim_run(gd_plan *pl) {
+    float clip = 1.0f;
+    if (pl->max_norm > 0.0) {
+        /* PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when
+         * below 1; a NaN norm gives a NaN scale, which propagates. */
+        pl->norm = gdfast_optim_grad_norm(pl);
+        double coef = pl->max_norm / (pl->norm + 1e-6);
+        if (!(coef >= 1.0)) clip = (float)coef;
+    }
+    for (int k = 0; k < pl->ngroups; k++) {
+        gd_hyper *h = &pl->hyper[k];
+        h->gscale = (h->flags & GD_F_MAXIMIZE) ? -clip : clip;
+    }
+    apply(pl, OP_UPDATE, 0.0f, 0.0f, GD_GRAIN_UPDATE);
+    return 0;
+}
+
+void gdfast_optim_scale(gd_plan *pl, float c) { apply(pl, OP_SCALE, c, 0.0f, GD_GRAIN_STREAM); }
+
+void gdfast_optim_clamp(gd_plan *pl, float lo, float hi) {
+    apply(pl, OP_CLAMP, lo, hi, GD_GRAIN_STREAM);
+}

@@ -1,0 +1,510 @@
+# Optimizer glue: validated pointers are cached in a StepPlan at construction,
+# so a step costs a few attribute reads, one hyperparameter sync and one
+# GIL-free C call. The Python classes in gdfast/optim.py build on _OptimCore.
+
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset
+from libc.stdint cimport uintptr_t
+from libc.math cimport pow, sqrt
+from time import perf_counter as _perf_counter
+
+cdef extern from "optim.h" nogil:
+    enum:
+        GD_SGD
+        GD_RMSPROP
+        GD_ADAM
+        GD_ADAGRAD
+        GD_LOOKAHEAD
+        GD_F_WD
+        GD_F_DECOUPLED
+        GD_F_MOMENTUM
+        GD_F_FIRST
+        GD_F_NESTEROV
+        GD_F_CENTERED
+        GD_F_AMSGRAD
+        GD_F_MAXIMIZE
+        GD_NORM_BLOCK
+    ctypedef struct gd_hyper:
+        int kind, flags
+        float gscale, lr, wd, decay, momentum, dampening1m, alpha, alpha1m
+        float beta1, beta1m, beta2, beta2m, step_size, inv_bc2_sqrt, eps
+    ctypedef struct gd_segment:
+        float *p
+        const float *g
+        float *s[3]
+        gd_index n
+        gd_index start
+        int group
+    ctypedef struct gd_plan:
+        gd_segment *seg
+        int nseg
+        gd_hyper *hyper
+        int ngroups
+        gd_index total
+        double max_norm
+        double *block_sums
+        double norm
+    int gdfast_optim_run(gd_plan *plan)
+    double gdfast_optim_grad_norm(gd_plan *plan)
+    void gdfast_optim_scale(gd_plan *plan, float c)
+    void gdfast_optim_clamp(gd_plan *plan, float lo, float hi)
+    void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n)
+    void gdfast_triad_pass(float *a, const float *b, const float *c, float s, gd_index n)
+
+OPTIM_KINDS = {"sgd": GD_SGD, "rmsprop": GD_RMSPROP, "adam": GD_ADAM, "adagrad": GD_ADAGRAD}
+
+
+cdef inline float *_fptr(object a):
+    return <float *>cnp.PyArray_DATA(<cnp.ndarray>a) if a is not None else NULL
+
+
+cdef class StepPlan:
+    """One optimizer step over fixed segments, runnable without the GIL.
+
+    Built by the optimizers; `run()` (cdef, nogil) is what fused training
+    steps call between an optimizer's `_begin_step` and `_end_step`."""
+    cdef gd_plan plan
+    cdef list _keep  # the arrays whose memory the segments point into
+
+    def __cinit__(self):
+        memset(&self.plan, 0, sizeof(gd_plan))
+
+    def __dealloc__(self):
+        free(self.plan.seg)
+        free(self.plan.hyper)
+        free(self.plan.block_sums)
+
+    cdef int _setup(self, list segments, int ngroups) except -1:
+        """segments: [(p, g or None, s0, s1, s2, group)], arrays already checked."""
+        cdef Py_ssize_t k, n = len(segments)
+        cdef gd_index total = 0
+        self._keep = segments
+        self.plan.seg = <gd_segment *>calloc(max(n, 1), sizeof(gd_segment))
+        self.plan.hyper = <gd_hyper *>calloc(max(ngroups, 1), sizeof(gd_hyper))
+        if self.plan.seg == NULL or self.plan.hyper == NULL:
+            raise MemoryError()
+        self.plan.nseg = <int>n
+        self.plan.ngroups = ngroups
+        for k in range(n):
+            p, g, s0, s1, s2, grp = segments[k]
+            self.plan.seg[k].p = _fptr(p)
+            self.plan.seg[k].g = _fptr(g)
+            self.plan.seg[k].s[0] = _fptr(s0)
+            self.plan.seg[k].s[1] = _fptr(s1)
+            self.plan.seg[k].s[2] = _fptr(s2)
+            self.plan.seg[k].n = cnp.PyArray_SIZE(<cnp.ndarray>p)
+            self.plan.seg[k].start = total
+            self.plan.seg[k].group = grp
+            total += self.plan.seg[k].n
+        self.plan.total = total
+        self.plan.block_sums = <double *>malloc(
+            max((total + GD_NORM_BLOCK - 1) // GD_NORM_BLOCK, 1) * sizeof(double))
+        if self.plan.block_sums == NULL:
+            raise MemoryError()
+        return 0
+
+    cdef int run(self) noexcept nogil:
+        return gdfast_optim_run(&self.plan)
+
+    def execute(self):
+        """Run the plan once (with the GIL released)."""
+        with nogil:
+            self.run()
+
+    @property
+    def size(self):
+        return self.plan.total
+
+
+def _lookahead_plan(list segments, double alpha):
+    """A plan whose run does slow += alpha * (fast - slow); fast = slow.
+
+    segments: [(fast, slow)] pairs of same-size float32 arrays."""
+    cdef StepPlan plan = StepPlan()
+    plan._setup([(p, None, s, None, None, 0) for p, s in segments], 1)
+    plan.plan.hyper[0].kind = GD_LOOKAHEAD
+    plan.plan.hyper[0].alpha = <float>alpha
+    return plan
+
+
+cdef inline cnp.ndarray _check_grad(object g, cnp.ndarray p, Py_ssize_t i):
+    """grads[i] as a float32 C-contiguous array shaped like params[i] (fast path)."""
+    if not cnp.PyArray_Check(g):
+        raise TypeError(f"grads[{i}] must be a numpy.ndarray of dtype float32, "
+                        f"got {type(g).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>g
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32:
+        raise TypeError(f"grads[{i}] must have dtype float32, got {a.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"grads[{i}] must be C-contiguous; "
+                         f"pass numpy.ascontiguousarray(grads[{i}])")
+    cdef int nd = cnp.PyArray_NDIM(a), d
+    cdef cnp.npy_intp *da = cnp.PyArray_DIMS(a)
+    cdef cnp.npy_intp *dp = cnp.PyArray_DIMS(p)
+    if nd != cnp.PyArray_NDIM(p):
+        raise ValueError(f"grads[{i}] has shape {(<object>a).shape}, expected "
+                         f"{(<object>p).shape} like params[{i}]")
+    for d in range(nd):
+        if da[d] != dp[d]:
+            raise ValueError(f"grads[{i}] has shape {(<object>a).shape}, expected "
+                         f"{(<object>p).shape} like params[{i}]")
+    return a
+
+
+cdef class _OptimCore:
+    """The hot half of every optimizer: hyperparameter sync and the step."""
+    cdef StepPlan _plan
+    cdef public list param_groups
+    cdef public long long _step
+    cdef int _kind
+    cdef bint _decoupled
+    cdef int _states  # bit k: state buffer s[k] exists
+    cdef object _arena, _arena_data, _arena_grad
+    cdef list _params  # list mode: the parameter arrays, in order
+    cdef uintptr_t *_plo  # list mode: parameter spans sorted by address
+    cdef uintptr_t *_phi
+    cdef Py_ssize_t _nspans  # non-empty parameters only
+
+    def __cinit__(self, *args, **kwargs):
+        self._plo = NULL
+        self._phi = NULL
+
+    def __dealloc__(self):
+        free(self._plo)
+        free(self._phi)
+
+    def _bind(self, str kind, bint decoupled, object arena, list segments, int states):
+        """Cache the plan: segments [(p, g or None, s0, s1, s2, group)] checked by the caller."""
+        cdef Py_ssize_t k, n = len(segments)
+        self._kind = OPTIM_KINDS[kind]
+        self._decoupled = decoupled
+        self._states = states
+        self._step = 0
+        plan = StepPlan()
+        plan._setup(segments, len(self.param_groups))
+        self._plan = plan
+        self._arena = arena
+        if arena is not None:
+            self._arena_data = arena.data
+            self._arena_grad = arena.grad
+            return
+        self._params = [seg[0] for seg in segments]
+        spans = sorted((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>p),
+                        <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>p), i)
+                       for i, p in enumerate(self._params) if cnp.PyArray_NBYTES(<cnp.ndarray>p))
+        for k in range(1, len(spans)):
+            if spans[k][0] < spans[k - 1][0] + spans[k - 1][1]:
+                raise ValueError(f"params[{spans[k - 1][2]}] and params[{spans[k][2]}] share "
+                                 f"memory; each parameter must be passed once")
+        self._nspans = len(spans)
+        self._plo = <uintptr_t *>malloc(max(n, 1) * sizeof(uintptr_t))
+        self._phi = <uintptr_t *>malloc(max(n, 1) * sizeof(uintptr_t))
+        if self._plo == NULL or self._phi == NULL:
+            raise MemoryError()
+        for k in range(self._nspans):
+            self._plo[k] = spans[k][0]
+            self._phi[k] = spans[k][0] + spans[k][1]
+
+    cdef bint _hits_param(self, cnp.ndarray g):
+        """True when g's memory overlaps any parameter (binary search, spans disjoint)."""
+        cdef uintptr_t lo = <uintptr_t>cnp.PyArray_DATA(g)
+        cdef uintptr_t hi = lo + <uintptr_t>cnp.PyArray_NBYTES(g)
+        cdef Py_ssize_t a = 0, b = self._nspans - 1, mid
+        if hi == lo or b < 0:
+            return False
+        # last span starting below hi
+        while a < b:
+            mid = (a + b + 1) // 2
+            if self._plo[mid] < hi:
+                a = mid
+            else:
+                b = mid - 1
+        return self._plo[a] < hi and lo < self._phi[a]
+
+    cdef int _bind_grads(self, object grads) except -1:
+        cdef Py_ssize_t i, n = len(self._params)
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads must be a list of float32 arrays aligned with params, "
+                            f"got {type(grads).__name__}")
+        if len(grads) != n:
+            raise ValueError(f"grads has {len(grads)} arrays, expected {n} (one per parameter)")
+        cdef cnp.ndarray g
+        for i in range(n):
+            g = _check_grad(grads[i], <cnp.ndarray>self._params[i], i)
+            if self._hits_param(g):
+                raise ValueError(f"grads[{i}] shares memory with a parameter; "
+                                 f"gradients must live in their own buffers")
+        for i in range(n):
+            self._plan.plan.seg[i].g = <float *>cnp.PyArray_DATA(<cnp.ndarray>grads[i])
+        return 0
+
+    cdef int _check_arena(self, object params) except -1:
+        if params is not self._arena:
+            raise ValueError("params is not the Params arena this optimizer was built over")
+        if params.data is not self._arena_data or params.grad is not self._arena_grad:
+            raise ValueError("the arena's data or grad buffer was replaced after the "
+                             "optimizer was built; update values in place instead")
+        return 0
+
+    cdef int _fill(self, gd_hyper *h, dict grp, int gi, long long t) except -1:
+        """Per-group coefficients for step t, checking every hyperparameter."""
+        cdef double lr = grp["lr"], wd = grp["weight_decay"], eps = 0.0
+        cdef double mom, damp, alpha, b1, b2, lr_decay, bc1, bc2
+        cdef int flags = 0
+        if not lr >= 0:
+            raise ValueError(f"param_groups[{gi}]['lr'] must be >= 0, got {lr}")
+        if not wd >= 0:
+            raise ValueError(f"param_groups[{gi}]['weight_decay'] must be >= 0, got {wd}")
+        memset(h, 0, sizeof(gd_hyper))
+        h.kind = self._kind
+        h.lr = <float>lr
+        if grp["maximize"]:
+            flags |= GD_F_MAXIMIZE
+        if wd != 0:
+            if self._decoupled:
+                flags |= GD_F_DECOUPLED
+                h.decay = <float>(1.0 - lr * wd)
+            else:
+                flags |= GD_F_WD
+                h.wd = <float>wd
+        if self._kind != GD_SGD:
+            eps = grp["eps"]
+            if not eps >= 0:
+                raise ValueError(f"param_groups[{gi}]['eps'] must be >= 0, got {eps}")
+            h.eps = <float>eps
+        if self._kind == GD_SGD:
+            mom = grp["momentum"]
+            damp = grp["dampening"]
+            if not mom >= 0:
+                raise ValueError(f"param_groups[{gi}]['momentum'] must be >= 0, got {mom}")
+            if grp["nesterov"]:
+                if mom <= 0 or damp != 0:
+                    raise ValueError(f"param_groups[{gi}]: nesterov needs momentum > 0 and "
+                                     f"dampening == 0, got momentum={mom}, dampening={damp}")
+                flags |= GD_F_NESTEROV
+            if mom != 0:
+                self._need(0, gi, "momentum > 0")
+                flags |= GD_F_MOMENTUM | (GD_F_FIRST if t == 1 else 0)
+            h.momentum = <float>mom
+            h.dampening1m = <float>(1.0 - damp)
+        elif self._kind == GD_RMSPROP:
+            alpha = grp["alpha"]
+            mom = grp["momentum"]
+            if not alpha >= 0:
+                raise ValueError(f"param_groups[{gi}]['alpha'] must be >= 0, got {alpha}")
+            if not mom >= 0:
+                raise ValueError(f"param_groups[{gi}]['momentum'] must be >= 0, got {mom}")
+            if mom > 0:
+                self._need(1, gi, "momentum > 0")
+                flags |= GD_F_MOMENTUM
+            if grp["centered"]:
+                self._need(2, gi, "centered=True")
+                flags |= GD_F_CENTERED
+            h.alpha = <float>alpha
+            h.alpha1m = <float>(1.0 - alpha)
+            h.momentum = <float>mom
+        elif self._kind == GD_ADAM:
+            betas = grp["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise ValueError(f"param_groups[{gi}]['betas'] must be a pair (beta1, beta2), "
+                                 f"got {betas!r}")
+            b1 = betas[0]
+            b2 = betas[1]
+            if not (0 <= b1 < 1 and 0 <= b2 < 1):
+                raise ValueError(f"param_groups[{gi}]['betas'] must lie in [0, 1), got {betas!r}")
+            if grp["amsgrad"]:
+                self._need(2, gi, "amsgrad=True")
+                flags |= GD_F_AMSGRAD
+            bc1 = 1.0 - pow(b1, <double>t)
+            bc2 = 1.0 - pow(b2, <double>t)
+            h.beta1 = <float>b1
+            h.beta1m = <float>(1.0 - b1)
+            h.beta2 = <float>b2
+            h.beta2m = <float>(1.0 - b2)
+            h.step_size = <float>(lr / bc1)
+            h.inv_bc2_sqrt = <float>(1.0 / sqrt(bc2))
+        elif self._kind == GD_ADAGRAD:
+            lr_decay = grp["lr_decay"]
+            if not lr_decay >= 0:
+                raise ValueError(f"param_groups[{gi}]['lr_decay'] must be >= 0, got {lr_decay}")
+            h.lr = <float>(lr / (1.0 + <double>(t - 1) * lr_decay))
+        h.flags = flags
+        return 0
+
+    cdef int _need(self, int k, int gi, str what) except -1:
+        if not (self._states >> k) & 1:
+            raise ValueError(f"param_groups[{gi}]: {what} needs a state buffer this optimizer "
+                             f"did not allocate; set it when constructing the optimizer")
+        return 0
+
+    cdef int _sync(self, long long t) except -1:
+        cdef list groups = self.param_groups
+        cdef int gi
+        if len(groups) != self._plan.plan.ngroups:
+            raise ValueError(f"param_groups has {len(groups)} groups, the optimizer was "
+                             f"built with {self._plan.plan.ngroups}")
+        for gi in range(self._plan.plan.ngroups):
+            grp = groups[gi]
+            if not isinstance(grp, dict):
+                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(grp).__name__}")
+            self._fill(&self._plan.plan.hyper[gi], <dict>grp, gi, t)
+        return 0
+
+    def _check_hyper(self):
+        """Validate param_groups as the next step would (changes no state)."""
+        self._sync(self._step + 1)
+
+    def step(self, grads=None, max_grad_norm=None):
+        """One update of every parameter, in place.
+
+        grads: a list of float32 arrays aligned with params (list mode), or
+        omitted when the optimizer was built over a Params arena (it reads
+        params.grad). max_grad_norm: clip by the global gradient norm inside
+        the update (one read of the gradients for the norm, no write to
+        them); then the norm before clipping is returned, else None.
+        NaN/Inf in gradients propagate into the parameters, as in PyTorch.
+        """
+        cdef double mx = 0.0
+        if max_grad_norm is not None:
+            mx = max_grad_norm
+            if not mx > 0:
+                raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+        if self._arena is not None:
+            if grads is not None:
+                raise TypeError("grads must be omitted: this optimizer reads the "
+                                "gradients of its Params arena (params.grad)")
+            self._check_arena(self._arena)
+        else:
+            if grads is None:
+                raise TypeError("grads is required: pass a list of gradient arrays "
+                                "aligned with params")
+            self._bind_grads(grads)
+        self._sync(self._step + 1)
+        self._step += 1
+        self._plan.plan.max_norm = mx
+        with nogil:
+            self._plan.run()
+        if mx > 0:
+            return self._plan.plan.norm
+        return None
+
+    def _begin_step(self, params):
+        """Before a GIL-free fused step: check, sync, count the step, return the plan."""
+        if self._arena is None:
+            raise ValueError("_begin_step needs an optimizer built over a Params arena")
+        self._check_arena(params)
+        self._sync(self._step + 1)
+        self._step += 1
+        self._plan.plan.max_norm = 0.0
+        return self._plan
+
+    def _end_step(self):
+        """After the GIL-free step (nothing to do for a plain optimizer)."""
+        return None
+
+
+cdef StepPlan _grads_plan(object grads, str name, bint writeable):
+    """A plan over a list of gradient arrays (or one array), checked and alias-free."""
+    if cnp.PyArray_Check(grads):
+        grads = [grads]
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{name} must be a float32 array or a list of them, "
+                        f"got {type(grads).__name__}")
+    segs = []
+    spans = []
+    cdef Py_ssize_t i
+    for i in range(len(grads)):
+        a = check_f32(grads[i], f"{name}[{i}]", writeable)
+        segs.append((a, a, None, None, None, 0))
+        if cnp.PyArray_NBYTES(a):
+            spans.append((<uintptr_t>cnp.PyArray_DATA(a), <uintptr_t>cnp.PyArray_NBYTES(a), i))
+    spans.sort()
+    for i in range(1, len(spans)):
+        if spans[i][0] < spans[i - 1][0] + spans[i - 1][1]:
+            raise ValueError(f"{name}[{spans[i - 1][2]}] and {name}[{spans[i][2]}] share memory; "
+                             f"each gradient must be passed once")
+    cdef StepPlan plan = StepPlan()
+    plan._setup(segs, 1)
+    return plan
+
+
+def grad_norm(grads):
+    """Global L2 norm of a list of float32 arrays, reduced deterministically."""
+    cdef StepPlan plan = _grads_plan(grads, "grads", False)
+    cdef double norm
+    with nogil:
+        norm = gdfast_optim_grad_norm(&plan.plan)
+    return norm
+
+
+def clip_grad_norm(grads, double max_norm):
+    """Scale grads in place so their global L2 norm is at most max_norm.
+
+    Returns the norm before clipping (a Python float). Like PyTorch's
+    clip_grad_norm_, the scale is max_norm / (norm + 1e-6) when below 1; a
+    NaN or Inf norm propagates into the gradients."""
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    cdef StepPlan plan = _grads_plan(grads, "grads", True)
+    cdef double norm, coef
+    with nogil:
+        norm = gdfast_optim_grad_norm(&plan.plan)
+        coef = max_norm / (norm + 1e-6)
+        if not coef >= 1.0:
+            gdfast_optim_scale(&plan.plan, <float>coef)
+    return norm
+
+
+def clip_grad_value(grads, double clip_value):
+    """Clamp every gradient entry to [-clip_value, clip_value] in place (NaN stays NaN)."""
+    if not clip_value >= 0:
+        raise ValueError(f"clip_value must be >= 0, got {clip_value}")
+    cdef StepPlan plan = _grads_plan(grads, "grads", True)
+    with nogil:
+        gdfast_optim_clamp(&plan.plan, <float>-clip_value, <float>clip_value)
+
+
+def bandwidth_rmw(gd_index n=10_000_000, int rw=3, int ro=1, int reps=5):
+    """Best in-place read-modify-write bandwidth in bytes/s over reps passes.
+
+    rw streams are read and written in place and ro streams only read, all in
+    one pass like an optimizer step (Adam: rw=3 for p, m, v and ro=1 for g:
+    28 bytes per element)."""
+    if n < 1 or rw < 1 or rw > 16 or ro < 0 or ro > 16 or reps < 1:
+        raise ValueError("need n >= 1, 1 <= rw <= 16, 0 <= ro <= 16, reps >= 1")
+    import numpy as np
+    arrays = [np.full(n, 1.0, dtype=np.float32) for _ in range(rw + ro)]
+    cdef float *w[16]
+    cdef const float *r[16]
+    cdef int k
+    for k in range(rw):
+        w[k] = _fptr(arrays[k])
+    for k in range(ro):
+        r[k] = _fptr(arrays[rw + k])
+    best = float("inf")
+    for _ in range(reps + 1):  # the first pass faults the pages in
+        t0 = _perf_counter()
+        with nogil:
+            gdfast_rmw_pass(w, rw, r, ro, n)
+        best = min(best, _perf_counter() - t0)
+    return (2.0 * rw + ro) * 4.0 * n / best
+
+
+def bandwidth_triad(gd_index n=10_000_000, int reps=5):
+    """Best STREAM triad (a = b + s * c) bandwidth in bytes/s (12 bytes per element)."""
+    if n < 1 or reps < 1:
+        raise ValueError("need n >= 1 and reps >= 1")
+    import numpy as np
+    a = np.zeros(n, dtype=np.float32)
+    b = np.full(n, 1.0, dtype=np.float32)
+    c = np.full(n, 2.0, dtype=np.float32)
+    cdef float *pa = _fptr(a)
+    cdef float *pb = _fptr(b)
+    cdef float *pc = _fptr(c)
+    best = float("inf")
+    for _ in range(reps + 1):
+        t0 = _perf_counter()
+        with nogil:
+            gdfast_triad_pass(pa, pb, pc, 0.5, n)
+        best = min(best, _perf_counter() - t0)
+    return 12.0 * n / best

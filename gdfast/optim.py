@@ -1,0 +1,554 @@
+"""Optimizers with PyTorch's names, defaults and math, updating in place.
+
+Every optimizer takes its parameters as
+
+* a ``gdfast.Params`` arena: one kernel call per step updates every tensor,
+  reading the gradients from ``params.grad``; ``step()`` takes no grads.
+  ``groups=[{"params": [names], "weight_decay": 0.0}, ...]`` gives tensors
+  their own hyperparameters; tensors not named in any group form a last
+  group with the optimizer's defaults;
+* a list of C-contiguous, writeable float32 arrays, or a list of PyTorch-style
+  group dicts ``{"params": [arrays], "lr": ...}``; ``step(grads)`` then takes
+  a list of gradients aligned with the parameters.
+
+``opt.param_groups`` is a list of dicts; a change such as
+``opt.param_groups[0]["lr"] = 1e-4`` takes effect at the next step.
+
+NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
+gradient propagates into the moments and the parameters.
+"""
+import json
+
+import numpy as np
+
+from . import _kernels
+from .params import Params, _aligned_empty
+
+_FORMAT = "gdfast.optim/1"
+
+
+def _check_array(a, name):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of dtype float32, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; pass numpy.ascontiguousarray({name})")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable (it is updated in place)")
+    return a
+
+
+class Optimizer(_kernels._OptimCore):
+    """Common machinery: parameter groups, state buffers, state_dict, save/load."""
+
+    _kind = None        # "sgd", "rmsprop", "adam", "adagrad"
+    _decoupled = False  # AdamW
+    _slots = ()         # names of the state buffers s0, s1, s2 (PyTorch's keys)
+
+    def __init__(self, params, defaults, groups=None):
+        self.defaults = dict(defaults)
+        arena, entries, param_groups = self._parse(params, groups)
+        self._arena_ref = arena
+        self._shapes = {key: p.shape for key, p, _, _ in entries}
+        self.param_groups = param_groups
+        needed = self._slots_needed(param_groups)
+        total = sum(size for _, _, size, _ in entries)
+        bufs = [_aligned_empty(total) if need else None for need in needed]
+        self._init_state(bufs, entries, param_groups)
+        # state views per parameter key, in state-buffer order
+        self._keys = []
+        self._state = {}
+        offset = 0
+        for key, p, size, _ in entries:
+            self._keys.append(key)
+            self._state[key] = {self._slots[k]: bufs[k][offset:offset + size].reshape(p.shape)
+                                for k in range(3) if bufs[k] is not None}
+            offset += size
+        segments, self._seg_info = self._segments(arena, entries, bufs)
+        states = sum(1 << k for k in range(3) if bufs[k] is not None)
+        self._bind(self._kind, self._decoupled, arena, segments, states)
+        self._check_hyper()
+
+    # ---- construction ----
+
+    def _parse(self, params, groups):
+        """(arena or None, [(key, param view, size, group index)], param_groups)."""
+        if isinstance(params, Params):
+            return self._parse_arena(params, groups)
+        if groups is not None:
+            raise TypeError("groups= is for a Params arena; with arrays pass a list of "
+                            "group dicts as params")
+        if isinstance(params, np.ndarray) or not isinstance(params, (list, tuple)):
+            raise TypeError("params must be a gdfast.Params, a list of float32 arrays or a "
+                            f"list of param-group dicts, got {type(params).__name__}")
+        if len(params) == 0:
+            raise ValueError("params is empty: give at least one parameter array")
+        if all(isinstance(g, dict) for g in params):
+            raw = list(params)
+        elif any(isinstance(g, dict) for g in params):
+            raise TypeError("params mixes arrays and group dicts; use one or the other")
+        else:
+            raw = [{"params": list(params)}]
+        entries, param_groups = [], []
+        for gi, g in enumerate(raw):
+            arrays = g.get("params")
+            if isinstance(arrays, np.ndarray):
+                arrays = [arrays]
+            if not isinstance(arrays, (list, tuple)) or len(arrays) == 0:
+                raise ValueError(f"param group {gi} must have a non-empty 'params' list")
+            for a in arrays:
+                _check_array(a, f"params[{len(entries)}]")
+                entries.append((len(entries), a, a.size, gi))
+            param_groups.append(self._group(g, list(arrays), gi))
+        return None, entries, param_groups
+
+    def _parse_arena(self, arena, groups):
+        owner = {}
+        param_groups = []
+        for gi, g in enumerate(groups or []):
+            if not isinstance(g, dict):
+                raise TypeError(f"groups[{gi}] must be a dict, got {type(g).__name__}")
+            names = g.get("params")
+            if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+                raise ValueError(f"groups[{gi}]['params'] must be a non-empty list of tensor names")
+            for name in names:
+                if name not in arena:
+                    raise ValueError(f"groups[{gi}] names {name!r}, not in the arena "
+                                     f"(have {arena.names})")
+                if name in owner:
+                    raise ValueError(f"tensor {name!r} is in groups {owner[name]} and {gi}; "
+                                     f"each tensor belongs to one group")
+                owner[name] = gi
+            param_groups.append(self._group(g, list(names), gi))
+        rest = [n for n in arena.names if n not in owner]
+        if rest:
+            for n in rest:
+                owner[n] = len(param_groups)
+            param_groups.append(self._group({}, rest, len(param_groups)))
+        _check_array(arena.data, "params.data")
+        entries = [(n, arena[n], arena[n].size, owner[n]) for n in arena.names]
+        return arena, entries, param_groups
+
+    def _group(self, g, params, gi):
+        unknown = sorted(set(g) - set(self.defaults) - {"params"})
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r} in param group {gi}; "
+                             f"{type(self).__name__} takes {sorted(self.defaults)}")
+        group = {"params": params}
+        for k, v in self.defaults.items():
+            group[k] = g.get(k, v)
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        return group
+
+    def _slots_needed(self, groups):
+        """Which of the state buffers s0, s1, s2 any group needs."""
+        raise NotImplementedError
+
+    def _init_state(self, bufs, entries, groups):
+        """Initial state values (zeros unless the algorithm says otherwise)."""
+
+    @staticmethod
+    def _segments(arena, entries, bufs):
+        """Plan segments; adjacent arena tensors of one group merge into one."""
+        segments, info = [], []
+        offset = 0
+        for key, p, size, gi in entries:
+            if arena is not None and size == 0:
+                continue
+            start = arena.offset(key) if arena is not None else None
+            if (arena is not None and segments and segments[-1][5] == gi
+                    and info[-1][2] + info[-1][1] == start):
+                last_off, last_n, last_start = info[-1]
+                info[-1] = (last_off, last_n + size, last_start)
+            else:
+                info.append((offset, size, start))
+                segments.append(None)
+            seg_off, n, st = info[-1]
+            if arena is not None:
+                p_view, g_view = arena.data[st:st + n], arena.grad[st:st + n]
+            else:
+                p_view, g_view = p, None
+            segments[-1] = (p_view, g_view) + tuple(
+                b[seg_off:seg_off + n] if b is not None else None for b in bufs) + (gi,)
+            offset += size
+        return segments, [(seg[0], off) for seg, (off, _, _) in zip(segments, info)]
+
+    # ---- state ----
+
+    def state_dict(self):
+        """Step count, every state buffer (copies) and the hyperparameters.
+
+        State is keyed by tensor name for an arena, by position for a list."""
+        groups = []
+        for g in self.param_groups:
+            d = {k: v for k, v in g.items() if k != "params"}
+            d["params"] = self._group_keys(g)
+            groups.append(d)
+        return {"step": int(self._step),
+                "state": {key: {k: v.copy() for k, v in bufs.items()}
+                          for key, bufs in self._state.items()},
+                "param_groups": groups}
+
+    def _group_keys(self, g):
+        if self._arena_params() is not None:
+            return list(g["params"])
+        ids = {id(p): i for i, p in enumerate(self._all_params())}
+        return [ids[id(p)] for p in g["params"]]
+
+    def _arena_params(self):
+        return getattr(self, "_arena_ref", None)
+
+    def _all_params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def load_state_dict(self, state_dict):
+        """Restore what state_dict() returned; checks everything before changing anything."""
+        sd = state_dict
+        if not isinstance(sd, dict) or set(sd) != {"step", "state", "param_groups"}:
+            raise ValueError("state_dict must be a dict with keys 'step', 'state', 'param_groups'")
+        step = sd["step"]
+        if isinstance(step, bool) or int(step) != step or step < 0:
+            raise ValueError(f"state_dict['step'] must be a non-negative integer, got {step!r}")
+        state = sd["state"]
+        if set(state) != set(self._state):
+            raise ValueError(f"state_dict['state'] has keys {sorted(map(str, state))}, "
+                             f"expected {sorted(map(str, self._state))}")
+        for key, bufs in self._state.items():
+            given = state[key]
+            if set(given) != set(bufs):
+                raise ValueError(f"state of {key!r} has buffers {sorted(given)}, "
+                                 f"expected {sorted(bufs)}")
+            for name, buf in bufs.items():
+                a = np.asarray(given[name])
+                if a.dtype != np.float32 or a.shape != buf.shape:
+                    raise ValueError(f"state[{key!r}][{name!r}] must be float32 of shape "
+                                     f"{buf.shape}, got {a.dtype} {a.shape}")
+        groups = sd["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, expected "
+                             f"{len(self.param_groups)}")
+        new_groups = []
+        for gi, (mine, g) in enumerate(zip(self.param_groups, groups)):
+            if list(g.get("params", [])) != self._group_keys(mine):
+                raise ValueError(f"param group {gi} of state_dict holds {g.get('params')}, "
+                                 f"expected {self._group_keys(mine)}")
+            if set(g) - {"params"} != set(self.defaults):
+                raise ValueError(f"param group {gi} of state_dict has options "
+                                 f"{sorted(set(g) - {'params'})}, expected {sorted(self.defaults)}")
+            new = dict(mine)
+            new.update({k: (tuple(v) if k == "betas" else v) for k, v in g.items()
+                        if k != "params"})
+            new_groups.append(new)
+        old_groups = self.param_groups
+        self.param_groups = new_groups
+        try:
+            self._check_hyper()
+        except Exception:
+            self.param_groups = old_groups
+            raise
+        for mine, new in zip(old_groups, new_groups):  # keep the user's dict objects
+            mine.update(new)
+        self.param_groups = old_groups
+        for key, bufs in self._state.items():
+            for name, buf in bufs.items():
+                buf[...] = state[key][name]
+        self._step = int(step)
+
+    def save(self, path):
+        """Write state_dict() to an .npz file (no pickle)."""
+        np.savez(path, **_flatten(self.state_dict(), type(self).__name__))
+
+    def load(self, path):
+        """Restore from a file written by save()."""
+        self.load_state_dict(_unflatten(path, type(self).__name__))
+
+    def zero_grad(self):
+        arena = self._arena_params()
+        if arena is None:
+            raise TypeError("zero_grad needs a Params arena; zero your gradient arrays yourself")
+        arena.zero_grad()
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
+        return f"{type(self).__name__}({opts}; {len(self.param_groups)} groups)"
+
+
+def _flatten(sd, cls):
+    keys = list(sd["state"])
+    arrays = {}
+    for i, key in enumerate(keys):
+        for name, a in sd["state"][key].items():
+            arrays[f"state/{i}/{name}"] = a
+    meta = {"format": _FORMAT, "class": cls, "step": sd["step"], "keys": keys,
+            "param_groups": sd["param_groups"]}
+    extra = {k: v for k, v in sd.items() if k not in ("step", "state", "param_groups")}
+    if extra:
+        meta["extra"] = {k: v for k, v in extra.items() if k != "slow"}
+        for i, (key, a) in enumerate(extra.get("slow", {}).items()):
+            arrays[f"slow/{i}"] = a
+    arrays["__meta__"] = np.array(json.dumps(meta, default=float))
+    return arrays
+
+
+def _unflatten(path, cls):
+    with np.load(path, allow_pickle=False) as z:
+        if "__meta__" not in z.files:
+            raise ValueError(f"{path} is not a gdfast optimizer file (no __meta__)")
+        meta = json.loads(str(z["__meta__"]))
+        if meta.get("format") != _FORMAT or meta.get("class") != cls:
+            raise ValueError(f"{path} holds {meta.get('class')} state "
+                             f"({meta.get('format')}), expected {cls}")
+        keys = meta["keys"]
+        state = {key: {} for key in keys}
+        for f in z.files:
+            if f.startswith("state/"):
+                _, i, name = f.split("/", 2)
+                state[keys[int(i)]][name] = z[f]
+        sd = {"step": meta["step"], "state": state, "param_groups": meta["param_groups"]}
+        if "extra" in meta:
+            sd.update(meta["extra"])
+            slow = sorted((int(f.split("/")[1]), z[f]) for f in z.files if f.startswith("slow/"))
+            sd["slow"] = {keys[i]: a for i, a in slow}
+    return sd
+
+
+def _bad(name, value, expected):
+    raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum.
+
+    As torch.optim.SGD: g += weight_decay * p; b = g on the first step, else
+    b = momentum * b + (1 - dampening) * g; d = g + momentum * b (nesterov) or
+    b; p -= lr * d. Without momentum this is plain gradient descent.
+    NaN/Inf in gradients propagate (no checks per step)."""
+
+    _kind = "sgd"
+    _slots = ("momentum_buffer", None, None)
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, groups=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize), groups)
+
+    def _slots_needed(self, groups):
+        return [any(g["momentum"] != 0 for g in groups), False, False]
+
+
+class RMSprop(Optimizer):
+    """RMSprop as torch.optim.RMSprop (alpha, eps, centered, momentum).
+
+    s = alpha * s + (1 - alpha) * g^2; centered: a = a + (1 - alpha) * (g - a),
+    avg = sqrt(s - a^2) + eps, else sqrt(s) + eps; with momentum
+    b = momentum * b + g / avg, p -= lr * b, else p -= lr * g / avg.
+    NaN/Inf in gradients propagate (no checks per step)."""
+
+    _kind = "rmsprop"
+    _slots = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False, groups=None):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize),
+                         groups)
+
+    def _slots_needed(self, groups):
+        return [True, any(g["momentum"] > 0 for g in groups), any(g["centered"] for g in groups)]
+
+
+class Adam(Optimizer):
+    """Adam (and AMSGrad) as torch.optim.Adam.
+
+    g += weight_decay * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    (amsgrad: vmax = max(vmax, v), used for v); with t the step count,
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). The division
+    by sqrt(1 - b2^t) is done as a multiplication by its reciprocal.
+    NaN/Inf in gradients propagate (no checks per step)."""
+
+    _kind = "adam"
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, maximize=False, groups=None):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize), groups)
+
+    def _slots_needed(self, groups):
+        return [True, True, any(g["amsgrad"] for g in groups)]
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as torch.optim.AdamW: p *= 1 - lr * wd
+    before the Adam update (which then has no weight decay of its own)."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, groups=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, groups=groups)
+
+
+class Adagrad(Optimizer):
+    """Adagrad as torch.optim.Adagrad.
+
+    g += weight_decay * p; clr = lr / (1 + (t - 1) * lr_decay); s += g^2;
+    p -= clr * g / (sqrt(s) + eps); s starts at initial_accumulator_value.
+    NaN/Inf in gradients propagate (no checks per step)."""
+
+    _kind = "adagrad"
+    _slots = ("sum", None, None)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, groups=None):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize), groups)
+
+    def _slots_needed(self, groups):
+        for gi, g in enumerate(groups):
+            v = g["initial_accumulator_value"]
+            if not v >= 0:
+                _bad(f"param_groups[{gi}]['initial_accumulator_value']", v, ">= 0")
+        return [True, False, False]
+
+    def _init_state(self, bufs, entries, groups):
+        offset = 0
+        for _, _, size, gi in entries:
+            bufs[0][offset:offset + size] = groups[gi]["initial_accumulator_value"]
+            offset += size
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) around any gdfast optimizer.
+
+    The inner optimizer takes the fast steps; every k steps the slow weights
+    move toward the fast ones, slow += alpha * (fast - slow), and the fast
+    weights restart from them. The slow weights start as the parameters."""
+
+    def __init__(self, optimizer, k=5, alpha=0.5):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a gdfast optimizer, got {type(optimizer).__name__}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            _bad("k", k, "an integer >= 1")
+        if not 0.0 <= alpha <= 1.0:
+            _bad("alpha", alpha, "in [0, 1]")
+        self.optimizer = optimizer
+        self.k = int(k)
+        self._alpha = float(alpha)
+        self._count = 0
+        total = sum(p.size for p, _ in optimizer._seg_info)
+        self._slow_buf = _aligned_empty(total)
+        pairs = []
+        for p, off in optimizer._seg_info:
+            s = self._slow_buf[off:off + p.size]
+            s[...] = p.reshape(-1)
+            pairs.append((p.reshape(-1), s))
+        self._pairs = pairs
+        self._plan = _kernels._lookahead_plan(pairs, self._alpha)
+
+    @property
+    def alpha(self):
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value):
+        if not 0.0 <= value <= 1.0:
+            _bad("alpha", value, "in [0, 1]")
+        self._alpha = float(value)
+        self._plan = _kernels._lookahead_plan(self._pairs, self._alpha)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def step(self, grads=None, max_grad_norm=None):
+        out = self.optimizer.step(grads, max_grad_norm)
+        self._after_step()
+        return out
+
+    def _begin_step(self, params):
+        return self.optimizer._begin_step(params)
+
+    def _end_step(self):
+        self.optimizer._end_step()
+        self._after_step()
+
+    def _after_step(self):
+        self._count += 1
+        if self._count % self.k == 0:
+            self._plan.execute()
+
+    def _slow_views(self):
+        views, offset = {}, 0
+        for key in self.optimizer._keys:
+            shape = self.optimizer._shapes[key]
+            size = int(np.prod(shape, dtype=np.int64))
+            views[key] = self._slow_buf[offset:offset + size].reshape(shape)
+            offset += size
+        return views
+
+    def state_dict(self):
+        sd = self.optimizer.state_dict()
+        sd["lookahead"] = {"k": self.k, "alpha": self._alpha, "count": self._count}
+        sd["slow"] = {key: v.copy() for key, v in self._slow_views().items()}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        sd = dict(state_dict)
+        la, slow = sd.pop("lookahead", None), sd.pop("slow", None)
+        if not isinstance(la, dict) or set(la) != {"k", "alpha", "count"} or slow is None:
+            raise ValueError("state_dict lacks the Lookahead entries 'lookahead' and 'slow'")
+        views = self._slow_views()
+        if set(slow) != set(views):
+            raise ValueError(f"state_dict['slow'] has keys {sorted(map(str, slow))}, "
+                             f"expected {sorted(map(str, views))}")
+        for key, v in views.items():
+            a = np.asarray(slow[key])
+            if a.dtype != np.float32 or a.shape != v.shape:
+                raise ValueError(f"slow[{key!r}] must be float32 of shape {v.shape}, "
+                                 f"got {a.dtype} {a.shape}")
+        k, alpha, count = la["k"], la["alpha"], la["count"]
+        if int(k) != k or k < 1 or not 0 <= alpha <= 1 or int(count) != count or count < 0:
+            raise ValueError(f"bad Lookahead settings in state_dict: {la}")
+        self.optimizer.load_state_dict(sd)
+        for key, v in views.items():
+            v[...] = slow[key]
+        self.k, self._count = int(k), int(count)
+        self.alpha = alpha
+
+    def save(self, path):
+        np.savez(path, **_flatten(self.state_dict(), "Lookahead"))
+
+    def load(self, path):
+        self.load_state_dict(_unflatten(path, "Lookahead"))
+
+    def zero_grad(self):
+        self.optimizer.zero_grad()
+
+    def __repr__(self):
+        return f"Lookahead({self.optimizer!r}, k={self.k}, alpha={self._alpha})"
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale gradients in place so their global L2 norm is at most max_norm.
+
+    grads: a Params arena (its grad buffer), one float32 array or a list.
+    Returns the norm before clipping, reduced deterministically (the same
+    bits for any thread count). Scale max_norm / (norm + 1e-6) when below 1,
+    as torch.nn.utils.clip_grad_norm_; a NaN/Inf norm propagates."""
+    if isinstance(grads, Params):
+        grads = grads.grad
+    return _kernels.clip_grad_norm(grads, float(max_norm))
+
+
+def clip_grad_value(grads, clip_value):
+    """Clamp every gradient entry to [-clip_value, clip_value] in place; NaN stays NaN."""
+    if isinstance(grads, Params):
+        grads = grads.grad
+    _kernels.clip_grad_value(grads, float(clip_value))

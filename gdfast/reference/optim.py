@@ -1,0 +1,222 @@
+"""NumPy twins of gdfast's optimizer kernels (src/optim_kernels.inc).
+
+The same float32 operations in the same order, in place with preallocated
+work arrays: the test oracle (it matches the C kernels to float32 rounding)
+and the in-place NumPy baseline of the benchmarks. One hyperparameter set
+per optimizer over a list of float32 arrays; step(grads, max_grad_norm).
+"""
+import math
+
+import numpy as np
+
+f32 = np.float32
+
+
+def grad_norm(grads):
+    """Global L2 norm, accumulated in float64."""
+    return math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
+                         for g in grads))
+
+
+def clip_coef(grads, max_norm):
+    """(norm, float32 factor) as PyTorch's clip_grad_norm_ (factor 1 when not clipping)."""
+    norm = grad_norm(grads)
+    coef = max_norm / (norm + 1e-6)
+    return norm, f32(1.0) if coef >= 1.0 else f32(coef)
+
+
+def clip_grad_norm(grads, max_norm):
+    norm, c = clip_coef(grads, max_norm)
+    for g in grads:
+        g *= c
+    return norm
+
+
+def clip_grad_value(grads, clip_value):
+    for g in grads:
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+class _Reference:
+    def __init__(self, params, **hyper):
+        self.params = params
+        self.hyper = hyper
+        self.t = 0
+        self._tmp = [np.empty_like(p) for p in params]
+        self._tmp2 = [np.empty_like(p) for p in params]
+
+    def step(self, grads, max_grad_norm=None):
+        self.t += 1
+        gs, norm = f32(1.0), None
+        if max_grad_norm is not None:
+            norm, gs = clip_coef(grads, max_grad_norm)
+        if self.hyper.get("maximize"):
+            gs = -gs
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            gi = np.multiply(g, gs, out=self._tmp[i])
+            self._update(i, p, gi, self._tmp2[i])
+        return norm
+
+    def _decay(self, p, gi, tmp):
+        wd = self.hyper.get("weight_decay", 0.0)
+        if wd:
+            np.multiply(p, f32(wd), out=tmp)
+            gi += tmp
+
+
+class SGD(_Reference):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, maximize=False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+        self.buf = [np.zeros_like(p) for p in params]
+
+    def _update(self, i, p, gi, tmp):
+        h = self.hyper
+        self._decay(p, gi, tmp)
+        d = gi
+        if h["momentum"]:
+            b = self.buf[i]
+            if self.t == 1:
+                b[...] = gi
+            else:
+                b *= f32(h["momentum"])
+                np.multiply(gi, f32(1.0 - h["dampening"]), out=tmp)
+                b += tmp
+            if h["nesterov"]:
+                np.multiply(b, f32(h["momentum"]), out=tmp)
+                gi += tmp
+            else:
+                d = b
+        np.multiply(d, f32(h["lr"]), out=tmp)
+        p -= tmp
+
+
+class RMSprop(_Reference):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, maximize=False):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, maximize=maximize)
+        self.square_avg = [np.zeros_like(p) for p in params]
+        self.momentum_buffer = [np.zeros_like(p) for p in params]
+        self.grad_avg = [np.zeros_like(p) for p in params]
+        self._avg = [np.empty_like(p) for p in params]
+
+    def _update(self, i, p, gi, tmp):
+        h = self.hyper
+        a1m = f32(1.0 - h["alpha"])
+        self._decay(p, gi, tmp)
+        s = self.square_avg[i]
+        s *= f32(h["alpha"])
+        np.multiply(gi, gi, out=tmp)
+        tmp *= a1m
+        s += tmp
+        avg = self._avg[i]
+        if h["centered"]:
+            m = self.grad_avg[i]
+            np.subtract(gi, m, out=tmp)
+            tmp *= a1m
+            m += tmp
+            np.multiply(m, m, out=tmp)
+            np.subtract(s, tmp, out=avg)
+            np.sqrt(avg, out=avg)
+        else:
+            np.sqrt(s, out=avg)
+        avg += f32(h["eps"])
+        np.divide(gi, avg, out=tmp)
+        if h["momentum"] > 0:
+            b = self.momentum_buffer[i]
+            b *= f32(h["momentum"])
+            b += tmp
+            np.multiply(b, f32(h["lr"]), out=tmp)
+        else:
+            tmp *= f32(h["lr"])
+        p -= tmp
+
+
+class Adam(_Reference):
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, maximize=False):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize)
+        self.exp_avg = [np.zeros_like(p) for p in params]
+        self.exp_avg_sq = [np.zeros_like(p) for p in params]
+        self.max_exp_avg_sq = [np.zeros_like(p) for p in params]
+
+    def _update(self, i, p, gi, tmp):
+        h = self.hyper
+        b1, b2 = h["betas"]
+        lr, wd = h["lr"], h["weight_decay"]
+        if self.decoupled:
+            if wd:
+                p *= f32(1.0 - lr * wd)
+        else:
+            self._decay(p, gi, tmp)
+        m, v = self.exp_avg[i], self.exp_avg_sq[i]
+        m *= f32(b1)
+        np.multiply(gi, f32(1.0 - b1), out=tmp)
+        m += tmp
+        v *= f32(b2)
+        np.multiply(gi, gi, out=tmp)
+        tmp *= f32(1.0 - b2)
+        v += tmp
+        if h["amsgrad"]:
+            np.maximum(self.max_exp_avg_sq[i], v, out=self.max_exp_avg_sq[i])
+            v = self.max_exp_avg_sq[i]
+        step_size = lr / (1.0 - b1 ** self.t)
+        inv_bc2_sqrt = 1.0 / math.sqrt(1.0 - b2 ** self.t)
+        np.sqrt(v, out=tmp)
+        tmp *= f32(inv_bc2_sqrt)
+        tmp += f32(h["eps"])
+        np.divide(m, tmp, out=tmp)
+        tmp *= f32(step_size)
+        p -= tmp
+
+
+class AdamW(Adam):
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize)
+
+
+class Adagrad(_Reference):
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                         maximize=maximize)
+        self.sum = [np.full_like(p, initial_accumulator_value) for p in params]
+
+    def _update(self, i, p, gi, tmp):
+        h = self.hyper
+        clr = h["lr"] / (1.0 + (self.t - 1) * h["lr_decay"])
+        self._decay(p, gi, tmp)
+        s = self.sum[i]
+        np.multiply(gi, gi, out=tmp)
+        s += tmp
+        np.sqrt(s, out=tmp)
+        tmp += f32(h["eps"])
+        np.divide(gi, tmp, out=tmp)
+        tmp *= f32(clr)
+        p -= tmp
+
+
+class Lookahead:
+    def __init__(self, optimizer, k=5, alpha=0.5):
+        self.optimizer, self.k, self.alpha, self.count = optimizer, k, alpha, 0
+        self.slow = [p.copy() for p in optimizer.params]
+
+    def step(self, grads, max_grad_norm=None):
+        out = self.optimizer.step(grads, max_grad_norm)
+        self.count += 1
+        if self.count % self.k == 0:
+            for p, s in zip(self.optimizer.params, self.slow):
+                tmp = p - s
+                tmp *= f32(self.alpha)
+                s += tmp
+                p[...] = s
+        return out

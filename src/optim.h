@@ -1,0 +1,102 @@
+/* gdfast optimizers: one fused, in-place pass over all parameters per step.
+ *
+ * A step is described by a gd_plan: a list of segments (contiguous runs of
+ * parameters with their gradients and state buffers) and one gd_hyper per
+ * parameter group. The driver (optim.c) splits the concatenation of all
+ * segments into per-thread ranges whose boundaries are multiples of 64
+ * floats and calls the kernel of the active instruction set on each piece.
+ * Every kernel is elementwise, so results do not depend on the thread count.
+ */
+#ifndef GDFAST_OPTIM_H
+#define GDFAST_OPTIM_H
+
+#include "gdfast.h"
+
+enum { GD_SGD = 0, GD_RMSPROP = 1, GD_ADAM = 2, GD_ADAGRAD = 3, GD_LOOKAHEAD = 4, GD_NKINDS };
+
+/* Option flags of gd_hyper.flags. */
+#define GD_F_WD 1         /* coupled weight decay: g += wd * p */
+#define GD_F_DECOUPLED 2  /* AdamW: p *= 1 - lr * wd before the update */
+#define GD_F_MOMENTUM 4   /* SGD, RMSprop: momentum buffer in s[0] (SGD) / s[1] (RMSprop) */
+#define GD_F_FIRST 8      /* SGD: first step, the momentum buffer starts as the gradient */
+#define GD_F_NESTEROV 16  /* SGD */
+#define GD_F_CENTERED 32  /* RMSprop: gradient average in s[2] */
+#define GD_F_AMSGRAD 64   /* Adam: running max of v in s[2] */
+#define GD_F_MAXIMIZE 128 /* ascend: the gradient is negated */
+
+/* Per-group coefficients, computed once per step (in double, rounded to float). */
+typedef struct {
+    int kind, flags;
+    float gscale;       /* gradient factor: +-1 times the clip coefficient (set by the driver) */
+    float lr;           /* SGD, RMSprop: lr; Adagrad: lr / (1 + (step - 1) * lr_decay) */
+    float wd;           /* coupled weight decay */
+    float decay;        /* AdamW: 1 - lr * wd */
+    float momentum;     /* SGD, RMSprop */
+    float dampening1m;  /* SGD: 1 - dampening */
+    float alpha, alpha1m;               /* RMSprop: alpha, 1 - alpha; Lookahead: alpha */
+    float beta1, beta1m, beta2, beta2m; /* Adam: beta, 1 - beta */
+    float step_size;                    /* Adam: lr / (1 - beta1^t) */
+    float inv_bc2_sqrt;                 /* Adam: 1 / sqrt(1 - beta2^t) */
+    float eps;
+} gd_hyper;
+
+/* A contiguous run of parameters; s[k] are its state buffers (NULL if unused):
+ * SGD: s0 momentum. RMSprop: s0 square_avg, s1 momentum, s2 grad_avg.
+ * Adam: s0 exp_avg, s1 exp_avg_sq, s2 max_exp_avg_sq. Adagrad: s0 sum.
+ * Lookahead: s0 slow weights. */
+typedef struct {
+    float *p;
+    const float *g;
+    float *s[3];
+    gd_index n;
+    gd_index start; /* offset of p[0] in the concatenation of all segments */
+    int group;
+} gd_segment;
+
+typedef struct {
+    gd_segment *seg;
+    int nseg;
+    gd_hyper *hyper;
+    int ngroups;
+    gd_index total;      /* sum of the segments' n */
+    double max_norm;     /* > 0: clip by the global gradient norm inside the step */
+    double *block_sums;  /* ceil(total / GD_NORM_BLOCK) doubles, for the norm */
+    double norm;         /* out: the global gradient norm when clipping */
+} gd_plan;
+
+/* Floats per block of the deterministic norm reduction; thread ranges are
+ * multiples of GD_SPLIT. */
+#define GD_NORM_BLOCK 4096
+#define GD_SPLIT 64
+
+/* Kernels of one instruction set (optim_scalar.c, optim_avx2.c). */
+typedef void (*gd_update_fn)(const gd_hyper *h, float *p, const float *g, float *s0, float *s1,
+                             float *s2, gd_index n);
+typedef struct {
+    gd_update_fn update[GD_NKINDS];
+    double (*sumsq)(const float *x, gd_index n);
+    void (*scale)(float *x, float c, gd_index n);
+    void (*clamp)(float *x, float lo, float hi, gd_index n);
+    void (*rmw)(float **rw, int nrw, const float **ro, int nro, gd_index n);
+    void (*triad)(float *a, const float *b, const float *c, float s, gd_index n);
+} gd_optim_kernels;
+
+extern gd_optim_kernels gd_optim_k;
+void gdfast_optim_kernels_scalar(gd_optim_kernels *k);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_optim_kernels_avx2(gd_optim_kernels *k);
+#endif
+
+/* Driver (optim.c). Both return 0. */
+int gdfast_optim_run(gd_plan *plan);
+/* Global L2 norm of the segments' g (deterministic for any thread count). */
+double gdfast_optim_grad_norm(gd_plan *plan);
+/* In place on the segments' p: scale by c, or clamp to [lo, hi]. */
+void gdfast_optim_scale(gd_plan *plan, float c);
+void gdfast_optim_clamp(gd_plan *plan, float lo, float hi);
+
+/* Memory bandwidth probes (membw.c): one pass each, threaded like a step. */
+void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n);
+void gdfast_triad_pass(float *a, const float *b, const float *c, float s, gd_index n);
+
+#endif
