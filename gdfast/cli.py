@@ -56,6 +56,7 @@ def _add_train(p):
     o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
     o.add_argument("--eps", type=float, default=None, help="optimizer epsilon (default: its own)")
     o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this")
     o.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     o.add_argument("--warmup", type=float, default=1.0, help="linear warmup in epochs (default 1)")
     t = p.add_argument_group("training")
@@ -99,8 +100,8 @@ def _make_optimizer(name, params, args):
 class _ProgressBar:
     """A tqdm bar per epoch with the live running loss and training accuracy."""
 
-    def __init__(self, epochs, enabled=True):
-        self.epochs, self.enabled = epochs, enabled
+    def __init__(self, epochs, enabled=True, mininterval=0.2):
+        self.epochs, self.enabled, self.mininterval = epochs, enabled, mininterval
         self.bar = None
 
     def on_epoch_begin(self, epoch, steps):
@@ -108,7 +109,8 @@ class _ProgressBar:
         if self.enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="step",
-                            leave=False, dynamic_ncols=True, mininterval=0.2, file=sys.stderr)
+                            leave=False, dynamic_ncols=True, mininterval=self.mininterval,
+                            file=sys.stderr)
 
     def on_step(self, loss, acc):
         self.loss_sum += loss
@@ -171,7 +173,8 @@ def _run_train(args, argv):
                       schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
                       validation=(data.x_val, data.y_val) if data.x_val is not None else None,
                       test=(data.x_test, data.y_test), early_stopping=args.early_stopping,
-                      checkpoint_dir=args.checkpoint_dir, progress=progress)
+                      checkpoint_dir=args.checkpoint_dir, progress=progress,
+                      clip_norm=args.clip_norm)
     try:
         history = trainer.fit(args.epochs, resume=args.resume)
     except TrainingDiverged as e:
