@@ -235,8 +235,8 @@ def _plot_history(history, path):
 
 # Per test function: (optimizer, learning rate) chosen so each makes visible progress.
 TRAJECTORY_LRS = {
-    "rosenbrock": {"gd": 1e-3, "momentum": 2e-4, "nesterov": 2e-4, "rmsprop": 1e-2,
-                   "adam": 5e-2, "adamw": 5e-2, "adagrad": 0.5},
+    "rosenbrock": {"gd": 1e-3, "momentum": 5e-4, "nesterov": 5e-4, "rmsprop": 1e-2,
+                   "adam": 0.1, "adamw": 0.1, "adagrad": 0.5},
     "beale": {"gd": 1e-2, "momentum": 2e-3, "nesterov": 2e-3, "rmsprop": 1e-2,
               "adam": 5e-2, "adamw": 5e-2, "adagrad": 0.5},
     "noisy-bowl": {"gd": 0.05, "momentum": 0.01, "nesterov": 0.01, "rmsprop": 0.05,
@@ -253,7 +253,7 @@ def optimizer_factory(name, lr):
         "nesterov": lambda p: gdfast.SGD(p, lr=lr, momentum=0.9, nesterov=True),
         "rmsprop": lambda p: gdfast.RMSprop(p, lr=lr),
         "adam": lambda p: gdfast.Adam(p, lr=lr),
-        "adamw": lambda p: gdfast.AdamW(p, lr=lr, weight_decay=0.1),
+        "adamw": lambda p: gdfast.AdamW(p, lr=lr, weight_decay=0.01),
         "adagrad": lambda p: gdfast.Adagrad(p, lr=lr),
     }
     return makers[name]
@@ -261,7 +261,7 @@ def optimizer_factory(name, lr):
 
 def _add_optimizers(p):
     p.add_argument("--plot", metavar="PNG", help="draw the trajectories over contour plots")
-    p.add_argument("--steps", type=int, default=500, help="steps per optimizer (default 500)")
+    p.add_argument("--steps", type=int, default=1000, help="steps per optimizer (default 1000)")
     p.add_argument("--functions", nargs="+", choices=list(TRAJECTORY_LRS), default=list(TRAJECTORY_LRS))
     p.add_argument("--seed", type=int, default=0, help="seed of the noisy bowl's gradient noise")
 
