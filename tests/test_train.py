@@ -177,3 +177,27 @@ def test_real_mnist_trains_well_above_chance():
                       test=(data.x_test, data.y_test))
     history = trainer.fit(2)
     assert history[-1]["test_acc"] > 0.9
+
+
+def test_reference_trainer_matches_gdfast():
+    """The NumPy reference trainer (the benchmark baseline) takes the same path."""
+    from gdfast.reference.train import ReferenceMLP, ReferenceOptimizer
+    x, y = blobs(256)
+    runs = []
+    for kind in ("gdfast", "reference"):
+        model = gdfast.MLP([20, 16, 3], seed=4)
+        if kind == "reference":
+            model = ReferenceMLP([20, 16, 3], init_from=model.params)
+            opt = ReferenceOptimizer("Adam", model.params, lr=1e-2)
+        else:
+            opt = gdfast.Adam(model.params, lr=1e-2)
+        sched = schedules.Warmup(schedules.Cosine(1e-2, 40), 8)
+        trainer = Trainer(model, opt, (x, y), batch_size=32, schedule=sched, test=(x, y), seed=1)
+        trainer.fit(3)
+        runs.append(trainer)
+    fast, ref = runs
+    np.testing.assert_allclose(fast.params.data, ref.params.data, rtol=1e-3, atol=1e-4)
+    for a, b in zip(fast.history, ref.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.01)
