@@ -60,7 +60,7 @@ def _add_train(p):
     o.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     o.add_argument("--warmup", type=float, default=1.0, help="linear warmup in epochs (default 1)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=12)
+    t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--batch-size", type=int, default=128, help="0 for full-batch gradient descent")
     t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                    help="stop after this many epochs without improvement (needs --validation)")
