@@ -184,12 +184,13 @@ def _run_train(args, argv):
     last = history[-1]
     if trainer.stopped_early:
         print(f"early stopping after epoch {last['epoch']}: no {trainer.monitor} improvement "
-              f"for {args.early_stopping} epochs; best parameters restored")
+              f"for {args.early_stopping} epochs")
+    if args.early_stopping:     # the best epoch's parameters are back: measure those
         _, acc = model.evaluate(data.x_test, data.y_test)
+        print(f"best {trainer.monitor} {trainer.best:.4g}: its parameters restored")
     else:
         acc = last["test_acc"]
-    epochs_run = [r for r in history]
-    rate = sum(r["samples_per_s"] * r["train_time"] for r in epochs_run) / sum(r["train_time"] for r in epochs_run)
+    rate = sum(r["samples_per_s"] * r["train_time"] for r in history) / sum(r["train_time"] for r in history)
     print(f"final test accuracy {100 * acc:.2f}%  |  training throughput {rate:,.0f} samples/s  |  "
           f"total {time.perf_counter() - t_start:.1f} s")
     if args.plot:
