@@ -62,7 +62,14 @@ cdef class StepPlan:
     """One optimizer step over fixed segments, runnable without the GIL.
 
     Built by the optimizers; `run()` (cdef, nogil) is what fused training
-    steps call between an optimizer's `_begin_step` and `_end_step`."""
+    steps call between an optimizer's `_begin_step` and `_end_step`:
+
+        cdef StepPlan plan = optimizer._begin_step(params)  # with the GIL
+        with nogil:
+            ...  # forward, backward into params.grad
+            plan.run()
+        optimizer._end_step()
+    """
     cdef gd_plan plan
     cdef list _keep  # the arrays whose memory the segments point into
 

@@ -257,8 +257,8 @@ class Optimizer(_kernels._OptimCore):
         self._step = int(step)
 
     def save(self, path):
-        """Write state_dict() to an .npz file (no pickle)."""
-        np.savez(path, **_flatten(self.state_dict(), type(self).__name__))
+        """Write state_dict() to an .npz file at exactly `path` (no pickle)."""
+        _save(path, _flatten(self.state_dict(), type(self).__name__))
 
     def load(self, path):
         """Restore from a file written by save()."""
@@ -290,6 +290,11 @@ def _flatten(sd, cls):
             arrays[f"slow/{i}"] = a
     arrays["__meta__"] = np.array(json.dumps(meta, default=float))
     return arrays
+
+
+def _save(path, arrays):
+    with open(path, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+        np.savez(f, **arrays)
 
 
 def _unflatten(path, cls):
@@ -523,7 +528,7 @@ class Lookahead:
         self.alpha = alpha
 
     def save(self, path):
-        np.savez(path, **_flatten(self.state_dict(), "Lookahead"))
+        _save(path, _flatten(self.state_dict(), "Lookahead"))
 
     def load(self, path):
         self.load_state_dict(_unflatten(path, "Lookahead"))
