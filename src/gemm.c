@@ -22,8 +22,12 @@
 #include <omp.h>
 #endif
 
+#ifndef GD_MC
 #define GD_MC 120
+#endif
+#ifndef GD_KC
 #define GD_KC 256
+#endif
 #define GD_NC 1024
 /* Up to this many flops (2mnk) the unpacked path is used when it can be. */
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
