@@ -107,7 +107,11 @@ class _ProgressBar:
     def on_epoch_begin(self, epoch, steps):
         self.loss_sum, self.count, self.epoch = 0.0, 0, epoch
         if self.enabled:
-            from tqdm import tqdm
+            try:
+                from tqdm import tqdm
+            except ImportError:     # a declared dependency; without it, epoch lines only
+                self.enabled = False
+                return
             self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="step",
                             leave=False, dynamic_ncols=True, mininterval=self.mininterval,
                             file=sys.stderr)
