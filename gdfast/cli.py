@@ -4,7 +4,6 @@ Each subcommand is one entry in COMMANDS: a function adding its arguments
 and a function running it, so a new one (``gdfast bench``) is a few lines.
 """
 import argparse
-import math
 import sys
 import time
 
@@ -135,7 +134,10 @@ class _ProgressBar:
             parts.append(f"val acc {100 * r['val_acc']:.2f}%")
         if "test_acc" in r:
             parts += [f"test loss {r['test_loss']:.4f}", f"test acc {100 * r['test_acc']:.2f}%"]
-        parts += [f"lr {r['lr']:.3g}", f"|g| {r['grad_norm']:.3g}", f"{r['samples_per_s']:,.0f} samples/s"]
+        parts.append(f"lr {r['lr']:.3g}")
+        if r.get("grad_norm") is not None:
+            parts.append(f"|g| {r['grad_norm']:.3g}")
+        parts.append(f"{r['samples_per_s']:,.0f} samples/s")
         print("  ".join(parts), flush=True)
 
 
@@ -165,7 +167,8 @@ def _run_train(args, argv):
     n = len(data.x_train)
     steps_per_epoch = 1 if batch is None else -(-n // batch)
     total = steps_per_epoch * args.epochs
-    schedule = schedules.make(args.schedule, args.lr, total, warmup=round(args.warmup * steps_per_epoch),
+    warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
+    schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
                               steps_per_epoch=steps_per_epoch)
     print(f"gdfast {gdfast.__version__}: {args.dataset} {n} train / {len(data.x_test)} test"
           f"{f' / {len(data.x_val)} val' if data.x_val is not None else ''} from {data.source}; "

@@ -145,11 +145,8 @@ def test_test_function_gradients_match_finite_differences(func):
 def test_optimizers_move_toward_the_minima_and_plot(tmp_path, capsys):
     png = tmp_path / "paths.png"
     argv = ["optimizers", "--steps", "300"]
-    has_mpl = True
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        has_mpl = False
+    import importlib.util
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
     if has_mpl:
         argv += ["--plot", str(png)]
     assert cli.main(argv) == 0

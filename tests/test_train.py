@@ -201,3 +201,12 @@ def test_reference_trainer_matches_gdfast():
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.01)
+
+
+def test_untracked_grad_norm_is_none_in_strict_json(tmp_path):
+    x, y = blobs(40)
+    model, opt = make()
+    trainer = Trainer(model, opt, (x, y), batch_size=8, track_grad_norm=False, checkpoint_dir=tmp_path)
+    trainer.fit(1)
+    assert trainer.history[0]["grad_norm"] is None
+    json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda c: pytest.fail(c))
