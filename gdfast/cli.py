@@ -6,6 +6,7 @@ and a function running it, so a new one (``gdfast bench``) is a few lines.
 import argparse
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["main", "COMMANDS"]
 
@@ -175,6 +176,8 @@ def _run_train(args, argv):
           f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} lr {args.lr:g} "
           f"{args.schedule}, batch {batch or 'full'}, {args.epochs} epochs, "
           f"{gdfast.get_num_threads()} threads", flush=True)
+    if args.resume and not (Path(args.checkpoint_dir) / "last.npz").exists():
+        print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
     progress = _ProgressBar(args.epochs, enabled=args.progress)
     trainer = Trainer(model, optimizer, (data.x_train, data.y_train), batch_size=batch,
                       schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
