@@ -27,7 +27,39 @@ CONFIGS = [
     ("Adagrad", {"lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
     ("Adagrad", {"maximize": True, "eps": 1e-6}),
 ]
-IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for c, kw in CONFIGS]
+
+
+def _ids(configs):
+    return [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for c, kw in configs]
+
+
+IDS = _ids(CONFIGS)
+
+
+def _all_combinations():
+    """Every optimizer with every combination of its options (each at an off and an on value)."""
+    from itertools import product
+    options = {
+        "SGD": {"momentum": [0.0, 0.9], "dampening": [0.0, 0.1], "nesterov": [False, True],
+                "weight_decay": [0.0, 0.01], "maximize": [False, True]},
+        "RMSprop": {"centered": [False, True], "momentum": [0.0, 0.5],
+                    "weight_decay": [0.0, 0.01], "maximize": [False, True]},
+        "Adam": {"amsgrad": [False, True], "weight_decay": [0.0, 0.01], "maximize": [False, True]},
+        "AdamW": {"amsgrad": [False, True], "weight_decay": [0.0, 0.1], "maximize": [False, True]},
+        "Adagrad": {"lr_decay": [0.0, 0.01], "weight_decay": [0.0, 0.01],
+                    "initial_accumulator_value": [0.0, 0.1], "maximize": [False, True]},
+    }
+    out = []
+    for cls, opts in options.items():
+        for values in product(*opts.values()):
+            kw = dict(zip(opts, values))
+            if kw.get("nesterov") and (kw["momentum"] == 0 or kw["dampening"] != 0):
+                continue  # refused, as in PyTorch (tested with the bad input)
+            out.append((cls, kw))
+    return out
+
+
+COMBOS = _all_combinations()
 
 
 @pytest.fixture
@@ -54,7 +86,7 @@ def _assert_close(got, want):
 
 @pytest.mark.parametrize("simd", SIMD)
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cls,kw", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("cls,kw", COMBOS, ids=_ids(COMBOS))
 def test_matches_reference_small_tensors(cls, kw, threads, simd, simd_threads):
     simd_threads(simd, threads)
     rng = np.random.default_rng(1)
@@ -260,6 +292,7 @@ def _bad_input_cases():
          "unknown option 'foo'"),
         ("nesterov", lambda: gdfast.SGD(ok(), nesterov=True), ValueError, "nesterov"),
         ("eps", lambda: gdfast.RMSprop(ok(), eps=-1), ValueError, "eps"),
+        ("lr", lambda: gdfast.SGD(ok(), lr="0.1"), TypeError, r"\['lr'\] must be a number"),
         ("init", lambda: gdfast.Adagrad(ok(), initial_accumulator_value=-1), ValueError,
          "initial_accumulator_value"),
     ]
