@@ -29,7 +29,7 @@
 #define GD_KC 256
 #endif
 #define GD_NC 1024
-/* Up to this many flops (2mnk) the unpacked path is used when it can be. */
+/* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
@@ -98,11 +98,14 @@ static void pack_a(const gemm_job *g, gd_index i0, gd_index mc, gd_index p0, gd_
                 dst += GD_MR;
             }
         } else {
-            for (gd_index p = 0; p < kc; p++) {
-                for (int i = 0; i < mr; i++) dst[i] = src[i * rs + p];
-                for (int i = mr; i < GD_MR; i++) dst[i] = 0.0f;
-                dst += GD_MR;
+            for (int i = 0; i < GD_MR; i++) {
+                const float *row = src + i * rs;
+                if (i < mr)
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = row[p];
+                else
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = 0.0f;
             }
+            dst += kc * GD_MR;
         }
     }
 }
@@ -123,13 +126,17 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
                 dst += GD_NR;
             }
         } else {
-            /* op(B)(p, j) = B[j, p]: walk NR rows of B together */
+            /* op(B)(p, j) = B[j, p]: read each row of B straight through and
+             * scatter it down its panel column (the panel sits in L1) */
             const float *src = g->b + j * g->ldb + p0;
-            for (gd_index p = 0; p < kc; p++) {
-                for (int jj = 0; jj < nr; jj++) dst[jj] = src[jj * g->ldb + p];
-                for (int jj = nr; jj < GD_NR; jj++) dst[jj] = 0.0f;
-                dst += GD_NR;
+            for (int jj = 0; jj < GD_NR; jj++) {
+                const float *row = src + jj * g->ldb;
+                if (jj < nr)
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = row[p];
+                else
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = 0.0f;
             }
+            dst += kc * GD_NR;
         }
     }
 }
@@ -192,7 +199,10 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
     gemm_job g = {trans_a, trans_b, 0, 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, ep};
     double flops = 2.0 * (double)m * (double)n * (double)k;
     int small = flops <= GD_SMALL_FLOPS;
-    g.pack_b = trans_b || !small;
+    /* B is packed unless the problem is small and has few rows: read in place,
+     * rows of B at power-of-two strides (the MLP's layer widths) collide in
+     * the same L1 sets. A is read in place for small problems. */
+    g.pack_b = trans_b || !small || m > 2 * GD_MR;
     g.pack_a = !small;
 
     /* Column sums add rows in order, so their columns must stay on one thread. */
