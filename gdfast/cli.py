@@ -336,7 +336,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gdfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_args, _) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        # no abbreviations: a preset must see every flag given explicitly
+        add_args(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False))
     return parser
 
 
