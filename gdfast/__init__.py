@@ -23,7 +23,10 @@ from .train import Trainer, fit
 
 def _init_simd():
     forced = _os.environ.get("GDFAST_SIMD", "").strip().lower()
-    _kernels.set_simd(forced or _kernels.simd_best())
+    try:
+        _kernels.set_simd(forced or _kernels.simd_best())
+    except ValueError as e:
+        raise ValueError(f"environment variable GDFAST_SIMD={forced!r}: {e}") from None
 
 
 _init_simd()
