@@ -5,13 +5,20 @@ behind one Cython module, with a small NumPy-first Python API.
 """
 import os as _os
 
-from . import _kernels
+# OpenMP workers that spin at barriers stall whenever a core is shared (a busy
+# machine, CI): measured 20-40x slower epochs. Sleep instead, unless the user
+# chose a policy. Read once, when _kernels loads libgomp.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _kernels  # noqa: E402
 from ._version import __version__
 from ._kernels import get_num_threads, matmul, set_num_threads
 from .mlp import MLP
 from .optim import (SGD, Adagrad, Adam, AdamW, Lookahead, RMSprop, clip_grad_norm,
                     clip_grad_value)
 from .params import Params
+from . import datasets, schedules
+from .train import Trainer, fit
 
 
 def _init_simd():
@@ -44,4 +51,5 @@ def set_simd(name):
 
 __all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
            "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
-           "clip_grad_norm", "clip_grad_value", "MLP", "matmul"]
+           "clip_grad_norm", "clip_grad_value", "MLP", "matmul",
+           "datasets", "schedules", "Trainer", "fit"]

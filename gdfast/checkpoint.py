@@ -1,0 +1,100 @@
+"""Checkpoints as versioned .npz files: arrays stored as arrays, everything
+else as one JSON document, never pickle; written atomically.
+
+Nested state (an optimizer's state_dict, a schedule's) is flattened: every
+NumPy array or NumPy scalar becomes its own .npz entry, and the JSON tree
+keeps a reference to it, so values come back with their exact dtype and bits.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "gdfast-checkpoint"
+VERSION = 1
+
+__all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
+
+
+class CheckpointError(ValueError):
+    """The file is not a gdfast checkpoint this version can read."""
+
+
+def _flatten(obj, arrays):
+    if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(obj)
+        return {"__array__": key, "scalar": isinstance(obj, np.generic)}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            # JSON keys must be strings: keep other keys (e.g. int param ids) as pairs
+            return {"__items__": [[_flatten(k, arrays), _flatten(v, arrays)] for k, v in obj.items()]}
+        return {"__dict__": {k: _flatten(v, arrays) for k, v in obj.items()}}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, arrays) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} ({obj!r}): only arrays, numbers, "
+                    "strings, None, lists, tuples and dicts")
+
+
+def _unflatten(node, arrays):
+    if not isinstance(node, dict):
+        return node
+    if "__array__" in node:
+        arr = arrays[node["__array__"]]
+        return arr[()] if node["scalar"] else arr
+    if "__dict__" in node:
+        return {k: _unflatten(v, arrays) for k, v in node["__dict__"].items()}
+    if "__items__" in node:
+        return {_unflatten(k, arrays): _unflatten(v, arrays) for k, v in node["__items__"]}
+    if "__list__" in node:
+        return [_unflatten(v, arrays) for v in node["__list__"]]
+    if "__tuple__" in node:
+        return tuple(_unflatten(v, arrays) for v in node["__tuple__"])
+    raise CheckpointError(f"unknown node in checkpoint tree: {sorted(node)}")
+
+
+def save(path, state):
+    """Write the nested `state` to `path` atomically (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    tree = _flatten(state, arrays)
+    header = {"format": FORMAT, "version": VERSION, "tree": tree}
+    # NaN/inf are legal state (e.g. a plateau's initial best); JSON writes them as tokens
+    arrays["__meta__"] = np.array(json.dumps(header))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path):
+    """Read a checkpoint written by `save`; arrays come back as NumPy arrays."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from e
+    try:
+        header = json.loads(str(arrays.pop("__meta__")))
+    except KeyError:
+        raise CheckpointError(f"{path}: no __meta__ entry, not a gdfast checkpoint") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {header.get('version')}, this gdfast "
+                              f"reads version {VERSION}")
+    return _unflatten(header["tree"], arrays)

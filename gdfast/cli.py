@@ -1,0 +1,363 @@
+"""The ``gdfast`` command: ``gdfast train``, ``gdfast optimizers``, ``gdfast bench``.
+
+Each subcommand is one entry in COMMANDS: a function adding its arguments
+and a function running it, so a new one is a few lines.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "COMMANDS"]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad")
+SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "plateau")
+
+# The classic network of Nielsen's "Neural Networks and Deep Learning", chapter 1.
+PRESETS = {
+    "nielsen": dict(hidden=[30], activation="sigmoid", loss="mse", init="normal",
+                    optimizer="sgd", lr=3.0, schedule="constant", warmup=0.0,
+                    epochs=30, batch_size=10, shift=0, weight_decay=0.0),
+}
+
+
+def _sizes(text):
+    try:
+        sizes = [int(s) for s in text.replace("-", ",").split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be integers like 256,128, got {text!r}")
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"hidden sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def _add_train(p):
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    d.add_argument("--data", metavar="DIR", help="directory holding the IDX files "
+                   "(default: $GDFAST_DATA/<dataset>, ~/.cache/gdfast/<dataset>, ...)")
+    d.add_argument("--no-download", dest="download", action="store_false",
+                   help="never try to download missing files")
+    d.add_argument("--validation", type=float, default=0,
+                   help="held-out validation examples: a count or a fraction (default 0)")
+    d.add_argument("--shift", type=int, default=1,
+                   help="augment by random translations of up to this many pixels (default 1)")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", choices=sorted(PRESETS),
+                   help="nielsen: 784-30-10 sigmoid, quadratic cost, SGD batch 10, lr 3.0, 30 epochs")
+    m.add_argument("--hidden", type=_sizes, default=[256, 128], help="hidden sizes (default 256,128)")
+    m.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
+    m.add_argument("--loss", choices=["cross_entropy", "mse"], default="cross_entropy")
+    m.add_argument("--init", default="he", help="weight initialisation (default he)")
+    o = p.add_argument_group("optimizer")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    o.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    o.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov/rmsprop")
+    o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
+    o.add_argument("--eps", type=float, default=None, help="optimizer epsilon (default: its own)")
+    o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this")
+    o.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    o.add_argument("--warmup", type=float, default=1.0, help="linear warmup in epochs (default 1)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--batch-size", type=int, default=128, help="0 for full-batch gradient descent")
+    t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop after this many epochs without improvement (needs --validation)")
+    t.add_argument("--threads", type=int, help="worker threads (default: OMP_NUM_THREADS or all cores)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write last.npz, best.npz and history.json/.csv here every epoch")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/last.npz")
+    t.add_argument("--plot", metavar="PNG", help="save loss, accuracy and lr curves (needs matplotlib)")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _apply_preset(args, argv):
+    """Preset values, except for flags given explicitly on the command line."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for key, value in PRESETS[args.preset].items():
+        if "--" + key.replace("_", "-") not in given:
+            setattr(args, key, value)
+
+
+def _make_optimizer(name, params, args):
+    import gdfast
+    kw = {"lr": args.lr, "weight_decay": args.weight_decay}
+    if args.eps is not None and name not in ("sgd", "momentum", "nesterov"):
+        kw["eps"] = args.eps
+    if name == "sgd":
+        return gdfast.SGD(params, **kw)
+    if name in ("momentum", "nesterov"):
+        return gdfast.SGD(params, momentum=args.momentum, nesterov=name == "nesterov", **kw)
+    if name == "rmsprop":
+        return gdfast.RMSprop(params, **kw)
+    if name in ("adam", "adamw"):
+        return (gdfast.Adam if name == "adam" else gdfast.AdamW)(params, betas=tuple(args.betas), **kw)
+    return gdfast.Adagrad(params, **kw)
+
+
+class _ProgressBar:
+    """A tqdm bar per epoch with the live running loss and training accuracy."""
+
+    def __init__(self, epochs, enabled=True, mininterval=0.2):
+        self.epochs, self.enabled, self.mininterval = epochs, enabled, mininterval
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, steps):
+        self.loss_sum, self.count, self.epoch = 0.0, 0, epoch
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:     # a declared dependency; without it, epoch lines only
+                self.enabled = False
+                return
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="step",
+                            leave=False, dynamic_ncols=True, mininterval=self.mininterval,
+                            file=sys.stderr)
+
+    def on_step(self, loss, acc):
+        self.loss_sum += loss
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update()
+            if self.count % 25 == 0:
+                post = {"loss": f"{self.loss_sum / self.count:.4f}"}
+                if acc is not None:
+                    post["train acc"] = f"{100 * acc:.1f}%"
+                self.bar.set_postfix(post, refresh=False)
+
+    def on_epoch_end(self, r):
+        if self.bar is not None:
+            self.bar.close()
+        parts = [f"epoch {r['epoch']:>3}/{self.epochs}", f"loss {r['train_loss']:.4f}"]
+        if "val_acc" in r:
+            parts.append(f"val acc {100 * r['val_acc']:.2f}%")
+        if "test_acc" in r:
+            parts += [f"test loss {r['test_loss']:.4f}", f"test acc {100 * r['test_acc']:.2f}%"]
+        parts.append(f"lr {r['lr']:.3g}")
+        if r.get("grad_norm") is not None:
+            parts.append(f"|g| {r['grad_norm']:.3g}")
+        parts.append(f"{r['samples_per_s']:,.0f} samples/s")
+        print("  ".join(parts), flush=True)
+
+
+def _run_train(args, argv):
+    t_start = time.perf_counter()
+    if args.preset:
+        _apply_preset(args, argv)
+    if args.resume and not args.checkpoint_dir:
+        sys.exit("gdfast train: --resume needs --checkpoint-dir")
+    if args.early_stopping and not args.validation:
+        sys.exit("gdfast train: --early-stopping needs --validation (a held-out split to watch)")
+    import gdfast
+    from gdfast import datasets, schedules
+    from gdfast.train import Trainer, TrainingDiverged
+    if args.threads:
+        gdfast.set_num_threads(args.threads)
+    try:
+        validation = int(args.validation) if args.validation >= 1 else args.validation
+        data = datasets.load(args.dataset, args.data, download=args.download, validation=validation)
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        sys.exit(f"gdfast train: {e}")
+    sizes = [data.x_train.shape[1]] + list(args.hidden) + [10]
+    model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
+                       seed=args.seed)
+    optimizer = _make_optimizer(args.optimizer, model.params, args)
+    batch = args.batch_size or None
+    n = len(data.x_train)
+    steps_per_epoch = 1 if batch is None else -(-n // batch)
+    total = steps_per_epoch * args.epochs
+    warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
+    schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
+                              steps_per_epoch=steps_per_epoch)
+    print(f"gdfast {gdfast.__version__}: {args.dataset} {n} train / {len(data.x_test)} test"
+          f"{f' / {len(data.x_val)} val' if data.x_val is not None else ''} from {data.source}; "
+          f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} lr {args.lr:g} "
+          f"{args.schedule}, batch {batch or 'full'}, {args.epochs} epochs, "
+          f"{gdfast.get_num_threads()} threads", flush=True)
+    if args.resume and not (Path(args.checkpoint_dir) / "last.npz").exists():
+        print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
+    progress = _ProgressBar(args.epochs, enabled=args.progress)
+    trainer = Trainer(model, optimizer, (data.x_train, data.y_train), batch_size=batch,
+                      schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
+                      validation=(data.x_val, data.y_val) if data.x_val is not None else None,
+                      test=(data.x_test, data.y_test), early_stopping=args.early_stopping,
+                      checkpoint_dir=args.checkpoint_dir, progress=progress,
+                      clip_norm=args.clip_norm)
+    try:
+        history = trainer.fit(args.epochs, resume=args.resume)
+    except TrainingDiverged as e:
+        sys.exit(f"gdfast train: {e}")
+    if not history:
+        sys.exit("gdfast train: nothing to do (the checkpoint already has all epochs)")
+    last = history[-1]
+    if trainer.stopped_early:
+        print(f"early stopping after epoch {last['epoch']}: no {trainer.monitor} improvement "
+              f"for {args.early_stopping} epochs")
+    if args.early_stopping:     # the best epoch's parameters are back: measure those
+        _, acc = model.evaluate(data.x_test, data.y_test)
+        print(f"best {trainer.monitor} {trainer.best:.4g}: its parameters restored")
+    else:
+        acc = last["test_acc"]
+    rate = sum(r["samples_per_s"] * r["train_time"] for r in history) / sum(r["train_time"] for r in history)
+    print(f"final test accuracy {100 * acc:.2f}%  |  training throughput {rate:,.0f} samples/s  |  "
+          f"total {time.perf_counter() - t_start:.1f} s")
+    if args.plot:
+        _plot_history(history, args.plot)
+    return 0
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("gdfast: --plot needs matplotlib: pip install 'gdfast[plot]' (or pip install matplotlib)")
+    return plt
+
+
+def _plot_history(history, path):
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("test_loss", "test")):
+        if key in history[0]:
+            ax_loss.plot(epochs, [r[key] for r in history], marker=".", label=label)
+    ax_loss.set(title="loss", xlabel="epoch", yscale="log")
+    for key, label in (("val_acc", "validation"), ("test_acc", "test")):
+        if key in history[0]:
+            ax_acc.plot(epochs, [100 * r[key] for r in history], marker=".", label=label)
+    ax_acc.set(title="accuracy (%)", xlabel="epoch")
+    ax_lr.plot(epochs, [r["lr"] for r in history], marker=".")
+    ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"curves saved to {path}")
+
+
+# -- gdfast optimizers ---------------------------------------------------------
+
+# Per test function: (optimizer, learning rate) chosen so each makes visible progress.
+TRAJECTORY_LRS = {
+    "rosenbrock": {"gd": 1e-3, "momentum": 5e-4, "nesterov": 5e-4, "rmsprop": 1e-2,
+                   "adam": 0.1, "adamw": 0.1, "adagrad": 0.5},
+    "beale": {"gd": 1e-2, "momentum": 2e-3, "nesterov": 2e-3, "rmsprop": 1e-2,
+              "adam": 5e-2, "adamw": 5e-2, "adagrad": 0.5},
+    "noisy-bowl": {"gd": 0.05, "momentum": 0.01, "nesterov": 0.01, "rmsprop": 0.05,
+                   "adam": 0.1, "adamw": 0.1, "adagrad": 1.0},
+}
+
+
+def optimizer_factory(name, lr):
+    """A make_optimizer(params) for testfuncs.trajectory, using gdfast's own classes."""
+    import gdfast
+    makers = {
+        "gd": lambda p: gdfast.SGD(p, lr=lr),
+        "momentum": lambda p: gdfast.SGD(p, lr=lr, momentum=0.9),
+        "nesterov": lambda p: gdfast.SGD(p, lr=lr, momentum=0.9, nesterov=True),
+        "rmsprop": lambda p: gdfast.RMSprop(p, lr=lr),
+        "adam": lambda p: gdfast.Adam(p, lr=lr),
+        "adamw": lambda p: gdfast.AdamW(p, lr=lr, weight_decay=0.01),
+        "adagrad": lambda p: gdfast.Adagrad(p, lr=lr),
+    }
+    return makers[name]
+
+
+def _add_optimizers(p):
+    p.add_argument("--plot", metavar="PNG", help="draw the trajectories over contour plots")
+    p.add_argument("--steps", type=int, default=1000, help="steps per optimizer (default 1000)")
+    p.add_argument("--functions", nargs="+", choices=list(TRAJECTORY_LRS), default=list(TRAJECTORY_LRS))
+    p.add_argument("--seed", type=int, default=0, help="seed of the noisy bowl's gradient noise")
+
+
+def _run_optimizers(args, argv):
+    import numpy as np
+    from gdfast.testfuncs import FUNCTIONS, trajectory
+    results = {}
+    for fname in args.functions:
+        func = FUNCTIONS[fname]
+        print(f"{fname}: start {func.start}, minimum {func.minimum}")
+        for opt, lr in TRAJECTORY_LRS[fname].items():
+            path = trajectory(func, optimizer_factory(opt, lr), args.steps, seed=args.seed)
+            results[fname, opt] = path
+            end = path[-1]
+            dist = float(np.hypot(*(end - np.array(func.minimum))))
+            status = "" if len(path) == args.steps + 1 else f"  (diverged after {len(path) - 1} steps)"
+            print(f"  {opt:<9} lr {lr:<7g} end ({end[0]:+.4f}, {end[1]:+.4f})  "
+                  f"f {func.value(*end):.3g}  distance to minimum {dist:.3g}{status}")
+    if args.plot:
+        _plot_trajectories(results, args.functions, args.plot)
+    return 0
+
+
+def _plot_trajectories(results, functions, path):
+    import numpy as np
+    from gdfast.testfuncs import FUNCTIONS
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(functions), figsize=(6.5 * len(functions), 5.5), squeeze=False)
+    for ax, fname in zip(axes[0], functions):
+        func = FUNCTIONS[fname]
+        xs, ys = np.linspace(*func.xlim, 300), np.linspace(*func.ylim, 300)
+        X, Y = np.meshgrid(xs, ys)
+        Z = func.value(X, Y)
+        levels = np.logspace(-1, np.log10(Z.max()), 25) if func.log_contours else 25
+        ax.contour(X, Y, Z, levels=levels, cmap="Greys", linewidths=0.6,
+                   norm=plt.matplotlib.colors.LogNorm() if func.log_contours else None)
+        for opt in TRAJECTORY_LRS[fname]:
+            traj = results[fname, opt]
+            ax.plot(traj[:, 0], traj[:, 1], lw=1.3, label=opt)
+        ax.plot(*func.start, "ko", ms=5)
+        ax.plot(*func.minimum, "r*", ms=12)
+        ax.set(xlim=func.xlim, ylim=func.ylim, title=fname)
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"trajectories saved to {path}")
+
+
+def _add_bench(p):
+    from . import bench
+    bench.add_arguments(p)
+
+
+def _run_bench(args, argv):
+    from . import bench
+    return bench.run_from_args(args)
+
+
+COMMANDS = {
+    "train": ("train an MLP on MNIST or Fashion-MNIST", _add_train, _run_train),
+    "optimizers": ("run the optimizers on 2-D test functions (and plot their paths)",
+                   _add_optimizers, _run_optimizers),
+    "bench": ("benchmark the kernels against NumPy (and PyTorch if installed)",
+              _add_bench, _run_bench),
+}
+
+
+def build_parser():
+    from ._version import __version__
+    parser = argparse.ArgumentParser(prog="gdfast", description="Fast gradient descent on the CPU.")
+    parser.add_argument("--version", action="version", version=f"gdfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        # no abbreviations: a preset must see every flag given explicitly
+        add_args(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False))
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return COMMANDS[args.command][2](args, argv)

@@ -1,0 +1,284 @@
+"""The training loop: batches, schedule, metrics, checkpoints, early stopping.
+
+>>> trainer = Trainer(model, gdfast.Adam(model.params, lr=1e-3), (x, y), batch_size=128,
+...                   schedule=schedules.Warmup(schedules.Cosine(1e-3, 5000), 200),
+...                   test=(x_test, y_test), checkpoint_dir="run1")   # doctest: +SKIP
+>>> history = trainer.fit(epochs=10)                                 # doctest: +SKIP
+
+The model needs ``params`` (a Params arena), ``loss_and_grad(x, y)`` -> loss
+(gradients into params.grad), ``predict(x)`` and ``evaluate(x, y, batch_size)``
+-> (loss, accuracy); the optimizer ``step()``, ``param_groups`` and
+``state_dict()``/``load_state_dict()``. A checkpoint is written after
+every epoch; ``fit(resume=True)`` continues from it bit for bit as if never
+interrupted (same seed, same thread count).
+"""
+import csv
+import inspect
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .batching import Batches
+from .optim import clip_grad_norm
+from .schedules import Constant, ReduceOnPlateau
+
+__all__ = ["Trainer", "fit", "TrainingDiverged"]
+
+_MONITORS = {"val_loss": "min", "val_acc": "max", "test_loss": "min", "test_acc": "max",
+             "train_loss": "min"}
+_CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "grad_norm", "val_loss", "val_acc",
+               "test_loss", "test_acc", "samples_per_s", "train_time", "eval_time"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def _pair(data, name):
+    if data is None:
+        return None
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an (x, y) pair, got {type(data).__name__}") from None
+    if len(x) != len(y):
+        raise ValueError(f"{name}: x and y lengths differ ({len(x)} vs {len(y)})")
+    return x, y
+
+
+class Trainer:
+    """Train `model` with `optimizer` on `train` = (x, y) or a `Batches`.
+
+    batch_size: None for full-batch GD, 1 for SGD, else mini-batches
+        (ignored when `train` is already a Batches).
+    schedule: a callable lr(step) from gdfast.schedules, or None to keep the
+        optimizer's lr; a ReduceOnPlateau is stepped with `monitor` each epoch.
+    validation, test: (x, y) pairs evaluated after each epoch.
+    early_stopping: patience in epochs without improvement of `monitor`
+        (by more than min_delta), or None; restore_best puts the best
+        parameters back when training ends.
+    checkpoint_dir: where last.npz, best.npz, history.json/.csv go each epoch.
+    progress: an object with on_epoch_begin(epoch, steps), on_step(loss, acc),
+        on_epoch_end(record) (see gdfast.cli's progress bar), or None.
+    clip_norm: clip the gradients' global L2 norm to this (inside the
+        optimizer's step when it supports max_grad_norm, as gdfast's do).
+    acc_every: estimate the training accuracy ("train_acc") from every
+        acc_every-th batch, predicted right after its update (0: never).
+    """
+
+    def __init__(self, model, optimizer, train, *, batch_size=None, schedule=None,
+                 validation=None, test=None, seed=0, shuffle=True, drop_last=False, shift=0,
+                 early_stopping=None, monitor=None, min_delta=0.0, restore_best=True,
+                 checkpoint_dir=None, eval_batch_size=2000, track_grad_norm=True, progress=None,
+                 acc_every=25, clip_norm=None):
+        self.model, self.optimizer = model, optimizer
+        if isinstance(train, Batches):
+            self.batches = train
+        else:
+            x, y = _pair(train, "train")
+            self.batches = Batches(x, y, batch_size, shuffle=shuffle, drop_last=drop_last,
+                                   seed=seed, shift=shift)
+        self.validation, self.test = _pair(validation, "validation"), _pair(test, "test")
+        self.schedule = schedule if schedule is not None else Constant(optimizer.param_groups[0]["lr"])
+        if monitor is None:
+            monitor = "val_loss" if self.validation is not None else "train_loss"
+        if monitor not in _MONITORS:
+            raise ValueError(f"monitor must be one of {sorted(_MONITORS)}, got {monitor!r}")
+        if monitor.startswith("val") and self.validation is None:
+            raise ValueError(f"monitor={monitor!r} needs validation=(x, y)")
+        if monitor.startswith("test") and self.test is None:
+            raise ValueError(f"monitor={monitor!r} needs test=(x, y)")
+        if early_stopping is not None and (int(early_stopping) != early_stopping or early_stopping < 1):
+            raise ValueError(f"early_stopping must be a patience >= 1 epochs or None, got {early_stopping!r}")
+        self.monitor, self.mode = monitor, _MONITORS[monitor]
+        self.early_stopping, self.min_delta, self.restore_best = early_stopping, min_delta, restore_best
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.eval_batch_size, self.track_grad_norm, self.progress = eval_batch_size, track_grad_norm, progress
+        self.acc_every = int(acc_every)
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        self.clip_norm = clip_norm
+        step_args = inspect.signature(optimizer.step).parameters
+        self._fused_norm = "max_grad_norm" in step_args and (track_grad_norm or clip_norm)
+        self.params = model.params
+        self.step = 0            # optimizer steps taken: the schedule's position
+        self.epoch = 0           # epochs completed
+        self.history = []
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.bad_epochs = 0
+        self.best_params = None
+        self.stopped_early = False
+        self.last_checkpoint = None
+
+    # -- the loop ----------------------------------------------------------
+
+    def fit(self, epochs, resume=False):
+        """Train until `epochs` epochs are completed in total; returns the history.
+
+        resume: continue from checkpoint_dir/last.npz (or the given path) if it exists.
+        """
+        if resume:
+            path = Path(resume) if isinstance(resume, (str, Path)) else self._ckpt_path("last")
+            if path is None:
+                raise ValueError("resume=True needs checkpoint_dir (or pass the checkpoint path)")
+            if path.exists():
+                self.load_checkpoint(path)
+        while self.epoch < epochs and not self.stopped_early:
+            self._run_epoch()
+        if self.restore_best and self.best_params is not None and self.early_stopping:
+            self.params.data[...] = self.best_params
+        return self.history
+
+    def _train_step(self, xb, yb, lr):
+        """One update; returns (loss, gradient norm before clipping, or nan)."""
+        loss = self.model.loss_and_grad(xb, yb)
+        if not math.isfinite(loss):     # before the update: the parameters stay good
+            self._diverged(loss, lr)
+        if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
+            return loss, self.optimizer.step(max_grad_norm=self.clip_norm or math.inf)
+        if self.clip_norm:
+            norm = clip_grad_norm(self.params.grad, self.clip_norm)
+        elif self.track_grad_norm:
+            g = self.params.grad
+            norm = math.sqrt(float(np.dot(g, g)))
+        else:
+            norm = math.nan
+        self.optimizer.step()
+        return loss, norm
+
+    def _run_epoch(self):
+        batches, schedule, progress = self.batches, self.schedule, self.progress
+        if progress:
+            progress.on_epoch_begin(self.epoch + 1, len(batches))
+        loss_sum = norm_sum = 0.0
+        seen = steps = acc_hits = acc_seen = 0
+        acc = None
+        t0 = time.perf_counter()
+        for xb, yb in batches:
+            lr = schedule.apply(self.optimizer, self.step)
+            loss, gnorm = self._train_step(xb, yb, lr)
+            self.step += 1
+            steps += 1
+            loss_sum += loss * len(yb)
+            norm_sum += gnorm
+            seen += len(yb)
+            if self.acc_every and steps % self.acc_every == 1 % self.acc_every:
+                acc_hits += int(np.count_nonzero(self.model.predict(xb) == yb))
+                acc_seen += len(yb)
+                acc = acc_hits / acc_seen
+            if progress:
+                progress.on_step(loss, acc)
+        train_time = time.perf_counter() - t0
+        self.epoch += 1
+        record = {"epoch": self.epoch, "step": self.step, "lr": lr,
+                  "train_loss": loss_sum / seen, "train_acc": acc,
+                  "grad_norm": None if math.isnan(norm_sum) else norm_sum / steps,   # None: not tracked
+                  "samples_per_s": seen / train_time, "train_time": train_time}
+        t1 = time.perf_counter()
+        for name, pair in (("val", self.validation), ("test", self.test)):
+            if pair is not None:
+                loss, acc = self.model.evaluate(pair[0], pair[1], batch_size=self.eval_batch_size)
+                record[f"{name}_loss"], record[f"{name}_acc"] = float(loss), float(acc)
+        record["eval_time"] = time.perf_counter() - t1
+        self.history.append(record)
+        self._track_best(record[self.monitor])
+        if isinstance(schedule, ReduceOnPlateau):
+            schedule.step(record[self.monitor])
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint(self._ckpt_path("last"))
+            self.save_history(self.checkpoint_dir / "history")
+        if progress:
+            progress.on_epoch_end(record)
+        return record
+
+    def _track_best(self, value):
+        improved = (value < self.best - self.min_delta) if self.mode == "min" \
+            else (value > self.best + self.min_delta)
+        if improved:
+            self.best, self.bad_epochs = value, 0
+            if self.early_stopping:
+                if self.best_params is None:
+                    self.best_params = np.empty_like(self.params.data)
+                self.best_params[...] = self.params.data
+                if self.checkpoint_dir is not None:
+                    self.save_checkpoint(self._ckpt_path("best"))
+        else:
+            self.bad_epochs += 1
+            if self.early_stopping and self.bad_epochs >= self.early_stopping:
+                self.stopped_early = True
+
+    def _diverged(self, loss, lr):
+        where = self.last_checkpoint or "none (no checkpoint_dir was given)"
+        raise TrainingDiverged(
+            f"loss became {loss} at step {self.step} (epoch {self.epoch + 1}, lr {lr:.6g}); "
+            f"the parameters are no longer usable. Last good checkpoint: {where}. "
+            "Try a lower learning rate, gradient clipping or a longer warmup.")
+
+    # -- checkpoints and history ----------------------------------------------
+
+    def _ckpt_path(self, kind):
+        return self.checkpoint_dir / f"{kind}.npz" if self.checkpoint_dir is not None else None
+
+    def state_dict(self):
+        return {
+            "params": {name: np.array(arr) for name, arr in self.params.items()},
+            "layout": [[name, list(shape)] for name, shape in self.params.layout()],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "step": self.step, "epoch": self.epoch,
+            "rng": self.batches.get_state(),
+            "history": self.history,
+            "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs,
+                               "stopped": self.stopped_early,
+                               "best_params": self.best_params},
+        }
+
+    def load_state_dict(self, state):
+        layout = [(name, tuple(shape)) for name, shape in state["layout"]]
+        if layout != self.params.layout():
+            raise ValueError(f"checkpoint is for a model with layout {layout}, "
+                             f"this model has {self.params.layout()}")
+        for name, arr in state["params"].items():
+            self.params[name] = arr
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batches.set_state(state["rng"])
+        self.history = list(state["history"])
+        es = state["early_stopping"]
+        self.best, self.bad_epochs = float(es["best"]), int(es["bad_epochs"])
+        self.stopped_early = bool(es["stopped"])
+        self.best_params = None if es["best_params"] is None else np.array(es["best_params"])
+
+    def save_checkpoint(self, path):
+        self.last_checkpoint = ckpt.save(path, self.state_dict())
+        return self.last_checkpoint
+
+    def load_checkpoint(self, path):
+        self.load_state_dict(ckpt.load(path))
+        self.last_checkpoint = Path(path)
+
+    def save_history(self, stem):
+        """Write the per-epoch history to <stem>.json and <stem>.csv."""
+        stem = Path(stem)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(self.history, indent=1))
+        with open(stem.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.history)
+
+
+def fit(model, optimizer, x, y, *, epochs, **kwargs):
+    """Train in one call: ``Trainer(model, optimizer, (x, y), **kwargs).fit(epochs)``.
+
+    Returns the Trainer (its ``history`` holds the per-epoch records).
+    """
+    resume = kwargs.pop("resume", False)
+    trainer = Trainer(model, optimizer, (x, y), **kwargs)
+    trainer.fit(epochs, resume=resume)
+    return trainer
