@@ -164,33 +164,69 @@ def plot(rows, path):
     plt.close(fig)
 
 
-# Bytes an update must move per parameter, as (arrays read and written in
-# place, arrays only read): the gradient is read, the rest is read and written.
+# name: (class, hyperparameters, (arrays read and written in place, arrays
+# only read)). The gradient is read; the rest is read and written, so the
+# bytes a step must move are (2*rw + ro) * 4 per parameter (Adam: 28).
 OPTIMIZERS = {
-    "sgd": ({"lr": 1e-3}, (1, 1)),
-    "sgd-momentum": ({"lr": 1e-3, "momentum": 0.9}, (2, 1)),
-    "rmsprop": ({"lr": 1e-3}, (2, 1)),
-    "adagrad": ({"lr": 1e-2}, (2, 1)),
-    "adam": ({"lr": 1e-3}, (3, 1)),
-    "adamw": ({"lr": 1e-3}, (3, 1)),
+    "sgd": ("SGD", {"lr": 1e-3}, (1, 1)),
+    "sgd-momentum": ("SGD", {"lr": 1e-3, "momentum": 0.9}, (2, 1)),
+    "rmsprop": ("RMSprop", {"lr": 1e-3}, (2, 1)),
+    "adagrad": ("Adagrad", {"lr": 1e-2}, (2, 1)),
+    "adam": ("Adam", {"lr": 1e-3}, (3, 1)),
+    "adamw": ("AdamW", {"lr": 1e-3}, (3, 1)),
 }
-_CLASS = {"sgd": "SGD", "sgd-momentum": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad",
-          "adam": "Adam", "adamw": "AdamW"}
+OPTIMIZER_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
 
-GEMM_SHAPES = [  # (m, n, k, trans_a, trans_b, what it is in the MLP)
-    (64, 256, 784, False, False, "X @ W1 (forward)"),
-    (64, 128, 256, False, False, "H1 @ W2 (forward)"),
-    (64, 256, 128, False, True, "dZ2 @ W2.T (backward)"),
-    (784, 256, 64, True, False, "X.T @ dZ1 (weight grad)"),
-    (1024, 1024, 1024, False, False, "square"),
-]
+# name: (m, n, k, trans_a, trans_b), the products one MLP step at batch 64 makes.
+GEMM_SHAPES = {
+    "X @ W1 (forward) 64x784 @ 784x256": (64, 256, 784, False, False),
+    "H1 @ W2 (forward) 64x256 @ 256x128": (64, 128, 256, False, False),
+    "dZ2 @ W2.T (backward) 64x128 @ 128x256": (64, 256, 128, False, True),
+    "X.T @ dZ1 (weight grad) 784x64 @ 64x256": (784, 256, 64, True, False),
+    "square 1024^3": (1024, 1024, 1024, False, False),
+}
 MLP_SIZES = [784, 256, 128, 10]
+MLP_BATCHES = [1, 32, 128, 512]
 
 
 def mlp_flops_per_sample(sizes):
     """Forward, weight-gradient and input-gradient GEMMs (no dX for the first layer)."""
     macs = [a * b for a, b in zip(sizes, sizes[1:])]
     return 2.0 * (3 * sum(macs) - macs[0])
+
+
+def gemm_operands(m, n, k, trans_a, trans_b, seed=0):
+    """(a, b, out) for gdfast.matmul(a, b, trans_a, trans_b, out)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    return a, b, np.empty((m, n), np.float32)
+
+
+def mlp_batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, MLP_SIZES[0]), dtype=np.float32), rng.integers(0, MLP_SIZES[-1], n)
+
+
+def mlp_pair(seed=0):
+    """gdfast's MLP + Adam and the NumPy reference twins, from the same start."""
+    from gdfast.reference.train import ReferenceMLP, ReferenceOptimizer
+    model = gdfast.MLP(MLP_SIZES, seed=seed)
+    ref = ReferenceMLP(MLP_SIZES, init_from=model.params)
+    return ((model, gdfast.Adam(model.params, lr=1e-3)),
+            (ref, ReferenceOptimizer("Adam", ref.params, lr=1e-3)))
+
+
+def blas_threads(n):
+    """Pin NumPy's BLAS to n threads (threadpoolctl, the `bench` extra).
+
+    Returns the limiter (call .restore_original_limits()), or None when
+    threadpoolctl is missing and the BLAS keeps its own thread count."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def _torch():
@@ -201,18 +237,8 @@ def _torch():
     return torch
 
 
-def _blas_threads(n):
-    """Limit NumPy's BLAS to n threads if threadpoolctl is there, else None."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def bench_optimizers(sizes, threads, repeats, torch=None):
-    from gdfast import reference
-    import gdfast.reference.optim  # noqa: F401  (the NumPy twins)
+    from gdfast.reference import optim as ref_optim
     rows = []
     rng = np.random.default_rng(0)
     for n in sizes:
@@ -220,30 +246,30 @@ def bench_optimizers(sizes, threads, repeats, torch=None):
         params.data[...] = rng.standard_normal(n, dtype=np.float32)
         params.grad[...] = rng.standard_normal(n, dtype=np.float32) * 1e-2
         ref_p, ref_g = params.data.copy(), params.grad.copy()
-        for name, (hyper, (rw, ro)) in OPTIMIZERS.items():
-            opt = getattr(gdfast, _CLASS[name])(params, **hyper)
-            ref = getattr(reference.optim, _CLASS[name])([ref_p], **hyper)
+        for name, (cls, hyper, (rw, ro)) in OPTIMIZERS.items():
+            opt = getattr(gdfast, cls)(params, **hyper)
+            ref = getattr(ref_optim, cls)([ref_p], **hyper)
             bytes_per_step = (2 * rw + ro) * 4 * n
             row = Row("optimizer step", f"{name} n={n:.0e}", threads,
                       gdfast_s=median_time(opt.step, repeats=repeats),
                       numpy_s=median_time(lambda: ref.step([ref_g]), repeats=repeats),
                       unit="GB/s", work=bytes_per_step / 1e9)
+            # The ceiling at this size: the same streams through our own copy loop.
             reps = max(5, min(200, int(2e8 / bytes_per_step)))
             row.ceiling = _kernels.bandwidth_rmw(n, rw, ro, reps) / 1e9
             if torch is not None:
-                row.extra.update(_torch_optimizer(torch, name, hyper, n, repeats))
+                row.extra.update(_torch_optimizer(torch, cls, hyper, n, repeats))
             rows.append(row)
     return rows
 
 
-def _torch_optimizer(torch, name, hyper, n, repeats):
+def _torch_optimizer(torch, cls, hyper, n, repeats):
     out = {}
     for impl in ("foreach", "fused"):
         p = torch.zeros(n, requires_grad=True)
         p.grad = torch.randn(n) * 1e-2
-        cls = getattr(torch.optim, _CLASS[name])
         try:
-            opt = cls([p], **hyper, **{impl: True})
+            opt = getattr(torch.optim, cls)([p], **hyper, **{impl: True})
         except (TypeError, RuntimeError, ValueError):
             out[f"torch {impl}"] = "n/a"
             continue
@@ -253,15 +279,11 @@ def _torch_optimizer(torch, name, hyper, n, repeats):
 
 def bench_gemm(shapes, threads, repeats, peak, torch=None):
     rows = []
-    rng = np.random.default_rng(0)
-    for m, n, k, ta, tb, what in shapes:
-        a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
-        b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
-        c = np.empty((m, n), np.float32)
+    for name, (m, n, k, ta, tb) in shapes.items():
+        a, b, c = gemm_operands(m, n, k, ta, tb)
         a_op, b_op = (a.T if ta else a), (b.T if tb else b)
-        row = Row("GEMM", f"{m}x{k} @ {k}x{n} {what}", threads,
-                  gdfast_s=median_time(lambda: gdfast.matmul(a, b, trans_a=ta, trans_b=tb, out=c),
-                                       repeats=repeats),
+        row = Row("GEMM", name, threads,
+                  gdfast_s=median_time(lambda: gdfast.matmul(a, b, ta, tb, c), repeats=repeats),
                   numpy_s=median_time(lambda: np.matmul(a_op, b_op, out=c), repeats=repeats),
                   unit="GFLOP/s", work=2.0 * m * n * k / 1e9, ceiling=peak)
         if torch is not None:
@@ -272,23 +294,19 @@ def bench_gemm(shapes, threads, repeats, peak, torch=None):
     return rows
 
 
-def _batch(n, rng):
-    x = rng.random((n, MLP_SIZES[0]), dtype=np.float32)
-    y = rng.integers(0, MLP_SIZES[-1], n)
-    return x, y
-
-
 def bench_mlp(batches, threads, repeats, peak, torch=None):
     rows = []
-    rng = np.random.default_rng(0)
     for bs in batches:
-        x, y = _batch(bs, rng)
-        model = gdfast.MLP(MLP_SIZES, seed=0)
-        opt = gdfast.Adam(model.params, lr=1e-3)
-        ref_step = _ref_trainer(MLP_SIZES, model.params)
+        x, y = mlp_batch(bs)
+        (model, opt), (ref, ref_opt) = mlp_pair()
+
+        def ref_step():
+            ref.loss_and_grad(x, y)
+            ref_opt.step()
+
         row = Row("MLP train step 784-256-128-10, Adam", f"batch {bs}", threads,
                   gdfast_s=median_time(lambda: model.train_step(x, y, opt), repeats=repeats),
-                  numpy_s=median_time(lambda: ref_step(x, y), repeats=repeats),
+                  numpy_s=median_time(ref_step, repeats=repeats),
                   unit="samples/s", work=bs, ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))
         if torch is not None:
             row.extra["torch"] = _torch_mlp(torch, x, y, repeats)
@@ -312,23 +330,22 @@ def _torch_mlp(torch, x, y, repeats):
     return median_time(step, repeats=repeats)
 
 
-def _ref_trainer(sizes, params):
-    """A NumPy reference model + Adam whose step(x, y) mirrors MLP.train_step."""
-    from gdfast.reference.mlp import MLP as RefMLP
-    from gdfast.reference.optim import Adam as RefAdam
-    ref = RefMLP(sizes, dtype=np.float32, params=dict(params.items()))
-    names = list(ref.params)
-    opt = RefAdam([ref.params[k] for k in names], lr=1e-3)
-
-    def step(x, y):
-        _, grads = ref.loss_and_grad(x, y)
-        opt.step([grads[k] for k in names])
-    return step
+def mnist_trainers(x, y, batch_size=128, shift=0):
+    """One Trainer over gdfast's kernels and one over the NumPy reference,
+    the same loop (shuffling, batch gathering, schedule) around both."""
+    from gdfast import schedules
+    from gdfast.train import Trainer
+    trainers = []
+    steps = -(-len(x) // batch_size)
+    for model, opt in mlp_pair():
+        schedule = schedules.Warmup(schedules.Cosine(1e-3, 100 * steps), steps)
+        trainers.append(Trainer(model, opt, (x, y), batch_size=batch_size, schedule=schedule,
+                                shift=shift, track_grad_norm=False, acc_every=0))
+    return trainers
 
 
 def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
     """One shuffled mini-batch epoch over the MNIST training set, data handling included."""
-    from gdfast.batching import Batches
     from gdfast.datasets import DatasetError, load_mnist
     try:
         data = load_mnist(progress=False)
@@ -338,20 +355,13 @@ def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
     x, y = data.x_train, data.y_train
     if quick:
         x, y = x[:4096], y[:4096]
-    model = gdfast.MLP(MLP_SIZES, seed=0)
-    opt = gdfast.Adam(model.params, lr=1e-3)
-    ref_step = _ref_trainer(MLP_SIZES, model.params)
-
-    def epoch(step):
-        for xb, yb in Batches(x, y, batch_size, seed=0):
-            step(xb, yb)
-
-    return [Row(f"MNIST epoch ({len(x)} images, batch {batch_size}, Adam)", "784-256-128-10",
-                threads,
-                gdfast_s=median_time(lambda: epoch(lambda a, b: model.train_step(a, b, opt)),
-                                     repeats=3),
-                numpy_s=median_time(lambda: epoch(ref_step), repeats=3),
-                unit="samples/s", work=len(x), ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))]
+    fast, ref = mnist_trainers(x, y, batch_size)
+    return [Row(f"MNIST epoch ({len(x)} images, batch {batch_size}, Adam, Trainer loop)",
+                "784-256-128-10", threads,
+                gdfast_s=median_time(fast._run_epoch, repeats=3),
+                numpy_s=median_time(ref._run_epoch, repeats=3),
+                unit="samples/s", work=len(x),
+                ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))]
 
 
 def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repeats=None,
@@ -359,12 +369,11 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
     """Every benchmark row for each thread count, plus the machine they ran on."""
     all_threads = os.cpu_count() or 1
     threads = threads or sorted({1, all_threads})
-    sizes = sizes or ([10_000, 100_000, 1_000_000] if quick else
-                      [10_000, 100_000, 1_000_000, 10_000_000])
-    batches = batches or ([1, 32, 128] if quick else [1, 32, 128, 512])
+    sizes = sizes or (OPTIMIZER_SIZES[:-1] if quick else OPTIMIZER_SIZES)
+    batches = batches or (MLP_BATCHES[:-1] if quick else MLP_BATCHES)
     repeats = repeats or (5 if quick else 9)
     sections = sections or ["optim", "gemm", "mlp", "mnist"]
-    shapes = GEMM_SHAPES[:-1] if quick else GEMM_SHAPES
+    shapes = dict(list(GEMM_SHAPES.items())[:-1]) if quick else GEMM_SHAPES
     torch = _torch()
     info = machine()
     info["torch"] = torch.__version__ if torch is not None else None
@@ -375,7 +384,7 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
             gdfast.set_num_threads(nt)
             if torch is not None:
                 torch.set_num_threads(nt)
-            limits = _blas_threads(nt)
+            limits = blas_threads(nt)
             peak = fma_peak(nt, quick)
             ceilings[nt] = {"fma_gflops": peak,
                             "rmw_gbs": _kernels.bandwidth_rmw(10_000_000 if not quick else 2_000_000,
@@ -396,7 +405,7 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
                 limits.restore_original_limits()
     finally:
         gdfast.set_num_threads(saved)
-    info["blas_threads_limited"] = _blas_threads(1) is not None
+    info["blas_threads_limited"] = blas_threads(1) is not None
     return {"machine": info, "ceilings": ceilings, "rows": rows}
 
 
