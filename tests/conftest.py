@@ -24,3 +24,12 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     return f"gdfast {gdfast.__version__} from {Path(gdfast.__file__).parent}"
+
+
+@pytest.fixture(params=gdfast.build_info()["simd_available"])
+def simd(request):
+    """Run the test once on every SIMD path this CPU has, then restore the default."""
+    before = gdfast.build_info()["simd"]
+    gdfast.set_simd(request.param)
+    yield request.param
+    gdfast.set_simd(before)

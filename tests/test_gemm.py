@@ -6,14 +6,6 @@ import gdfast
 SIMD = gdfast.build_info()["simd_available"]
 
 
-@pytest.fixture(params=SIMD)
-def simd(request):
-    before = gdfast.build_info()["simd"]
-    gdfast.set_simd(request.param)
-    yield request.param
-    gdfast.set_simd(before)
-
-
 @pytest.fixture
 def threads():
     before = gdfast.get_num_threads()

@@ -6,15 +6,6 @@ from gdfast.reference.mlp import MLP as RefMLP
 
 ACTS = ["identity", "relu", "sigmoid", "tanh"]
 LOSSES = ["cross_entropy", "mse"]
-SIMD = gdfast.build_info()["simd_available"]
-
-
-@pytest.fixture(params=SIMD)
-def simd(request):
-    before = gdfast.build_info()["simd"]
-    gdfast.set_simd(request.param)
-    yield request.param
-    gdfast.set_simd(before)
 
 
 def reference_of(net, dtype=np.float64):
