@@ -330,7 +330,7 @@ def _add_bench(p):
 
 def _run_bench(args, argv):
     from . import bench
-    return bench.run_from_args(args)
+    return bench.run_from_args(args, argv[1:])
 
 
 COMMANDS = {
