@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+
+import gdfast
+
+SIMD = gdfast.build_info()["simd_available"]
+
+
+@pytest.fixture(params=SIMD)
+def simd(request):
+    before = gdfast.build_info()["simd"]
+    gdfast.set_simd(request.param)
+    yield request.param
+    gdfast.set_simd(before)
+
+
+@pytest.fixture
+def threads():
+    before = gdfast.get_num_threads()
+    yield gdfast.set_num_threads
+    gdfast.set_num_threads(before)
+
+
+def operands(rng, m, n, k, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    return a, b
+
+
+def expected(a, b, trans_a, trans_b, alpha=1.0, beta=0.0, c=None):
+    r = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    r *= alpha
+    if beta:
+        r += beta * c
+    return r
+
+
+def check(got, want, k):
+    # float32 accumulation over k terms of unit-variance products
+    tol = 1e-5 * (np.sqrt(max(k, 1)) * 8 + 1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=tol)
+
+
+SHAPES = [(1, 1, 1), (2, 3, 5), (7, 13, 29), (31, 37, 41), (6, 16, 1), (5, 17, 300),
+          (97, 1, 53), (1, 101, 89), (64, 256, 784), (784, 256, 64), (130, 70, 700),
+          (3, 2, 1500), (500, 4, 7), (257, 263, 269)]
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matches_numpy_for_every_transpose(simd, m, n, k, trans_a, trans_b):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a, b = operands(rng, m, n, k, trans_a, trans_b)
+    check(gdfast.matmul(a, b, trans_a, trans_b), expected(a, b, trans_a, trans_b), k)
+
+
+@pytest.mark.parametrize("m,n,k", [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0)])
+def test_zero_sized(simd, m, n, k):
+    rng = np.random.default_rng(0)
+    a, b = operands(rng, m, n, k, False, False)
+    c = gdfast.matmul(a, b)
+    assert c.shape == (m, n)
+    np.testing.assert_array_equal(c, np.zeros((m, n), np.float32))
+    out = np.full((m, n), np.nan, np.float32)  # beta = 0 never reads out
+    gdfast.matmul(a, b, out=out)
+    np.testing.assert_array_equal(out, 0.0)
+    out[...] = 2.0
+    gdfast.matmul(a, b, out=out, beta=0.5)
+    np.testing.assert_array_equal(out, 1.0)
+
+
+@pytest.mark.parametrize("alpha,beta", [(2.0, 0.0), (1.0, 1.0), (-0.5, 0.25), (0.0, 3.0)])
+@pytest.mark.parametrize("m,n,k", [(7, 13, 29), (200, 150, 600)])
+def test_alpha_beta(simd, alpha, beta, m, n, k):
+    rng = np.random.default_rng(1)
+    a, b = operands(rng, m, n, k, False, True)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    want = expected(a, b, False, True, alpha, beta, c.astype(np.float64))
+    got = gdfast.matmul(a, b, trans_b=True, out=c, alpha=alpha, beta=beta)
+    assert got is c
+    check(c, want, k)
+
+
+def test_beta_zero_ignores_nan_in_out(simd):
+    rng = np.random.default_rng(2)
+    a, b = operands(rng, 300, 300, 300, False, False)
+    out = np.full((300, 300), np.nan, np.float32)
+    gdfast.matmul(a, b, out=out)
+    check(out, expected(a, b, False, False), 300)
+
+
+@pytest.mark.parametrize("m,n,k,ta,tb", [(64, 256, 784, False, False), (784, 256, 64, True, False),
+                                         (64, 784, 256, False, True), (301, 299, 530, False, False),
+                                         (600, 40, 300, True, True)])
+def test_one_and_two_threads_agree_bitwise(simd, threads, m, n, k, ta, tb):
+    rng = np.random.default_rng(3)
+    a, b = operands(rng, m, n, k, ta, tb)
+    threads(1)
+    one = gdfast.matmul(a, b, ta, tb)
+    threads(2)
+    two = gdfast.matmul(a, b, ta, tb)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_simd_paths_agree_within_rounding():
+    rng = np.random.default_rng(4)
+    a, b = operands(rng, 50, 70, 300, False, False)
+    before = gdfast.build_info()["simd"]
+    try:
+        results = []
+        for name in SIMD:
+            gdfast.set_simd(name)
+            results.append(gdfast.matmul(a, b))
+    finally:
+        gdfast.set_simd(before)
+    for r in results[1:]:
+        check(r, results[0], 300)
+
+
+def test_bad_input_is_refused():
+    a = np.ones((3, 4), np.float32)
+    b = np.ones((4, 5), np.float32)
+    with pytest.raises(TypeError, match="a must have dtype float32"):
+        gdfast.matmul(a.astype(np.float64), b)
+    with pytest.raises(TypeError, match="b must be a numpy.ndarray"):
+        gdfast.matmul(a, [[1.0]])
+    with pytest.raises(ValueError, match="b must be C-contiguous"):
+        gdfast.matmul(a, np.ones((5, 4), np.float32).T)
+    with pytest.raises(ValueError, match="a must be 2-D"):
+        gdfast.matmul(np.ones(4, np.float32), b)
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        gdfast.matmul(a, b, trans_a=True)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 5\)"):
+        gdfast.matmul(a, b, out=np.empty((5, 3), np.float32))
+    with pytest.raises(ValueError, match="out must not share memory"):
+        sq = np.ones((4, 4), np.float32)
+        gdfast.matmul(sq, sq, out=sq)
+    with pytest.raises(ValueError, match="beta=.* needs an `out`"):
+        gdfast.matmul(a, b, beta=1.0)
+    ro = np.empty((3, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        gdfast.matmul(a, b, out=ro)

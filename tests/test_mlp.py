@@ -1,0 +1,207 @@
+import numpy as np
+import pytest
+
+import gdfast
+from gdfast.reference.mlp import MLP as RefMLP
+
+ACTS = ["identity", "relu", "sigmoid", "tanh"]
+LOSSES = ["cross_entropy", "mse"]
+SIMD = gdfast.build_info()["simd_available"]
+
+
+@pytest.fixture(params=SIMD)
+def simd(request):
+    before = gdfast.build_info()["simd"]
+    gdfast.set_simd(request.param)
+    yield request.param
+    gdfast.set_simd(before)
+
+
+def reference_of(net, dtype=np.float64):
+    params = {name: net.params[name] for name in net.params}
+    return RefMLP(net.sizes, net.activation, net.loss, net.output_activation, params, dtype)
+
+
+def batch(rng, n, sizes, targets=False):
+    x = rng.standard_normal((n, sizes[0])).astype(np.float32)
+    if targets:
+        t = rng.random((n, sizes[-1])).astype(np.float32)
+        return x, t / t.sum(axis=1, keepdims=True)
+    return x, rng.integers(0, sizes[-1], n).astype(np.int32)
+
+
+@pytest.mark.parametrize("targets", [False, True])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTS)
+def test_reference_gradients_match_finite_differences(act, loss, targets):
+    rng = np.random.default_rng(0)
+    sizes = [5, 4, 3, 3]
+    ref = RefMLP(sizes, act, loss)
+    for name, p in ref.params.items():
+        p[...] = rng.standard_normal(p.shape)
+    x, y = batch(rng, 6, sizes, targets)
+    x = x.astype(np.float64) + 0.1  # keep ReLU inputs away from the kink
+    _, grads = ref.loss_and_grad(x, y)
+    h = 1e-6
+    for name, p in ref.params.items():
+        numeric = np.zeros_like(p)
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + h
+            up, _ = ref.loss_and_grad(x, y)
+            p[idx] = old - h
+            down, _ = ref.loss_and_grad(x, y)
+            p[idx] = old
+            numeric[idx] = (up - down) / (2 * h)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("targets", [False, True])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("act", ACTS)
+def test_c_mlp_matches_reference(simd, act, loss, targets):
+    rng = np.random.default_rng(1)
+    net = gdfast.MLP([30, 23, 17, 7], activation=act, loss=loss, init="xavier", seed=2)
+    ref = reference_of(net)
+    x, y = batch(rng, 37, net.sizes, targets)
+    np.testing.assert_allclose(net.forward(x), ref.forward(x), rtol=1e-4, atol=1e-6)
+    loss_c = net.loss_and_grad(x, y)
+    loss_r, grads = ref.loss_and_grad(x, y)
+    assert loss_c == pytest.approx(loss_r, rel=1e-5)
+    for name in net.params:
+        scale = np.abs(grads[name]).max() + 1e-12
+        np.testing.assert_allclose(net.params.grad_of(name) / scale, grads[name] / scale,
+                                   atol=1e-5, err_msg=name)
+
+
+def test_mnist_sized_network_matches_reference():
+    rng = np.random.default_rng(3)
+    net = gdfast.MLP([784, 256, 128, 10], seed=4)
+    ref = reference_of(net)
+    x = rng.random((130, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 130)
+    loss_c = net.loss_and_grad(x, y)
+    loss_r, grads = ref.loss_and_grad(x, y)
+    assert loss_c == pytest.approx(loss_r, rel=1e-5)
+    for name in net.params:
+        scale = np.abs(grads[name]).max()
+        np.testing.assert_allclose(net.params.grad_of(name) / scale, grads[name] / scale,
+                                   atol=1e-5, err_msg=name)
+
+
+def test_one_and_two_threads_agree_bitwise():
+    rng = np.random.default_rng(5)
+    net = gdfast.MLP([784, 256, 128, 10], seed=6)
+    x, y = batch(rng, 96, net.sizes)
+    before = gdfast.get_num_threads()
+    try:
+        gdfast.set_num_threads(1)
+        l1, g1 = net.loss_and_grad(x, y), net.params.grad.copy()
+        gdfast.set_num_threads(2)
+        l2, g2 = net.loss_and_grad(x, y), net.params.grad.copy()
+    finally:
+        gdfast.set_num_threads(before)
+    assert l1 == l2
+    np.testing.assert_array_equal(g1, g2)
+
+
+class SGD:
+    """Plain SGD over a Params arena (stands in for gdfast's optimizers)."""
+
+    def __init__(self, params, lr):
+        self.params, self.lr = params, lr
+
+    def step(self):
+        self.params.data -= self.lr * self.params.grad
+
+
+@pytest.mark.parametrize("act,loss", [("relu", "cross_entropy"), ("sigmoid", "mse")])
+def test_train_step_equals_reference_training(act, loss):
+    rng = np.random.default_rng(7)
+    net = gdfast.MLP([20, 16, 8, 4], activation=act, loss=loss, seed=8)
+    ref = reference_of(net, np.float32)
+    opt = SGD(net.params, lr=0.1)
+    for step in range(5):
+        x, y = batch(rng, 1 + 9 * step, net.sizes)
+        loss_c = net.train_step(x, y, opt)
+        loss_r, grads = ref.loss_and_grad(x, y)
+        for name, g in grads.items():
+            ref.params[name] -= np.float32(0.1) * g
+        assert loss_c == pytest.approx(loss_r, rel=1e-4)
+    for name in net.params:
+        np.testing.assert_allclose(net.params[name], ref.params[name], rtol=1e-4, atol=1e-5)
+
+
+def test_buffers_grow_and_smaller_batches_still_work():
+    rng = np.random.default_rng(9)
+    net = gdfast.MLP([12, 9, 5], seed=10)
+    ref = reference_of(net)
+    for n in (3, 200, 1, 50):
+        x, y = batch(rng, n, net.sizes)
+        assert net.loss_and_grad(x, y) == pytest.approx(ref.loss_and_grad(x, y)[0], rel=1e-5)
+    big = rng.standard_normal((2500, 12)).astype(np.float32)  # forward works in chunks
+    np.testing.assert_allclose(net.forward(big), ref.forward(big), rtol=1e-4, atol=1e-6)
+
+
+def test_arena_views_predict_and_evaluate():
+    net = gdfast.MLP([6, 5, 3], seed=0)
+    assert net.params.names == ["w1", "b1", "w2", "b2"]
+    assert net.params["w1"].shape == (6, 5) and net.params["b2"].shape == (3,)
+    net.params["w1"][...] = 0.0
+    net.params["w2"][...] = 0.0
+    net.params["b2"][...] = [0.0, 5.0, 0.0]
+    x = np.ones((4, 6), np.float32)
+    pred = net.predict(x)
+    assert pred.dtype == np.int64
+    np.testing.assert_array_equal(pred, 1)
+    loss, acc = net.evaluate(x, np.array([1, 1, 0, 2]), batch_size=3)
+    assert acc == 0.5
+    p = np.exp([0.0, 5.0, 0.0]) / np.exp([0.0, 5.0, 0.0]).sum()
+    assert loss == pytest.approx(-(2 * np.log(p[1]) + 2 * np.log(p[0])) / 4, rel=1e-5)
+
+
+def test_inits_follow_their_conventions():
+    he = gdfast.MLP([400, 300, 10], init="he", seed=1)
+    assert np.std(he.params["w1"]) == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    assert not he.params["b1"].any()
+    xa = gdfast.MLP([400, 300, 10], init="glorot", seed=1)
+    assert np.abs(xa.params["w1"]).max() <= np.sqrt(6 / 700)
+    nl = gdfast.MLP([400, 300, 10], init="normal", seed=1)
+    assert np.std(nl.params["w1"]) == pytest.approx(1 / 20, rel=0.02)
+    assert np.std(nl.params["b1"]) == pytest.approx(1.0, rel=0.2)
+    again = gdfast.MLP([400, 300, 10], init="he", seed=1)
+    np.testing.assert_array_equal(again.params.data, he.params.data)
+
+
+def test_bad_input_is_refused():
+    net = gdfast.MLP([4, 3, 2], seed=0)
+    x = np.ones((5, 4), np.float32)
+    y = np.zeros(5, np.int64)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        net.loss_and_grad(x.astype(np.float64), y)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        net.forward(np.ones((4, 5), np.float32).T)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 4\)"):
+        net.forward(np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"labels y must have shape \(5,\)"):
+        net.loss_and_grad(x, np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match=r"targets y must have shape \(5, 2\)"):
+        net.loss_and_grad(x, np.zeros((5, 3), np.float32))
+    with pytest.raises(TypeError, match="y must hold integer class labels"):
+        net.loss_and_grad(x, np.zeros(5, np.float64))
+    with pytest.raises(ValueError, match="at least one row"):
+        net.loss_and_grad(np.ones((0, 4), np.float32), np.zeros(0, np.int64))
+    net.params.grad[...] = 7.0
+    with pytest.raises(ValueError, match=r"y\[3\] = 2 is not a class label in \[0, 2\)"):
+        net.loss_and_grad(x, np.array([0, 1, 0, 2, 1]))
+    np.testing.assert_array_equal(net.params.grad, 7.0)  # nothing written
+    with pytest.raises(ValueError, match="activation must be one of"):
+        gdfast.MLP([4, 2], activation="gelu")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        gdfast.MLP([4, 2], loss="hinge")
+    with pytest.raises(ValueError, match="init must be one of"):
+        gdfast.MLP([4, 2], init="orthogonal")
+    with pytest.raises(ValueError, match="sizes must be"):
+        gdfast.MLP([4])
+    with pytest.raises(ValueError, match="output_activation applies to loss='mse'"):
+        gdfast.MLP([4, 2], output_activation="sigmoid")
