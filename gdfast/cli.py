@@ -56,6 +56,7 @@ def _add_train(p):
     o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
     o.add_argument("--eps", type=float, default=None, help="optimizer epsilon (default: its own)")
     o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this")
     o.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     o.add_argument("--warmup", type=float, default=1.0, help="linear warmup in epochs (default 1)")
     t = p.add_argument_group("training")
@@ -99,8 +100,8 @@ def _make_optimizer(name, params, args):
 class _ProgressBar:
     """A tqdm bar per epoch with the live running loss and training accuracy."""
 
-    def __init__(self, epochs, enabled=True):
-        self.epochs, self.enabled = epochs, enabled
+    def __init__(self, epochs, enabled=True, mininterval=0.2):
+        self.epochs, self.enabled, self.mininterval = epochs, enabled, mininterval
         self.bar = None
 
     def on_epoch_begin(self, epoch, steps):
@@ -108,7 +109,8 @@ class _ProgressBar:
         if self.enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="step",
-                            leave=False, dynamic_ncols=True, mininterval=0.2, file=sys.stderr)
+                            leave=False, dynamic_ncols=True, mininterval=self.mininterval,
+                            file=sys.stderr)
 
     def on_step(self, loss, acc):
         self.loss_sum += loss
@@ -171,7 +173,8 @@ def _run_train(args, argv):
                       schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
                       validation=(data.x_val, data.y_val) if data.x_val is not None else None,
                       test=(data.x_test, data.y_test), early_stopping=args.early_stopping,
-                      checkpoint_dir=args.checkpoint_dir, progress=progress)
+                      checkpoint_dir=args.checkpoint_dir, progress=progress,
+                      clip_norm=args.clip_norm)
     try:
         history = trainer.fit(args.epochs, resume=args.resume)
     except TrainingDiverged as e:
@@ -232,8 +235,8 @@ def _plot_history(history, path):
 
 # Per test function: (optimizer, learning rate) chosen so each makes visible progress.
 TRAJECTORY_LRS = {
-    "rosenbrock": {"gd": 1e-3, "momentum": 2e-4, "nesterov": 2e-4, "rmsprop": 1e-2,
-                   "adam": 5e-2, "adamw": 5e-2, "adagrad": 0.5},
+    "rosenbrock": {"gd": 1e-3, "momentum": 5e-4, "nesterov": 5e-4, "rmsprop": 1e-2,
+                   "adam": 0.1, "adamw": 0.1, "adagrad": 0.5},
     "beale": {"gd": 1e-2, "momentum": 2e-3, "nesterov": 2e-3, "rmsprop": 1e-2,
               "adam": 5e-2, "adamw": 5e-2, "adagrad": 0.5},
     "noisy-bowl": {"gd": 0.05, "momentum": 0.01, "nesterov": 0.01, "rmsprop": 0.05,
@@ -250,7 +253,7 @@ def optimizer_factory(name, lr):
         "nesterov": lambda p: gdfast.SGD(p, lr=lr, momentum=0.9, nesterov=True),
         "rmsprop": lambda p: gdfast.RMSprop(p, lr=lr),
         "adam": lambda p: gdfast.Adam(p, lr=lr),
-        "adamw": lambda p: gdfast.AdamW(p, lr=lr, weight_decay=0.1),
+        "adamw": lambda p: gdfast.AdamW(p, lr=lr, weight_decay=0.01),
         "adagrad": lambda p: gdfast.Adagrad(p, lr=lr),
     }
     return makers[name]
@@ -258,7 +261,7 @@ def optimizer_factory(name, lr):
 
 def _add_optimizers(p):
     p.add_argument("--plot", metavar="PNG", help="draw the trajectories over contour plots")
-    p.add_argument("--steps", type=int, default=500, help="steps per optimizer (default 500)")
+    p.add_argument("--steps", type=int, default=1000, help="steps per optimizer (default 1000)")
     p.add_argument("--functions", nargs="+", choices=list(TRAJECTORY_LRS), default=list(TRAJECTORY_LRS))
     p.add_argument("--seed", type=int, default=0, help="seed of the noisy bowl's gradient noise")
 

@@ -5,14 +5,15 @@
 ...                   test=(x_test, y_test), checkpoint_dir="run1")   # doctest: +SKIP
 >>> history = trainer.fit(epochs=10)                                 # doctest: +SKIP
 
-The model needs ``params`` (a Params arena), ``evaluate(x, y, batch_size)``
--> (loss, accuracy) and either ``train_step(x, y, optimizer)`` -> loss or
-``loss_and_grad(x, y)`` -> loss; the optimizer ``step()``, ``param_groups``
-and ``state_dict()``/``load_state_dict()``. A checkpoint is written after
+The model needs ``params`` (a Params arena), ``loss_and_grad(x, y)`` -> loss
+(gradients into params.grad), ``predict(x)`` and ``evaluate(x, y, batch_size)``
+-> (loss, accuracy); the optimizer ``step()``, ``param_groups`` and
+``state_dict()``/``load_state_dict()``. A checkpoint is written after
 every epoch; ``fit(resume=True)`` continues from it bit for bit as if never
 interrupted (same seed, same thread count).
 """
 import csv
+import inspect
 import json
 import math
 import time
@@ -22,6 +23,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .batching import Batches
+from .optim import clip_grad_norm
 from .schedules import Constant, ReduceOnPlateau
 
 __all__ = ["Trainer", "fit", "TrainingDiverged"]
@@ -62,6 +64,8 @@ class Trainer:
     checkpoint_dir: where last.npz, best.npz, history.json/.csv go each epoch.
     progress: an object with on_epoch_begin(epoch, steps), on_step(loss, acc),
         on_epoch_end(record) (see gdfast.cli's progress bar), or None.
+    clip_norm: clip the gradients' global L2 norm to this (inside the
+        optimizer's step when it supports max_grad_norm, as gdfast's do).
     acc_every: estimate the training accuracy ("train_acc") from every
         acc_every-th batch, predicted right after its update (0: never).
     """
@@ -70,7 +74,7 @@ class Trainer:
                  validation=None, test=None, seed=0, shuffle=True, drop_last=False, shift=0,
                  early_stopping=None, monitor=None, min_delta=0.0, restore_best=True,
                  checkpoint_dir=None, eval_batch_size=2000, track_grad_norm=True, progress=None,
-                 acc_every=25):
+                 acc_every=25, clip_norm=None):
         self.model, self.optimizer = model, optimizer
         if isinstance(train, Batches):
             self.batches = train
@@ -95,6 +99,11 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.eval_batch_size, self.track_grad_norm, self.progress = eval_batch_size, track_grad_norm, progress
         self.acc_every = int(acc_every)
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        self.clip_norm = clip_norm
+        step_args = inspect.signature(optimizer.step).parameters
+        self._fused_norm = "max_grad_norm" in step_args and (track_grad_norm or clip_norm)
         self.params = model.params
         self.step = 0            # optimizer steps taken: the schedule's position
         self.epoch = 0           # epochs completed
@@ -124,17 +133,22 @@ class Trainer:
             self.params.data[...] = self.best_params
         return self.history
 
-    def _train_step(self, xb, yb):
-        """One update; returns (loss, gradient norm or nan)."""
-        model, opt = self.model, self.optimizer
-        if hasattr(model, "train_step"):
-            loss = model.train_step(xb, yb, opt)
+    def _train_step(self, xb, yb, lr):
+        """One update; returns (loss, gradient norm before clipping, or nan)."""
+        loss = self.model.loss_and_grad(xb, yb)
+        if not math.isfinite(loss):     # before the update: the parameters stay good
+            self._diverged(loss, lr)
+        if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
+            return loss, self.optimizer.step(max_grad_norm=self.clip_norm or math.inf)
+        if self.clip_norm:
+            norm = clip_grad_norm(self.params.grad, self.clip_norm)
+        elif self.track_grad_norm:
+            g = self.params.grad
+            norm = math.sqrt(float(np.dot(g, g)))
         else:
-            loss = model.loss_and_grad(xb, yb)
-            if math.isfinite(loss):
-                opt.step()
-        g = self.params.grad
-        return loss, (math.sqrt(float(np.dot(g, g))) if self.track_grad_norm else math.nan)
+            norm = math.nan
+        self.optimizer.step()
+        return loss, norm
 
     def _run_epoch(self):
         batches, schedule, progress = self.batches, self.schedule, self.progress
@@ -146,9 +160,7 @@ class Trainer:
         t0 = time.perf_counter()
         for xb, yb in batches:
             lr = schedule.apply(self.optimizer, self.step)
-            loss, gnorm = self._train_step(xb, yb)
-            if not math.isfinite(loss):
-                self._diverged(loss, lr)
+            loss, gnorm = self._train_step(xb, yb, lr)
             self.step += 1
             steps += 1
             loss_sum += loss * len(yb)

@@ -120,13 +120,18 @@ GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valp
         if (nr > 8) write_back(c##r##1, c + r * ldc + 8, full1, m1, valpha, beta, ep, i0 + r, j0 + 8, last); \
     }
 
-GD_INLINE void tile(const int MR, const int MASKED, gd_index k, const float *a, gd_index rsa,
+GD_INLINE void tile(const int MR, const int MASKED, const int PACKED_A, gd_index k,
+                    const float *a, gd_index rsa,
                     gd_index csa, const float *b, gd_index rsb, int nr, float alpha, float beta,
                     float *c, gd_index ldc, const gd_epilogue *ep, gd_index i0, gd_index j0,
                     int last) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+    if (PACKED_A) { /* constant strides: the broadcasts use immediate offsets */
+        rsa = 1;
+        csa = GD_MR;
+    }
     const float *ap = a;
     for (gd_index p = 0; p < k; p++) {
         __m256 b0, b1;
@@ -148,8 +153,9 @@ GD_INLINE void tile(const int MR, const int MASKED, gd_index k, const float *a, 
 
 #define GD_CASE(R)                                                                 \
     case R:                                                                        \
-        if (masked) tile(R, 1, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
-        else tile(R, 0, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
+        if (packed_a) tile(R, 0, 1, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
+        else if (masked) tile(R, 1, 0, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
+        else tile(R, 0, 0, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
         break;
 
 void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
@@ -157,6 +163,7 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
                            float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
     int masked = !b_full && nr < GD_NR;
+    int packed_a = rsa == 1 && csa == GD_MR && b_full;
     switch (mr) {
         GD_CASE(1) GD_CASE(2) GD_CASE(3) GD_CASE(4) GD_CASE(5) GD_CASE(6)
     default: break;

@@ -1,0 +1,167 @@
+"""The gdfast command, run in-process on small generated data sets."""
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gdfast
+from gdfast import cli, testfuncs
+from test_datasets import idx_bytes
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A learnable MNIST-shaped set: the label is written into the image."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GDFAST_DATA", raising=False)
+    d = tmp_path / "mnist"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 100)):
+        y = rng.integers(0, 10, n)
+        x = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for k, label in enumerate(y):
+            x[k, 2 * label:2 * label + 4, 4:24] = 255    # a bar whose height is the class
+        (d / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(x)))
+        (d / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y)))
+    return d
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gdfast {gdfast.__version__}"
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "gdfast", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("gdfast ")
+
+
+def test_train_checkpoints_resume_and_plot(data_dir, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    args = ["train", "--data", str(data_dir), "--hidden", "32", "--epochs", "3", "--batch-size", "32",
+            "--lr", "5e-3", "--warmup", "0.5", "--checkpoint-dir", str(ck), "--no-progress",
+            "--threads", "1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "784-32-10 relu cross_entropy, adam" in out and "epoch   3/3" in out
+    acc = float(out.split("final test accuracy ")[1].split("%")[0])
+    assert acc > 60, out                   # chance is 10%
+    assert "samples/s" in out
+    history = json.loads((ck / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    # resume to 5 epochs: only epochs 4 and 5 run
+    assert cli.main(args[:6] + ["5"] + args[7:] + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   4/5" in out and "epoch   3/5" not in out
+    assert len(json.loads((ck / "history.json").read_text())) == 5
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    assert cli.main(args[:6] + ["1", "--plot", str(png), "--no-progress", "--shift", "0"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_shows_live_loss_and_accuracy(data_dir, capsys):
+    pytest.importorskip("tqdm")
+    assert cli.main(["train", "--data", str(data_dir), "--hidden", "16", "--epochs", "1",
+                     "--batch-size", "4", "--threads", "1"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().err
+    bar = cli._ProgressBar(2, mininterval=0)
+    bar.on_epoch_begin(2, 50)
+    for k in range(50):
+        bar.on_step(1.0 / (k + 1), 0.5 if k else None)
+    bar.on_epoch_end({"epoch": 2, "train_loss": 0.1, "test_loss": 0.2, "test_acc": 0.9, "lr": 0.01,
+                      "grad_norm": 1.5, "samples_per_s": 1000.0})
+    captured = capsys.readouterr()
+    assert "epoch 2/2" in captured.err and "loss=" in captured.err and "train acc=50.0%" in captured.err
+    assert "test acc 90.00%" in captured.out
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import fails
+    with pytest.raises(SystemExit) as e:
+        cli._plot_history([{"epoch": 1, "train_loss": 1.0, "lr": 0.1}], "x.png")
+    assert "pip install 'gdfast[plot]'" in str(e.value)
+
+
+def test_nielsen_preset_values_and_overrides():
+    parser = cli.build_parser()
+    argv = ["train", "--preset", "nielsen", "--epochs", "2"]
+    args = parser.parse_args(argv)
+    cli._apply_preset(args, argv)
+    assert (args.hidden, args.activation, args.loss, args.optimizer) == ([30], "sigmoid", "mse", "sgd")
+    assert (args.lr, args.batch_size, args.schedule, args.shift) == (3.0, 10, "constant", 0)
+    assert args.epochs == 2                 # explicit flag wins over the preset
+
+
+def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "none"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--no-download", "--no-progress"])
+    msg = str(e.value)
+    assert "mnist not found" in msg and str(tmp_path / "none" / "mnist") in msg
+
+
+def test_bad_flags_are_refused(capsys):
+    for argv in (["train", "--hidden", "a,b"], ["train", "--optimizer", "lbfgs"], ["frobnicate"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+    with pytest.raises(SystemExit, match="--resume needs --checkpoint-dir"):
+        cli.main(["train", "--resume"])
+
+
+def test_subcommands_are_a_table():
+    assert {"train", "optimizers"} <= set(cli.COMMANDS)
+    added = dict(cli.COMMANDS)
+    added["hello"] = ("say hello", lambda p: p.add_argument("--name", default="x"),
+                      lambda args, argv: print("hello", args.name) or 0)
+    try:
+        cli.COMMANDS["hello"] = added["hello"]
+        assert cli.main(["hello", "--name", "bench"]) == 0
+    finally:
+        del cli.COMMANDS["hello"]
+
+
+@pytest.mark.parametrize("func", list(testfuncs.FUNCTIONS.values()), ids=lambda f: f.name)
+def test_test_function_gradients_match_finite_differences(func):
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x, y = rng.uniform(*func.xlim), rng.uniform(*func.ylim)
+        gx, gy = func.gradient(x, y)       # no rng: the noise-free gradient
+        h = 1e-6
+        assert gx == pytest.approx((func.value(x + h, y) - func.value(x - h, y)) / (2 * h), rel=1e-5, abs=1e-5)
+        assert gy == pytest.approx((func.value(x, y + h) - func.value(x, y - h)) / (2 * h), rel=1e-5, abs=1e-5)
+    assert func.value(*func.minimum) == pytest.approx(0.0, abs=1e-12)
+    assert func.gradient(*func.minimum) == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_optimizers_move_toward_the_minima_and_plot(tmp_path, capsys):
+    png = tmp_path / "paths.png"
+    argv = ["optimizers", "--steps", "300"]
+    has_mpl = True
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        has_mpl = False
+    if has_mpl:
+        argv += ["--plot", str(png)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for name in cli.TRAJECTORY_LRS["rosenbrock"]:
+        assert out.count(f"  {name} ") == 3
+    if has_mpl:
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    for fname in cli.TRAJECTORY_LRS:
+        func = testfuncs.FUNCTIONS[fname]
+        start = func.value(*func.start)
+        for opt, lr in cli.TRAJECTORY_LRS[fname].items():
+            path = testfuncs.trajectory(func, cli.optimizer_factory(opt, lr), 300)
+            assert len(path) == 301, f"{opt} diverged on {fname}"
+            assert func.value(*path[-1]) < 0.5 * start, (fname, opt, path[-1])
