@@ -33,6 +33,17 @@ cdef class MLPCore:
     cdef gd_mlp net
     cdef cnp.ndarray sizes, data, grad, ws, labels
     cdef gd_index rows  # batch size the buffers currently hold
+    # Set (under the GIL) while a call uses the work buffers: a second thread
+    # running the same MLP gets an error instead of sharing (or, when it grows
+    # them, freeing) the buffers the first one is writing.
+    cdef bint busy
+
+    cdef int _enter(self) except -1:
+        if self.busy:
+            raise RuntimeError("this MLP is already running in another thread; "
+                               "use one MLP per thread or a lock")
+        self.busy = True
+        return 0
 
     def __init__(self, sizes, str activation, str output_activation, str loss, data, grad):
         self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
@@ -62,6 +73,13 @@ cdef class MLPCore:
 
     def forward(self, x):
         """Network outputs for x: probabilities (cross-entropy) or activations (MSE)."""
+        self._enter()
+        try:
+            return self._forward(x)
+        finally:
+            self.busy = False
+
+    cdef _forward(self, x):
         cdef cnp.ndarray X = self._check_x(x)
         cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
         cdef cnp.ndarray out = np.empty((n, n_out), dtype=np.float32)
@@ -88,6 +106,13 @@ cdef class MLPCore:
 
     def loss_and_grad(self, x, y):
         """Mean loss over the batch; gradients overwrite params.grad."""
+        self._enter()
+        try:
+            return self._loss_and_grad(x, y)
+        finally:
+            self.busy = False
+
+    cdef _loss_and_grad(self, x, y):
         cdef cnp.ndarray X = self._check_x(x)
         cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
         if n == 0:

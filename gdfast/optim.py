@@ -18,6 +18,7 @@ NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
 gradient propagates into the moments and the parameters.
 """
 import json
+import threading
 
 import numpy as np
 
@@ -451,6 +452,9 @@ class Lookahead:
             pairs.append((p.reshape(-1), s))
         self._pairs = pairs
         self._plan = _kernels._lookahead_plan(pairs, self._alpha)
+        # the inner optimizer refuses concurrent steps itself; this also covers
+        # the GIL-free slow-weight sync that follows its step
+        self._stepping = threading.Lock()
 
     @property
     def alpha(self):
@@ -468,16 +472,24 @@ class Lookahead:
         return self.optimizer.param_groups
 
     def step(self, grads=None, max_grad_norm=None):
-        out = self.optimizer.step(grads, max_grad_norm)
-        self._after_step()
+        if not self._stepping.acquire(blocking=False):
+            raise RuntimeError("optimizer is already stepping in another thread; "
+                               "use one optimizer per thread or a lock")
+        try:
+            out = self.optimizer.step(grads, max_grad_norm)
+            self._after_step()
+        finally:
+            self._stepping.release()
         return out
 
     def _begin_step(self, params):
         return self.optimizer._begin_step(params)
 
     def _end_step(self):
-        self.optimizer._end_step()
-        self._after_step()
+        try:
+            self._after_step()  # while the inner optimizer still counts as stepping
+        finally:
+            self.optimizer._end_step()
 
     def _after_step(self):
         self._count += 1
