@@ -48,6 +48,7 @@ cdef extern from "optim.h" nogil:
     double gdfast_optim_grad_norm(gd_plan *plan)
     void gdfast_optim_scale(gd_plan *plan, float c)
     void gdfast_optim_clamp(gd_plan *plan, float lo, float hi)
+    void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi)
     void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n)
     void gdfast_triad_pass(float *a, const float *b, const float *c, float s, gd_index n)
 
@@ -446,6 +447,18 @@ cdef StepPlan _grads_plan(object grads, str name, bint writeable):
     cdef StepPlan plan = StepPlan()
     plan._setup(segs, 1)
     return plan
+
+
+def _thread_ranges(gd_index total, int nt):
+    """[(lo, hi)] of each of nt threads in an optimizer pass over total floats
+    (the driver's own 64-bit arithmetic, for tests of sizes over 2^31)."""
+    cdef gd_index lo, hi
+    cdef int t
+    out = []
+    for t in range(nt):
+        gdfast_optim_split(total, nt, t, &lo, &hi)
+        out.append((lo, hi))
+    return out
 
 
 def grad_norm(grads):
