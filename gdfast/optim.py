@@ -18,11 +18,13 @@ NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
 gradient propagates into the moments and the parameters.
 """
 import json
+import os
 import threading
 
 import numpy as np
 
 from . import _kernels
+from .checkpoint import CheckpointError, read_npz, write_npz
 from .params import Params, _aligned_empty
 
 _FORMAT = "gdfast.optim/1"
@@ -258,8 +260,9 @@ class Optimizer(_kernels._OptimCore):
         self._step = int(step)
 
     def save(self, path):
-        """Write state_dict() to an .npz file (no pickle)."""
-        np.savez(path, **_flatten(self.state_dict(), type(self).__name__))
+        """Write state_dict() to an .npz file (no pickle), atomically: an
+        interrupted save leaves the previous file intact."""
+        write_npz(_npz_path(path), _flatten(self.state_dict(), type(self).__name__))
 
     def load(self, path):
         """Restore from a file written by save()."""
@@ -293,25 +296,38 @@ def _flatten(sd, cls):
     return arrays
 
 
+def _npz_path(path):
+    """numpy.savez's naming: a path without .npz gets the suffix."""
+    path = os.fspath(path)
+    return path if path.endswith(".npz") else path + ".npz"
+
+
 def _unflatten(path, cls):
-    with np.load(path, allow_pickle=False) as z:
-        if "__meta__" not in z.files:
-            raise ValueError(f"{path} is not a gdfast optimizer file (no __meta__)")
+    z = read_npz(path, "gdfast optimizer file")
+    try:
         meta = json.loads(str(z["__meta__"]))
-        if meta.get("format") != _FORMAT or meta.get("class") != cls:
-            raise ValueError(f"{path} holds {meta.get('class')} state "
-                             f"({meta.get('format')}), expected {cls}")
+    except KeyError:
+        raise CheckpointError(f"{path} is not a gdfast optimizer file (no __meta__)") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: damaged __meta__ entry ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("class") != cls:
+        got = (meta.get("class"), meta.get("format")) if isinstance(meta, dict) else (None, None)
+        raise CheckpointError(f"{path} holds {got[0]} state ({got[1]}), expected {cls} "
+                              f"({_FORMAT})")
+    try:
         keys = meta["keys"]
         state = {key: {} for key in keys}
-        for f in z.files:
+        for f in z:
             if f.startswith("state/"):
                 _, i, name = f.split("/", 2)
                 state[keys[int(i)]][name] = z[f]
         sd = {"step": meta["step"], "state": state, "param_groups": meta["param_groups"]}
         if "extra" in meta:
             sd.update(meta["extra"])
-            slow = sorted((int(f.split("/")[1]), z[f]) for f in z.files if f.startswith("slow/"))
+            slow = sorted((int(f.split("/")[1]), z[f]) for f in z if f.startswith("slow/"))
             sd["slow"] = {keys[i]: a for i, a in slow}
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged optimizer file ({type(e).__name__}: {e})") from e
     return sd
 
 
@@ -535,7 +551,7 @@ class Lookahead:
         self.alpha = alpha
 
     def save(self, path):
-        np.savez(path, **_flatten(self.state_dict(), "Lookahead"))
+        write_npz(_npz_path(path), _flatten(self.state_dict(), "Lookahead"))
 
     def load(self, path):
         self.load_state_dict(_unflatten(path, "Lookahead"))
