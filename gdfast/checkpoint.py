@@ -8,8 +8,6 @@ keeps a reference to it, so values come back with their exact dtype and bits.
 import json
 import os
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +115,10 @@ def read_npz(path, what="gdfast file"):
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        # truncated or tampered (CRC) files, object arrays (need pickle), not a zip
+    except Exception as e:
+        # truncated or tampered files fail in many ways: BadZipFile (CRC, directory),
+        # EOFError, zlib.error, ValueError (object arrays: pickle refused), even
+        # SyntaxError from a damaged .npy header
         raise CheckpointError(f"{path}: not a readable {what}: the file is truncated, "
                               f"damaged or not an .npz ({type(e).__name__}: {e})") from e
 
