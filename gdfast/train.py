@@ -215,7 +215,9 @@ class Trainer:
                 self.stopped_early = True
 
     def _diverged(self, what, lr):
-        where = self.last_checkpoint or "none (no checkpoint_dir was given)"
+        where = self.last_checkpoint or (
+            "none yet (one is written at the end of each epoch)" if self.checkpoint_dir is not None
+            else "none (no checkpoint_dir was given)")
         raise TrainingDiverged(
             f"{what} (epoch {self.epoch + 1}, lr {lr:.6g}); "
             f"the parameters are no longer usable. Last good checkpoint: {where}. "
