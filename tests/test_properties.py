@@ -21,7 +21,7 @@ from gdfast.reference import mlp as ref_mlp
 from gdfast.reference import optim as ref_optim
 
 SIMD = gdfast.build_info()["simd_available"]
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 F32 = np.float32
