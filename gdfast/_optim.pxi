@@ -63,7 +63,14 @@ cdef class StepPlan:
     """One optimizer step over fixed segments, runnable without the GIL.
 
     Built by the optimizers; `run()` (cdef, nogil) is what fused training
-    steps call between an optimizer's `_begin_step` and `_end_step`."""
+    steps call between an optimizer's `_begin_step` and `_end_step`:
+
+        cdef StepPlan plan = optimizer._begin_step(params)  # with the GIL
+        with nogil:
+            ...  # forward, backward into params.grad
+            plan.run()
+        optimizer._end_step()
+    """
     cdef gd_plan plan
     cdef list _keep  # the arrays whose memory the segments point into
 
@@ -150,6 +157,19 @@ cdef inline cnp.ndarray _check_grad(object g, cnp.ndarray p, Py_ssize_t i):
             raise ValueError(f"grads[{i}] has shape {(<object>a).shape}, expected "
                          f"{(<object>p).shape} like params[{i}]")
     return a
+
+
+cdef inline double _num(dict grp, str key, int gi) except? -1.0:
+    """grp[key] as a double, or an error naming the hyperparameter."""
+    try:
+        v = grp[key]
+    except KeyError:
+        raise KeyError(f"param_groups[{gi}] has no {key!r}") from None
+    try:
+        return <double>v
+    except TypeError:
+        raise TypeError(f"param_groups[{gi}][{key!r}] must be a number, "
+                        f"got {type(v).__name__}") from None
 
 
 cdef class _OptimCore:
@@ -261,7 +281,7 @@ cdef class _OptimCore:
 
     cdef int _fill(self, gd_hyper *h, dict grp, int gi, long long t) except -1:
         """Per-group coefficients for step t, checking every hyperparameter."""
-        cdef double lr = grp["lr"], wd = grp["weight_decay"], eps = 0.0
+        cdef double lr = _num(grp, "lr", gi), wd = _num(grp, "weight_decay", gi), eps = 0.0
         cdef double mom, damp, alpha, b1, b2, lr_decay, bc1, bc2
         cdef int flags = 0
         if not lr >= 0:
@@ -281,13 +301,13 @@ cdef class _OptimCore:
                 flags |= GD_F_WD
                 h.wd = <float>wd
         if self._kind != GD_SGD:
-            eps = grp["eps"]
+            eps = _num(grp, "eps", gi)
             if not eps >= 0:
                 raise ValueError(f"param_groups[{gi}]['eps'] must be >= 0, got {eps}")
             h.eps = <float>eps
         if self._kind == GD_SGD:
-            mom = grp["momentum"]
-            damp = grp["dampening"]
+            mom = _num(grp, "momentum", gi)
+            damp = _num(grp, "dampening", gi)
             if not mom >= 0:
                 raise ValueError(f"param_groups[{gi}]['momentum'] must be >= 0, got {mom}")
             if grp["nesterov"]:
@@ -301,8 +321,8 @@ cdef class _OptimCore:
             h.momentum = <float>mom
             h.dampening1m = <float>(1.0 - damp)
         elif self._kind == GD_RMSPROP:
-            alpha = grp["alpha"]
-            mom = grp["momentum"]
+            alpha = _num(grp, "alpha", gi)
+            mom = _num(grp, "momentum", gi)
             if not alpha >= 0:
                 raise ValueError(f"param_groups[{gi}]['alpha'] must be >= 0, got {alpha}")
             if not mom >= 0:
@@ -337,7 +357,7 @@ cdef class _OptimCore:
             h.step_size = <float>(lr / bc1)
             h.inv_bc2_sqrt = <float>(1.0 / sqrt(bc2))
         elif self._kind == GD_ADAGRAD:
-            lr_decay = grp["lr_decay"]
+            lr_decay = _num(grp, "lr_decay", gi)
             if not lr_decay >= 0:
                 raise ValueError(f"param_groups[{gi}]['lr_decay'] must be >= 0, got {lr_decay}")
             h.lr = <float>(lr / (1.0 + <double>(t - 1) * lr_decay))

@@ -18,7 +18,6 @@ NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
 gradient propagates into the moments and the parameters.
 """
 import json
-import os
 import threading
 
 import numpy as np
@@ -260,9 +259,9 @@ class Optimizer(_kernels._OptimCore):
         self._step = int(step)
 
     def save(self, path):
-        """Write state_dict() to an .npz file (no pickle), atomically: an
-        interrupted save leaves the previous file intact."""
-        write_npz(_npz_path(path), _flatten(self.state_dict(), type(self).__name__))
+        """Write state_dict() to an .npz file at exactly `path` (no pickle),
+        atomically: an interrupted save leaves the previous file intact."""
+        write_npz(path, _flatten(self.state_dict(), type(self).__name__))
 
     def load(self, path):
         """Restore from a file written by save()."""
@@ -296,10 +295,6 @@ def _flatten(sd, cls):
     return arrays
 
 
-def _npz_path(path):
-    """numpy.savez's naming: a path without .npz gets the suffix."""
-    path = os.fspath(path)
-    return path if path.endswith(".npz") else path + ".npz"
 
 
 def _unflatten(path, cls):
@@ -551,7 +546,7 @@ class Lookahead:
         self.alpha = alpha
 
     def save(self, path):
-        write_npz(_npz_path(path), _flatten(self.state_dict(), "Lookahead"))
+        write_npz(path, _flatten(self.state_dict(), "Lookahead"))
 
     def load(self, path):
         self.load_state_dict(_unflatten(path, "Lookahead"))

@@ -27,7 +27,39 @@ CONFIGS = [
     ("Adagrad", {"lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
     ("Adagrad", {"maximize": True, "eps": 1e-6}),
 ]
-IDS = [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for c, kw in CONFIGS]
+
+
+def _ids(configs):
+    return [f"{c}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for c, kw in configs]
+
+
+IDS = _ids(CONFIGS)
+
+
+def _all_combinations():
+    """Every optimizer with every combination of its options (each at an off and an on value)."""
+    from itertools import product
+    options = {
+        "SGD": {"momentum": [0.0, 0.9], "dampening": [0.0, 0.1], "nesterov": [False, True],
+                "weight_decay": [0.0, 0.01], "maximize": [False, True]},
+        "RMSprop": {"centered": [False, True], "momentum": [0.0, 0.5],
+                    "weight_decay": [0.0, 0.01], "maximize": [False, True]},
+        "Adam": {"amsgrad": [False, True], "weight_decay": [0.0, 0.01], "maximize": [False, True]},
+        "AdamW": {"amsgrad": [False, True], "weight_decay": [0.0, 0.1], "maximize": [False, True]},
+        "Adagrad": {"lr_decay": [0.0, 0.01], "weight_decay": [0.0, 0.01],
+                    "initial_accumulator_value": [0.0, 0.1], "maximize": [False, True]},
+    }
+    out = []
+    for cls, opts in options.items():
+        for values in product(*opts.values()):
+            kw = dict(zip(opts, values))
+            if kw.get("nesterov") and (kw["momentum"] == 0 or kw["dampening"] != 0):
+                continue  # refused, as in PyTorch (tested with the bad input)
+            out.append((cls, kw))
+    return out
+
+
+COMBOS = _all_combinations()
 
 
 @pytest.fixture
@@ -54,7 +86,7 @@ def _assert_close(got, want):
 
 @pytest.mark.parametrize("simd", SIMD)
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cls,kw", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("cls,kw", COMBOS, ids=_ids(COMBOS))
 def test_matches_reference_small_tensors(cls, kw, threads, simd, simd_threads):
     simd_threads(simd, threads)
     rng = np.random.default_rng(1)
@@ -193,7 +225,7 @@ def test_state_dict_and_file_resume_bit_exactly(cls, kw, tmp_path):
         p.grad[...] = g
         opt.step()
     sd, saved = opt.state_dict(), p.data.copy()
-    opt.save(tmp_path / "opt.npz")
+    opt.save(tmp_path / "opt.state")
     for g in grads[10:]:
         p.grad[...] = g
         opt.step()
@@ -205,13 +237,22 @@ def test_state_dict_and_file_resume_bit_exactly(cls, kw, tmp_path):
         if restore == "dict":
             fresh.load_state_dict(sd)
         else:
-            fresh.load(tmp_path / "opt.npz")
+            fresh.load(tmp_path / "opt.state")
         assert fresh.param_groups[0]["lr"] == 0.01
         for g in grads[10:]:
             q.grad[...] = g
             fresh.step()
         np.testing.assert_array_equal(q.data, want)
     assert set(sd["state"]) == {"w", "b"} and sd["step"] == 10
+
+
+def test_file_of_another_optimizer_is_refused(tmp_path):
+    p = [np.ones(4, np.float32)]
+    gdfast.Adam(p).save(tmp_path / "adam.npz")
+    with np.load(tmp_path / "adam.npz", allow_pickle=False) as z:
+        assert "__meta__" in z.files and all(z[f].dtype != object for f in z.files)
+    with pytest.raises(ValueError, match="holds Adam state"):
+        gdfast.AdamW(p).load(tmp_path / "adam.npz")
 
 
 def test_load_state_dict_checks_before_changing():
@@ -251,6 +292,7 @@ def _bad_input_cases():
          "unknown option 'foo'"),
         ("nesterov", lambda: gdfast.SGD(ok(), nesterov=True), ValueError, "nesterov"),
         ("eps", lambda: gdfast.RMSprop(ok(), eps=-1), ValueError, "eps"),
+        ("lr", lambda: gdfast.SGD(ok(), lr="0.1"), TypeError, r"\['lr'\] must be a number"),
         ("init", lambda: gdfast.Adagrad(ok(), initial_accumulator_value=-1), ValueError,
          "initial_accumulator_value"),
     ]
@@ -379,3 +421,37 @@ def test_bandwidth_probes_report_positive_rates():
     assert gdfast._kernels.bandwidth_triad(100_000, 2) > 1e8
     with pytest.raises(ValueError):
         gdfast._kernels.bandwidth_rmw(0)
+
+
+@pytest.mark.parametrize("cls,kw", [CONFIGS[3], CONFIGS[14]], ids=["SGD", "AdamW"])
+def test_segments_across_thread_boundaries_bitwise(cls, kw, simd_threads):
+    # three segments (groups alternate), thread split falls inside the first
+    shapes = {"w1": (600_001,), "b": (7,), "w2": (500_001,)}
+    rng = np.random.default_rng(10)
+    init = rng.standard_normal(1_100_009).astype(np.float32)
+    groups = [{"params": ["b"], "weight_decay": 0.0, "lr": 0.02}]
+    runs = []
+    for threads in (1, 2):
+        simd_threads(SIMD[-1], threads)
+        p = gdfast.Params(shapes)
+        p.data[...] = init
+        opt = getattr(gdfast, cls)(p, lr=0.01, groups=groups, **kw)
+        g_rng = np.random.default_rng(11)
+        for _ in range(5):
+            p.grad[...] = g_rng.standard_normal(p.size, dtype=np.float32)
+            opt.step(max_grad_norm=500.0)
+        runs.append(p.data.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    # the reference, one optimizer per group
+    w1, b, w2 = init[:600_001].copy(), init[600_001:600_008].copy(), init[600_008:].copy()
+    big = getattr(ref, cls)([w1, w2], lr=0.01, **kw)
+    small = getattr(ref, cls)([b], lr=0.02, **{**kw, "weight_decay": 0.0})
+    g_rng = np.random.default_rng(11)
+    for _ in range(5):
+        g = g_rng.standard_normal(1_100_009, dtype=np.float32)
+        gs = [g[:600_001], g[600_001:600_008], g[600_008:]]
+        _, coef = ref.clip_coef(gs, 500.0)
+        gs = [x * coef for x in gs]
+        big.step([gs[0], gs[2]])
+        small.step([gs[1]])
+    _assert_close([runs[0][:600_001], runs[0][600_001:600_008], runs[0][600_008:]], [w1, b, w2])
