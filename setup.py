@@ -123,7 +123,7 @@ def kernel_extension():
         sources=sources,
         include_dirs=["src", np.get_include()],
         define_macros=macros,
-        depends=glob("src/*.h") + glob("gdfast/*.pxi") + glob("gdfast/*.pxd"),
+        depends=glob("src/*.h") + glob("src/*.c") + glob("src/*.inc") + glob("gdfast/*.pxi") + glob("gdfast/*.pxd"),
     )
 
 

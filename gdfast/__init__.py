@@ -39,6 +39,6 @@ def set_simd(name):
     _kernels.set_simd(name)
 
 
-__all__ = ["__version__", "build_info", "get_num_threads", "matmul", "set_num_threads", "set_simd",
-           "MLP", "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
-           "clip_grad_norm", "clip_grad_value"]
+__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
+           "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
+           "clip_grad_norm", "clip_grad_value", "MLP", "matmul"]

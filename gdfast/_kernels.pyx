@@ -38,9 +38,9 @@ cdef extern from *:
     const char *GDFAST_COMPILER
 
 include "_checks.pxi"
+include "_optim.pxi"
 include "_gemm.pxi"
 include "_mlp.pxi"
-include "_optim.pxi"
 
 
 def simd_paths():

@@ -33,9 +33,12 @@ cdef class MLPCore:
     cdef gd_mlp net
     cdef cnp.ndarray sizes, data, grad, ws, labels
     cdef gd_index rows  # batch size the buffers currently hold
-    # Set (under the GIL) while a call uses the work buffers: a second thread
-    # running the same MLP gets an error instead of sharing (or, when it grows
-    # them, freeing) the buffers the first one is writing.
+    cdef gd_index _n    # the checked batch (set by _prepare)
+    cdef const int64_t *_labels
+    cdef const float *_targets
+    # Set (under the GIL) for a whole call, GIL-free part included: a second
+    # thread running the same MLP gets an error instead of sharing the batch
+    # fields and work buffers (or freeing them, when its batch is bigger).
     cdef bint busy
 
     cdef int _enter(self) except -1:
@@ -104,6 +107,49 @@ cdef class MLPCore:
             raise MemoryError("MLP forward could not allocate a GEMM packing buffer")
         return out
 
+    cdef tuple _prepare(self, object x, object y):
+        """Check a batch; set _n, _labels, _targets. Returns the arrays to keep alive."""
+        cdef cnp.ndarray X = self._check_x(x)
+        cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
+        cdef cnp.ndarray T = None
+        cdef const int64_t *lab
+        cdef gd_index i
+        if n == 0:
+            raise ValueError(f"x must hold at least one row, got shape {x.shape}")
+        if not isinstance(y, np.ndarray):
+            raise TypeError(f"y must be a numpy.ndarray of integer labels or float32 targets, "
+                            f"got {type(y).__name__}")
+        self._reserve(n)
+        self._labels = NULL
+        self._targets = NULL
+        if y.dtype.kind in "iu":
+            if y.ndim != 1 or y.shape[0] != n:
+                raise ValueError(f"integer labels y must have shape ({n},) to match x, "
+                                 f"got {y.shape}")
+            np.copyto(self.labels[:n], y, casting="unsafe")
+            lab = <const int64_t *>cnp.PyArray_DATA(self.labels)
+            for i in range(n):
+                if lab[i] < 0 or lab[i] >= n_out:
+                    raise ValueError(f"y[{i}] = {y[i]} is not a class label in [0, {n_out})")
+            self._labels = lab
+        elif y.dtype == np.float32:
+            T = check_f32(y, "y")
+            if T.ndim != 2 or T.shape[0] != n or T.shape[1] != n_out:
+                raise ValueError(f"float32 targets y must have shape ({n}, {n_out}), "
+                                 f"got {y.shape}")
+            self._targets = <const float *>cnp.PyArray_DATA(T)
+        else:
+            raise TypeError(f"y must hold integer class labels or float32 targets, "
+                            f"got dtype {y.dtype}")
+        self._n = n
+        return (X, T)
+
+    cdef gd_index _loss_grad(self, const float *x, double *loss) noexcept nogil:
+        return gdfast_mlp_loss_grad(&self.net, <const float *>cnp.PyArray_DATA(self.data),
+                                    <float *>cnp.PyArray_DATA(self.grad), x, self._n,
+                                    self._labels, self._targets,
+                                    <float *>cnp.PyArray_DATA(self.ws), loss)
+
     def loss_and_grad(self, x, y):
         """Mean loss over the batch; gradients overwrite params.grad."""
         self._enter()
@@ -113,43 +159,44 @@ cdef class MLPCore:
             self.busy = False
 
     cdef _loss_and_grad(self, x, y):
-        cdef cnp.ndarray X = self._check_x(x)
-        cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
-        if n == 0:
-            raise ValueError("x must hold at least one row, got shape "
-                             f"{x.shape}")
-        self._reserve(n)
-        cdef cnp.ndarray T = None
-        cdef const int64_t *labels = NULL
-        cdef const float *targets = NULL
-        if not isinstance(y, np.ndarray):
-            raise TypeError(f"y must be a numpy.ndarray of integer labels or float32 targets, "
-                            f"got {type(y).__name__}")
-        if y.dtype.kind in "iu":
-            if y.ndim != 1 or y.shape[0] != n:
-                raise ValueError(f"integer labels y must have shape ({n},) to match x, "
-                                 f"got {y.shape}")
-            np.copyto(self.labels[:n], y, casting="unsafe")
-            labels = <const int64_t *>cnp.PyArray_DATA(self.labels)
-        elif y.dtype == np.float32:
-            T = check_f32(y, "y")
-            if T.ndim != 2 or T.shape[0] != n or T.shape[1] != n_out:
-                raise ValueError(f"float32 targets y must have shape ({n}, {n_out}), "
-                                 f"got {y.shape}")
-            targets = <const float *>cnp.PyArray_DATA(T)
-        else:
-            raise TypeError(f"y must hold integer class labels or float32 targets, "
-                            f"got dtype {y.dtype}")
+        keep = self._prepare(x, y)
+        cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status
         with nogil:
-            status = gdfast_mlp_loss_grad(&self.net, <const float *>cnp.PyArray_DATA(self.data),
-                                          <float *>cnp.PyArray_DATA(self.grad),
-                                          <const float *>cnp.PyArray_DATA(X), n, labels, targets,
-                                          <float *>cnp.PyArray_DATA(self.ws), &loss)
-        if status > 0:
-            raise ValueError(f"y[{status - 1}] = {y[status - 1]} is not a class label "
-                             f"in [0, {n_out})")
-        if status < 0:
+            status = self._loss_grad(px, &loss)
+        if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
+        return loss
+
+    def train_step(self, x, y, optimizer, params):
+        """Forward, backward and the optimizer's update in one GIL-free stretch."""
+        self._enter()
+        try:
+            return self._train_step(x, y, optimizer, params)
+        finally:
+            self.busy = False
+
+    cdef _train_step(self, x, y, optimizer, params):
+        keep = self._prepare(x, y)
+        cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
+        cdef double loss = 0.0
+        cdef gd_index status = 0
+        cdef int rc = 0
+        begin = getattr(optimizer, "_begin_step", None)
+        if begin is None:
+            raise TypeError(f"optimizer must be a gdfast optimizer over this MLP's params, "
+                            f"got {type(optimizer).__name__}")
+        cdef StepPlan plan = begin(params)
+        try:
+            with nogil:
+                status = self._loss_grad(px, &loss)
+                if status == 0:
+                    rc = plan.run()
+        finally:
+            optimizer._end_step()
+        if status != 0:
+            raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
+        if rc != 0:
+            raise RuntimeError(f"optimizer step failed (code {rc})")
         return loss

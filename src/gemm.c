@@ -22,11 +22,17 @@
 #include <omp.h>
 #endif
 
+#ifndef GD_MC
 #define GD_MC 120
+#endif
+#ifndef GD_KC
 #define GD_KC 256
+#endif
 #define GD_NC 1024
-/* Up to this many flops (2mnk) the unpacked path is used when it can be. */
+/* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
+/* Below this k the tiles are walked along the rows of C. */
+#define GD_SHORT_K 32
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
 
@@ -94,11 +100,14 @@ static void pack_a(const gemm_job *g, gd_index i0, gd_index mc, gd_index p0, gd_
                 dst += GD_MR;
             }
         } else {
-            for (gd_index p = 0; p < kc; p++) {
-                for (int i = 0; i < mr; i++) dst[i] = src[i * rs + p];
-                for (int i = mr; i < GD_MR; i++) dst[i] = 0.0f;
-                dst += GD_MR;
+            for (int i = 0; i < GD_MR; i++) {
+                const float *row = src + i * rs;
+                if (i < mr)
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = row[p];
+                else
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = 0.0f;
             }
+            dst += kc * GD_MR;
         }
     }
 }
@@ -119,13 +128,17 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
                 dst += GD_NR;
             }
         } else {
-            /* op(B)(p, j) = B[j, p]: walk NR rows of B together */
+            /* op(B)(p, j) = B[j, p]: read each row of B straight through and
+             * scatter it down its panel column (the panel sits in L1) */
             const float *src = g->b + j * g->ldb + p0;
-            for (gd_index p = 0; p < kc; p++) {
-                for (int jj = 0; jj < nr; jj++) dst[jj] = src[jj * g->ldb + p];
-                for (int jj = nr; jj < GD_NR; jj++) dst[jj] = 0.0f;
-                dst += GD_NR;
+            for (int jj = 0; jj < GD_NR; jj++) {
+                const float *row = src + jj * g->ldb;
+                if (jj < nr)
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = row[p];
+                else
+                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = 0.0f;
             }
+            dst += kc * GD_NR;
         }
     }
 }
@@ -152,12 +165,19 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
             for (gd_index ic = i0; ic < i1; ic += GD_MC) {
                 gd_index mc = i1 - ic < GD_MC ? i1 - ic : GD_MC;
                 if (g->pack_a) pack_a(g, ic, mc, pc, kc, abuf);
-                for (gd_index jr = 0; jr < nc; jr += GD_NR) {
-                    int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
-                    const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
-                    gd_index rsb = g->pack_b ? GD_NR : g->ldb;
-                    for (gd_index ir = 0; ir < mc; ir += GD_MR) {
+                /* Short k: C traffic dominates, so walk C row panel by row
+                 * panel (sequential stores); otherwise keep each B
+                 * micro-panel in L1 across the row panels (BLIS order). */
+                int rows_outer = kc < GD_SHORT_K;
+                gd_index outer_n = rows_outer ? mc : nc, inner_n = rows_outer ? nc : mc;
+                gd_index outer_step = rows_outer ? GD_MR : GD_NR, inner_step = rows_outer ? GD_NR : GD_MR;
+                for (gd_index o = 0; o < outer_n; o += outer_step) {
+                    for (gd_index q = 0; q < inner_n; q += inner_step) {
+                        gd_index ir = rows_outer ? o : q, jr = rows_outer ? q : o;
                         int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
+                        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+                        const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
+                        gd_index rsb = g->pack_b ? GD_NR : g->ldb;
                         gd_index i = ic + ir, j = jc + jr;
                         if (g->pack_a)
                             tile_fn(kc, abuf + ir * kc, 1, GD_MR, bp, rsb, g->pack_b, mr, nr,
@@ -173,6 +193,7 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     return 0;
 }
 
+#ifdef _OPENMP
 /* [lo, hi) of `units` tiles for part t of nt, in elements of size `unit`. */
 static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd_index *hi) {
     gd_index units = (total + unit - 1) / unit;
@@ -180,6 +201,7 @@ static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd
     *lo = a * unit;
     *hi = b * unit < total ? b * unit : total;
 }
+#endif
 
 int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
@@ -188,7 +210,10 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
     gemm_job g = {trans_a, trans_b, 0, 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, ep};
     double flops = 2.0 * (double)m * (double)n * (double)k;
     int small = flops <= GD_SMALL_FLOPS;
-    g.pack_b = trans_b || !small;
+    /* B is packed unless the problem is small and has few rows: read in place,
+     * rows of B at power-of-two strides (the MLP's layer widths) collide in
+     * the same L1 sets. A is read in place for small problems. */
+    g.pack_b = trans_b || !small || m > 2 * GD_MR;
     g.pack_a = !small;
 
     /* Column sums add rows in order, so their columns must stay on one thread. */

@@ -116,20 +116,40 @@ GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valp
         c##r##1 = _mm256_fmadd_ps(ar, b1, c##r##1);                                \
     }
 
-#define GD_WB(r)                                                                   \
+#define GD_OUT(r)                                                                  \
     if (MR > r) {                                                                  \
-        write_back(c##r##0, c + r * ldc, full0, m0, valpha, beta, ep, i0 + r, j0, last); \
-        if (nr > 8) write_back(c##r##1, c + r * ldc + 8, full1, m1, valpha, beta, ep, i0 + r, j0 + 8, last); \
+        if (mode == GD_STORE) {                                                    \
+            _mm256_storeu_ps(c + r * ldc, c##r##0);                                \
+            _mm256_storeu_ps(c + r * ldc + 8, c##r##1);                            \
+        } else if (mode == GD_ADD) {                                               \
+            _mm256_storeu_ps(c + r * ldc, _mm256_add_ps(c##r##0, _mm256_loadu_ps(c + r * ldc))); \
+            _mm256_storeu_ps(c + r * ldc + 8,                                      \
+                             _mm256_add_ps(c##r##1, _mm256_loadu_ps(c + r * ldc + 8))); \
+        } else {                                                                   \
+            acc[2 * r] = c##r##0;                                                  \
+            acc[2 * r + 1] = c##r##1;                                              \
+        }                                                                          \
     }
 
-GD_INLINE void tile(const int MR, const int MASKED, const int PACKED_A, gd_index k,
-                    const float *a, gd_index rsa,
-                    gd_index csa, const float *b, gd_index rsb, int nr, float alpha, float beta,
-                    float *c, gd_index ldc, const gd_epilogue *ep, gd_index i0, gd_index j0,
-                    int last) {
+/* What the k loop does with its sums: hand them back, or for a full-width
+ * tile with alpha = 1 and no epilogue, store them (beta = 0) or add them to
+ * C (beta = 1) straight from the registers. */
+enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
+
+/* The k loop alone, its 12 accumulators handed back through memory: kept
+ * apart from the write-back so the compiler never spills an accumulator
+ * (all 16 ymm registers: 12 accumulators, 2 rows of B, 1 broadcast of A). */
+GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd_index k,
+                          const float *a, gd_index rsa, gd_index csa, const float *b,
+                          gd_index rsb, int nr, __m256 *acc, int mode, float *c,
+                          gd_index ldc) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+    __m256i m0 = _mm256_setzero_si256(), m1 = m0;
+    if (MASKED) {
+        m0 = lane_mask(nr);
+        m1 = lane_mask(nr - 8);
+    }
     if (PACKED_A) { /* constant strides: the broadcasts use immediate offsets */
         rsa = 1;
         csa = GD_MR;
@@ -148,26 +168,67 @@ GD_INLINE void tile(const int MR, const int MASKED, const int PACKED_A, gd_index
         ap += csa;
         b += rsb;
     }
-    __m256 valpha = _mm256_set1_ps(alpha);
-    int full0 = nr >= 8, full1 = nr >= 16;
-    GD_WB(0) GD_WB(1) GD_WB(2) GD_WB(3) GD_WB(4) GD_WB(5)
+    GD_OUT(0) GD_OUT(1) GD_OUT(2) GD_OUT(3) GD_OUT(4) GD_OUT(5)
 }
 
-#define GD_CASE(R)                                                                 \
-    case R:                                                                        \
-        if (packed_a) tile(R, 0, 1, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
-        else if (masked) tile(R, 1, 0, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
-        else tile(R, 0, 0, k, a, rsa, csa, b, rsb, nr, alpha, beta, c, ldc, ep, i0, j0, last); \
-        break;
+#if defined(__GNUC__)
+#define GD_NOINLINE __attribute__((noinline))
+#else
+#define GD_NOINLINE __declspec(noinline)
+#endif
+
+typedef void (*accum_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                         const float *b, gd_index rsb, int nr, __m256 *acc, int mode,
+                         float *c, gd_index ldc);
+
+#define GD_ACCUM(R)                                                                \
+    static GD_NOINLINE void accum_packed_##R(gd_index k, const float *a, gd_index rsa, \
+        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
+        float *c, gd_index ldc) {                                                  \
+        accumulate(R, 0, 1, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
+    }                                                                              \
+    static GD_NOINLINE void accum_strided_##R(gd_index k, const float *a, gd_index rsa, \
+        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
+        float *c, gd_index ldc) {                                                  \
+        accumulate(R, 0, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
+    }                                                                              \
+    static GD_NOINLINE void accum_masked_##R(gd_index k, const float *a, gd_index rsa, \
+        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
+        float *c, gd_index ldc) {                                                  \
+        accumulate(R, 1, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
+    }
+
+GD_ACCUM(1) GD_ACCUM(2) GD_ACCUM(3) GD_ACCUM(4) GD_ACCUM(5) GD_ACCUM(6)
+
+static const accum_fn accum_packed[GD_MR + 1] = {
+    NULL, accum_packed_1, accum_packed_2, accum_packed_3, accum_packed_4, accum_packed_5,
+    accum_packed_6};
+static const accum_fn accum_strided[GD_MR + 1] = {
+    NULL, accum_strided_1, accum_strided_2, accum_strided_3, accum_strided_4, accum_strided_5,
+    accum_strided_6};
+static const accum_fn accum_masked[GD_MR + 1] = {
+    NULL, accum_masked_1, accum_masked_2, accum_masked_3, accum_masked_4, accum_masked_5,
+    accum_masked_6};
 
 void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
                            const float *b, gd_index rsb, int b_full, int mr, int nr,
                            float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
-    int masked = !b_full && nr < GD_NR;
-    int packed_a = rsa == 1 && csa == GD_MR && b_full;
-    switch (mr) {
-        GD_CASE(1) GD_CASE(2) GD_CASE(3) GD_CASE(4) GD_CASE(5) GD_CASE(6)
-    default: break;
+    __m256 acc[2 * GD_MR];
+    int mode = GD_RETURN;
+    if (nr == GD_NR && alpha == 1.0f && !(last && ep))
+        mode = beta == 0.0f ? GD_STORE : beta == 1.0f ? GD_ADD : GD_RETURN;
+    if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    else accum_strided[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    if (mode != GD_RETURN) return;
+    __m256 valpha = _mm256_set1_ps(alpha);
+    __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+    int full0 = nr >= 8, full1 = nr >= 16;
+    for (int r = 0; r < mr; r++) {
+        write_back(acc[2 * r], c + r * ldc, full0, m0, valpha, beta, ep, i0 + r, j0, last);
+        if (nr > 8)
+            write_back(acc[2 * r + 1], c + r * ldc + 8, full1, m1, valpha, beta, ep, i0 + r,
+                       j0 + 8, last);
     }
 }

@@ -25,17 +25,25 @@ void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index 
                              const float *b, gd_index rsb, int b_full, int mr, int nr,
                              float alpha, float beta, float *c, gd_index ldc,
                              const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    /* Two passes of 8 columns: a 6 x 8 accumulator block fits the 16 vector
+     * registers of SSE2/NEON, so the compiler keeps it out of memory. */
     float acc[GD_MR][GD_NR] = {{0.0f}};
-    float bp[GD_NR] = {0.0f};
     (void)b_full;
-    for (gd_index p = 0; p < k; p++) {
-        const float *brow = b + p * rsb;
-        for (int j = 0; j < nr; j++) bp[j] = brow[j];
-        const float *ap = a + p * csa;
-        for (int i = 0; i < mr; i++) {
-            float ai = ap[i * rsa];
-            for (int j = 0; j < GD_NR; j++) acc[i][j] += ai * bp[j];
+    for (int jh = 0; jh < nr; jh += GD_NR / 2) {
+        float blk[GD_MR][GD_NR / 2] = {{0.0f}};
+        int w = nr - jh < GD_NR / 2 ? nr - jh : GD_NR / 2;
+        for (gd_index p = 0; p < k; p++) {
+            float bp[GD_NR / 2] = {0.0f};
+            const float *brow = b + p * rsb + jh;
+            for (int j = 0; j < w; j++) bp[j] = brow[j];
+            const float *ap = a + p * csa;
+            for (int i = 0; i < GD_MR; i++) {
+                float ai = i < mr ? ap[i * rsa] : 0.0f;
+                for (int j = 0; j < GD_NR / 2; j++) blk[i][j] += ai * bp[j];
+            }
         }
+        for (int i = 0; i < GD_MR; i++)
+            for (int j = 0; j < GD_NR / 2; j++) acc[i][jh + j] = blk[i][j];
     }
     for (int i = 0; i < mr; i++) {
         float *crow = c + i * ldc;

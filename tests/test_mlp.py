@@ -105,31 +105,44 @@ def test_one_and_two_threads_agree_bitwise():
     np.testing.assert_array_equal(g1, g2)
 
 
-class SGD:
-    """Plain SGD over a Params arena (stands in for gdfast's optimizers)."""
-
-    def __init__(self, params, lr):
-        self.params, self.lr = params, lr
-
-    def step(self):
-        self.params.data -= self.lr * self.params.grad
-
-
-@pytest.mark.parametrize("act,loss", [("relu", "cross_entropy"), ("sigmoid", "mse")])
-def test_train_step_equals_reference_training(act, loss):
+@pytest.mark.parametrize("act,loss,opt", [("relu", "cross_entropy", "Adam"),
+                                            ("sigmoid", "mse", "SGD"),
+                                            ("tanh", "cross_entropy", "AdamW")])
+def test_train_step_equals_reference_mlp_and_optimizer(act, loss, opt):
+    from gdfast.reference import optim as ref_optim
     rng = np.random.default_rng(7)
     net = gdfast.MLP([20, 16, 8, 4], activation=act, loss=loss, seed=8)
     ref = reference_of(net, np.float32)
-    opt = SGD(net.params, lr=0.1)
+    hyper = {"lr": 0.01} if opt != "SGD" else {"lr": 0.5, "momentum": 0.9}
+    optimizer = getattr(gdfast, opt)(net.params, **hyper)
+    names = list(net.params)
+    ref_opt = getattr(ref_optim, opt)([ref.params[k] for k in names], **hyper)
     for step in range(5):
-        x, y = batch(rng, 1 + 9 * step, net.sizes)
-        loss_c = net.train_step(x, y, opt)
+        x, y = batch(rng, 1 + 9 * step, net.sizes, targets=step == 3)
+        loss_c = net.train_step(x, y, optimizer)
         loss_r, grads = ref.loss_and_grad(x, y)
-        for name, g in grads.items():
-            ref.params[name] -= np.float32(0.1) * g
+        ref_opt.step([grads[k].astype(np.float32) for k in names])
         assert loss_c == pytest.approx(loss_r, rel=1e-4)
-    for name in net.params:
-        np.testing.assert_allclose(net.params[name], ref.params[name], rtol=1e-4, atol=1e-5)
+    for name in names:
+        np.testing.assert_allclose(net.params[name], ref.params[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
+def test_train_step_refuses_bad_input_before_touching_the_optimizer():
+    net = gdfast.MLP([4, 3, 2], seed=0)
+    opt = gdfast.Adam(net.params, lr=0.1)
+    before = net.params.data.copy()
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"y\[1\] = 5 is not a class label"):
+        net.train_step(x, np.array([0, 5, 1]), opt)
+    with pytest.raises(TypeError, match="optimizer must be a gdfast optimizer"):
+        net.train_step(x, np.array([0, 1, 1]), object())
+    other = gdfast.MLP([4, 3, 2], seed=1)
+    with pytest.raises((ValueError, TypeError)):
+        net.train_step(x, np.array([0, 1, 1]), gdfast.Adam(other.params))
+    np.testing.assert_array_equal(net.params.data, before)
+    net.train_step(x, np.array([0, 1, 1]), opt)  # the optimizer still works afterwards
+    assert not np.array_equal(net.params.data, before)
 
 
 def test_buffers_grow_and_smaller_batches_still_work():
