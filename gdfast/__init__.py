@@ -12,6 +12,8 @@ from .mlp import MLP
 from .optim import (SGD, Adagrad, Adam, AdamW, Lookahead, RMSprop, clip_grad_norm,
                     clip_grad_value)
 from .params import Params
+from . import datasets, schedules
+from .train import Trainer, fit
 
 
 def _init_simd():
@@ -41,4 +43,5 @@ def set_simd(name):
 
 __all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
            "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
-           "clip_grad_norm", "clip_grad_value", "MLP", "matmul"]
+           "clip_grad_norm", "clip_grad_value", "MLP", "matmul",
+           "datasets", "schedules", "Trainer", "fit"]

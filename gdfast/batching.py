@@ -23,8 +23,9 @@ class Batches:
     drop_last: drop the last partial batch instead of yielding it short.
     seed: an int or a ``numpy.random.Generator`` driving the shuffles.
     shift: augment images by a random translation of up to `shift` pixels in
-    each direction (zero fill), drawn per example per epoch; needs
-    `image_shape` (rows, cols) unless x has 784 columns (28x28).
+    each direction (zero fill), uniform over the (2 shift + 1)^2 moves, drawn
+    afresh every epoch; needs `image_shape` (rows, cols) unless x has 784
+    columns (28x28).
     """
 
     def __init__(self, x, y, batch_size=None, *, shuffle=True, drop_last=False, seed=0,
@@ -51,8 +52,9 @@ class Batches:
         self.shift = int(shift)
         if self.shift < 0:
             raise ValueError(f"shift must be >= 0, got {shift!r}")
-        if self.shift and self.full:
-            raise ValueError("shift augmentation needs mini-batches (batch_size < len(x))")
+        if self.shift and (self.full or not self.shuffle):
+            raise ValueError("shift augmentation needs shuffled mini-batches "
+                             "(batch_size < len(x), shuffle=True)")
         if not self.full:
             self._order = np.arange(n, dtype=np.intp)
             self._index = np.empty(n, dtype=np.intp)
@@ -67,34 +69,43 @@ class Batches:
             if x.ndim != 2 or x.shape[1] != 784:
                 raise ValueError(f"shift needs image_shape=(rows, cols) for x of shape {x.shape}")
             image_shape = (28, 28)
-        rows, cols = image_shape
+        rows, cols = self.image_shape = tuple(int(d) for d in image_shape)
         if x.ndim != 2 or rows * cols != x.shape[1]:
             raise ValueError(f"image_shape {image_shape} does not match x rows of {x.shape[1:]}")
-        # the set, flattened, after one leading zero: out-of-image pixels gather index 0
-        self._src = np.zeros(x.size + 1, dtype=x.dtype)
-        self._src[1:] = x.ravel()
-        r, c = np.divmod(np.arange(rows * cols), cols)
-        span = range(-self.shift, self.shift + 1)
-        maps = []
-        for dr in span:
-            for dc in span:
-                sr, sc = r - dr, c - dc
-                inside = (sr >= 0) & (sr < rows) & (sc >= 0) & (sc < cols)
-                # outside: so negative that adding any row base still clips to index 0
-                maps.append(np.where(inside, sr * cols + sc, -(x.size + 1)))
-        self._maps = np.array(maps, dtype=np.intp)
-        self._gather = np.empty((self.batch_size, rows * cols), dtype=np.intp)
-        self._base = np.empty((self.batch_size, 1), dtype=np.intp)
+        if self.shift >= min(rows, cols):
+            raise ValueError(f"shift must be smaller than the image, got {self.shift} for {image_shape}")
+        self._raw = np.empty_like(self._xbuf)
+        # a translation by (dr, dc) is a flat shift by dr * cols + dc, with the
+        # columns that wrapped around to the neighbouring row then zeroed
+        self._moves = [(dr * cols + dc, dc) for dr in range(-self.shift, self.shift + 1)
+                       for dc in range(-self.shift, self.shift + 1)]
+        self._uniform = np.full(len(self._moves), 1.0 / len(self._moves))
 
-    def _shifted(self, idx, shifts, out):
-        """out[k] = image idx[k] translated by shift number shifts[k]; no allocation."""
-        m = len(idx)
-        gather, base = self._gather[:m], self._base[:m, 0]
-        np.take(self._maps, shifts, axis=0, out=gather, mode="clip")
-        np.multiply(idx, self.x.shape[1], out=base)
-        base += 1
-        gather += self._base[:m]
-        np.take(self._src, gather, out=out, mode="clip")
+    def _shift_into(self, raw, out, counts):
+        """Translate consecutive runs of the batch, counts[k] images by move k.
+
+        The batch is a uniformly shuffled sample, so giving runs of it one
+        translation each (with multinomial run lengths) is the same as drawing
+        a translation per image, at the cost of a few contiguous copies.
+        """
+        size, cols = raw.shape[1], self.image_shape[1]
+        out3 = out.reshape((len(out),) + self.image_shape)
+        start = 0
+        for (flat, dc), count in zip(self._moves, counts):
+            if not count:
+                continue
+            o, r = out[start:start + count], raw[start:start + count]
+            if flat >= 0:
+                o[:, flat:] = r[:, :size - flat]
+                o[:, :flat] = 0
+            else:
+                o[:, :size + flat] = r[:, -flat:]
+                o[:, size + flat:] = 0
+            if dc > 0:
+                out3[start:start + count, :, :dc] = 0
+            elif dc < 0:
+                out3[start:start + count, :, cols + dc:] = 0
+            start += count
 
     def __len__(self):
         """Batches per epoch."""
@@ -114,15 +125,19 @@ class Batches:
         if self.shuffle:
             self.rng.shuffle(self._index)
         b, n = self.batch_size, len(self.x)
-        if self.shift:   # one array per epoch, not per step
-            shifts = self.rng.integers(0, len(self._maps), n, dtype=np.intp)
+        if self.shift:   # run lengths of each translation, per batch, drawn once an epoch
+            counts = self.rng.multinomial(b, self._uniform, size=-(-n // b))
+            if n % b:
+                counts[-1] = self.rng.multinomial(n % b, self._uniform)
         stop = n - n % b if self.drop_last else n
         for start in range(0, stop, b):
             idx = self._index[start:start + b]
             xb, yb = self._xbuf[:len(idx)], self._ybuf[:len(idx)]
             # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
             if self.shift:
-                self._shifted(idx, shifts[start:start + b], xb)
+                raw = self._raw[:len(idx)]
+                np.take(self.x, idx, axis=0, out=raw, mode="clip")
+                self._shift_into(raw, xb, counts[start // b])
             else:
                 np.take(self.x, idx, axis=0, out=xb, mode="clip")
             np.take(self.y, idx, axis=0, out=yb, mode="clip")

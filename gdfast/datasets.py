@@ -213,7 +213,7 @@ def _fetch(url, dest, md5, progress=True, opener=None):
     opener = opener or urllib.request.urlopen
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        digest = hashlib.md5()
+        digest = hashlib.md5(usedforsecurity=False)   # an integrity check, not security
         with os.fdopen(fd, "wb") as out, opener(url, timeout=_DOWNLOAD_TIMEOUT) as resp:
             total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
             bar = _Progress(total, dest.name) if progress else None

@@ -179,7 +179,8 @@ class Trainer:
             self._diverged(f"the parameters became NaN/Inf by step {self.step}", lr)
         self.epoch += 1
         record = {"epoch": self.epoch, "step": self.step, "lr": lr,
-                  "train_loss": loss_sum / seen, "train_acc": acc, "grad_norm": norm_sum / steps,
+                  "train_loss": loss_sum / seen, "train_acc": acc,
+                  "grad_norm": None if math.isnan(norm_sum) else norm_sum / steps,   # None: not tracked
                   "samples_per_s": seen / train_time, "train_time": train_time}
         t1 = time.perf_counter()
         for name, pair in (("val", self.validation), ("test", self.test)):

@@ -92,3 +92,36 @@ def test_bad_arguments():
         Batches(x[:, ::2], y, 4)
     with pytest.raises(ValueError, match="at least one example"):
         Batches(x[:0], y[:0], 4)
+
+
+def translated(img, dr, dc):
+    out = np.zeros_like(img)
+    r, c = img.shape
+    out[max(dr, 0):r + min(dr, 0), max(dc, 0):c + min(dc, 0)] = \
+        img[max(-dr, 0):r - max(dr, 0), max(-dc, 0):c - max(dc, 0)]
+    return out
+
+
+def test_shift_augmentation_translates_each_image_uniformly():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 6 * 5), dtype=np.float32) + 0.5    # no zero pixels: moves are identifiable
+    y = np.arange(300)
+    b = Batches(x, y, 32, seed=2, shift=2, image_shape=(6, 5))
+    seen = {}
+    for _ in range(3):
+        for xb, yb in b:
+            for img, label in zip(xb.reshape(-1, 6, 5), yb):
+                src = x[label].reshape(6, 5)
+                moves = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)
+                         if np.array_equal(img, translated(src, dr, dc))]
+                assert len(moves) == 1
+                seen[moves[0]] = seen.get(moves[0], 0) + 1
+    assert len(seen) == 25 and min(seen.values()) > 900 / 25 / 3   # every move, none starved
+    # the same seed gives the same augmented epoch
+    a1, a2 = Batches(x, y, 32, seed=5, shift=1, image_shape=(6, 5)), Batches(x, y, 32, seed=5, shift=1, image_shape=(6, 5))
+    for (xa, _), (xb, _) in zip(epoch(a1), epoch(a2)):
+        np.testing.assert_array_equal(xa, xb)
+    with pytest.raises(ValueError, match="image_shape"):
+        Batches(x, y, 32, shift=1)
+    with pytest.raises(ValueError, match="shuffled mini-batches"):
+        Batches(x, y, 32, shift=1, shuffle=False, image_shape=(6, 5))

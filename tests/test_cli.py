@@ -42,7 +42,7 @@ def test_module_entry_point_runs():
     assert out.returncode == 0 and out.stdout.startswith("gdfast ")
 
 
-def test_train_checkpoints_resume_and_plot(data_dir, tmp_path, capsys):
+def test_train_checkpoints_and_resume(data_dir, tmp_path, capsys):
     ck = tmp_path / "ck"
     args = ["train", "--data", str(data_dir), "--hidden", "32", "--epochs", "3", "--batch-size", "32",
             "--lr", "5e-3", "--warmup", "0.5", "--checkpoint-dir", str(ck), "--no-progress",
@@ -60,9 +60,13 @@ def test_train_checkpoints_resume_and_plot(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch   4/5" in out and "epoch   3/5" not in out
     assert len(json.loads((ck / "history.json").read_text())) == 5
-    pytest.importorskip("matplotlib")
+
+
+def test_train_plots_curves(data_dir, tmp_path):
+    pytest.importorskip("matplotlib")     # the optional 'plot' extra
     png = tmp_path / "curves.png"
-    assert cli.main(args[:6] + ["1", "--plot", str(png), "--no-progress", "--shift", "0"]) == 0
+    assert cli.main(["train", "--data", str(data_dir), "--hidden", "8", "--epochs", "2",
+                     "--plot", str(png), "--no-progress", "--threads", "1"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -145,11 +149,8 @@ def test_test_function_gradients_match_finite_differences(func):
 def test_optimizers_move_toward_the_minima_and_plot(tmp_path, capsys):
     png = tmp_path / "paths.png"
     argv = ["optimizers", "--steps", "300"]
-    has_mpl = True
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        has_mpl = False
+    import importlib.util
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
     if has_mpl:
         argv += ["--plot", str(png)]
     assert cli.main(argv) == 0

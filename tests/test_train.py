@@ -63,10 +63,18 @@ def test_full_batch_sgd_and_minibatch_step_counts(batch_size):
     assert trainer.step == 2 * per_epoch
 
 
-def run(tmp_path, epochs, resume=False, seed=0):
+OPTIMIZERS = {
+    "adam": lambda p: gdfast.Adam(p, lr=3e-3),
+    "lookahead-nesterov": lambda p: gdfast.Lookahead(gdfast.SGD(p, lr=3e-3, momentum=0.9, nesterov=True), k=3),
+    "rmsprop-centered": lambda p: gdfast.RMSprop(p, lr=3e-3, centered=True, momentum=0.5),
+    "adagrad": lambda p: gdfast.Adagrad(p, lr=3e-3),
+}
+
+
+def run(tmp_path, epochs, resume=False, seed=0, opt="adam"):
     x, y = np.random.default_rng(5).random((120, 784), dtype=np.float32), np.arange(120) % 10
     model = gdfast.MLP([784, 16, 10], seed=seed)
-    opt = gdfast.Adam(model.params, lr=3e-3)
+    opt = OPTIMIZERS[opt](model.params)
     sched = schedules.ReduceOnPlateau(schedules.Warmup(schedules.Cosine(3e-3, 40), 5), patience=0)
     trainer = Trainer(model, opt, (x, y), batch_size=16, schedule=sched, seed=3, shift=1,
                       validation=(x[:30], y[:30]), checkpoint_dir=tmp_path)
@@ -78,15 +86,16 @@ def strip_times(history):
     return [{k: v for k, v in r.items() if not k.endswith(("time", "per_s"))} for r in history]
 
 
-def test_resume_continues_bit_identically(tmp_path):
-    full = run(tmp_path / "a", 4)
-    run(tmp_path / "b", 2)
-    resumed = run(tmp_path / "b", 4, resume=True, seed=99)   # fresh objects, other init seed
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_resume_continues_bit_identically(tmp_path, opt):
+    full = run(tmp_path / "a", 4, opt=opt)
+    run(tmp_path / "b", 2, opt=opt)
+    resumed = run(tmp_path / "b", 4, resume=True, seed=99, opt=opt)   # fresh objects, other init
     np.testing.assert_array_equal(resumed.params.data, full.params.data)
     assert strip_times(resumed.history) == strip_times(full.history)
     assert resumed.step == full.step and resumed.schedule.state_dict() == full.schedule.state_dict()
     # same seed and threads, run again from scratch: the same bits
-    np.testing.assert_array_equal(run(tmp_path / "c", 4).params.data, full.params.data)
+    np.testing.assert_array_equal(run(tmp_path / "c", 4, opt=opt).params.data, full.params.data)
 
 
 def test_checkpoint_file_is_versioned_npz_without_pickle(tmp_path):
@@ -177,3 +186,36 @@ def test_real_mnist_trains_well_above_chance():
                       test=(data.x_test, data.y_test))
     history = trainer.fit(2)
     assert history[-1]["test_acc"] > 0.9
+
+
+def test_reference_trainer_matches_gdfast():
+    """The NumPy reference trainer (the benchmark baseline) takes the same path."""
+    from gdfast.reference.train import ReferenceMLP, ReferenceOptimizer
+    x, y = blobs(256)
+    runs = []
+    for kind in ("gdfast", "reference"):
+        model = gdfast.MLP([20, 16, 3], seed=4)
+        if kind == "reference":
+            model = ReferenceMLP([20, 16, 3], init_from=model.params)
+            opt = ReferenceOptimizer("Adam", model.params, lr=1e-2)
+        else:
+            opt = gdfast.Adam(model.params, lr=1e-2)
+        sched = schedules.Warmup(schedules.Cosine(1e-2, 40), 8)
+        trainer = Trainer(model, opt, (x, y), batch_size=32, schedule=sched, test=(x, y), seed=1)
+        trainer.fit(3)
+        runs.append(trainer)
+    fast, ref = runs
+    np.testing.assert_allclose(fast.params.data, ref.params.data, rtol=1e-3, atol=1e-4)
+    for a, b in zip(fast.history, ref.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.01)
+
+
+def test_untracked_grad_norm_is_none_in_strict_json(tmp_path):
+    x, y = blobs(40)
+    model, opt = make()
+    trainer = Trainer(model, opt, (x, y), batch_size=8, track_grad_norm=False, checkpoint_dir=tmp_path)
+    trainer.fit(1)
+    assert trainer.history[0]["grad_norm"] is None
+    json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda c: pytest.fail(c))

@@ -1,0 +1,74 @@
+"""The NumPy reference trainer: gdfast.train.Trainer driving the reference
+MLP and optimizers, for the end-to-end comparison and as a test oracle.
+
+Both adapters keep their tensors in a gdfast Params arena (the reference
+code works on its views), so the same Trainer, schedule and checkpoints run
+unchanged and only the math underneath differs.
+"""
+import numpy as np
+
+from ..params import Params
+from . import mlp as ref_mlp
+from . import optim as ref_optim
+
+
+class ReferenceMLP:
+    """reference.mlp.MLP in float32 with the gdfast.MLP interface the Trainer uses."""
+
+    def __init__(self, sizes, activation="relu", loss="cross_entropy", init_from=None):
+        self.sizes = list(sizes)
+        self.net = ref_mlp.MLP(sizes, activation=activation, loss=loss, dtype=np.float32)
+        self.params = Params({name: arr.shape for name, arr in self.net.params.items()})
+        if init_from is not None:          # e.g. a gdfast.MLP's params: the same start
+            self.params.copy_from(init_from)
+        self.net.params = {name: self.params[name] for name in self.params}
+
+    def loss_and_grad(self, x, y):
+        loss, grads = self.net.loss_and_grad(x, y)
+        for name, g in grads.items():
+            self.params.grad_of(name)[...] = g
+        return loss
+
+    def predict(self, x):
+        return np.argmax(self.net.forward(x), axis=1)
+
+    def evaluate(self, x, y, batch_size=1000):
+        total = correct = 0.0
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            out = self.net.forward(xb).astype(np.float64)
+            if self.net.loss == "cross_entropy":
+                total -= np.log(np.maximum(out[np.arange(len(yb)), yb], np.finfo(np.float32).tiny)).sum()
+            else:
+                t = np.zeros_like(out)
+                t[np.arange(len(yb)), yb] = 1.0
+                total += 0.5 * ((out - t) ** 2).sum()
+            correct += (np.argmax(out, axis=1) == yb).sum()
+        return total / len(y), correct / len(y)
+
+
+class ReferenceOptimizer:
+    """A reference optimizer over a Params arena, with param_groups and state."""
+
+    def __init__(self, name, params, **hyper):
+        self.params = params
+        names = list(params)
+        self.opt = getattr(ref_optim, name)([params[n] for n in names], **hyper)
+        self.grads = [params.grad_of(n) for n in names]
+        self.param_groups = [self.opt.hyper]          # "lr" lives there, read every step
+
+    def step(self, grads=None, max_grad_norm=None):
+        return self.opt.step(self.grads, max_grad_norm)
+
+    def state_dict(self):
+        return {"t": self.opt.t, "hyper": dict(self.opt.hyper),
+                "state": {k: [np.array(a) for a in v] for k, v in vars(self.opt).items()
+                          if isinstance(v, list) and v and isinstance(v[0], np.ndarray)
+                          and not k.startswith("_")}}
+
+    def load_state_dict(self, state):
+        self.opt.t = int(state["t"])
+        self.opt.hyper.update(state["hyper"])
+        for k, arrays in state["state"].items():
+            for dst, src in zip(getattr(self.opt, k), arrays):
+                dst[...] = src
