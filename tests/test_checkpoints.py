@@ -292,10 +292,10 @@ def test_tampered_tensor_shape_is_refused(tmp_path):
 
 def test_optimizer_load_into_other_shapes_is_refused(tmp_path):
     a = gdfast.Adam([np.zeros(5, np.float32), np.zeros(3, np.float32)])
-    a.save(tmp_path / "a")                      # numpy's rule: .npz is appended
+    a.save(tmp_path / "a")                      # at exactly this path
     b = gdfast.Adam([np.zeros(5, np.float32), np.zeros(4, np.float32)])
     with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg'\] must be float32 of shape \(4,\)"):
-        b.load(tmp_path / "a.npz")
+        b.load(tmp_path / "a")
     assert b.state_dict()["step"] == 0
 
 
