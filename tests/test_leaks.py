@@ -115,3 +115,27 @@ def test_refused_calls_do_not_leak():
 
     grew_rss, grew_traced = measure(run, 2_000, 20_000)
     assert grew_traced < TRACED_LIMIT and grew_rss < RSS_LIMIT, (grew_traced, grew_rss)
+
+
+def test_short_lived_threads_do_not_leak_gemm_buffers():
+    """Each thread's GEMM packing buffer (1.2 MB) is freed when the thread exits."""
+    import threading
+
+    a = np.ones((700, 700), np.float32)   # big enough for the packed path
+    before = gdfast.get_num_threads()
+    gdfast.set_num_threads(1)
+
+    def run(n):
+        for _ in range(n):
+            t = threading.Thread(target=gdfast.matmul, args=(a, a))
+            t.start()
+            t.join()
+
+    try:
+        run(4)
+        rss0 = rss()
+        run(40)
+        grew = rss() - rss0
+    finally:
+        gdfast.set_num_threads(before)
+    assert grew < 40 * 350_000, f"RSS grew {grew / 40 / 1e6:.2f} MB per finished thread"
