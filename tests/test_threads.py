@@ -251,3 +251,25 @@ def test_begin_end_step_hold_the_optimizer():
     opt.param_groups[0]["lr"] = 0.1
     opt.step()
     assert opt.state_dict()["step"] == 3
+
+
+def test_same_fused_train_step_from_two_threads(omp_threads):
+    """MLP.train_step (forward, backward and the update in one GIL-free call)
+    on one MLP and optimizer from two threads: refused, never interleaved."""
+    omp_threads(2)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2000, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 2000)
+
+    def make():
+        net = gdfast.MLP((64, 256, 10), seed=4)
+        return net, gdfast.Adam(net.params, lr=1e-3)
+
+    net, opt = make()
+    ok, refused = hammer(lambda: net.train_step(x, y, opt))  # the same batch every time
+    assert refused >= 1
+    assert opt.state_dict()["step"] == ok
+    twin, twin_opt = make()
+    for _ in range(ok):
+        twin.train_step(x, y, twin_opt)
+    np.testing.assert_array_equal(net.params.data, twin.params.data)
