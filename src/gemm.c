@@ -25,8 +25,11 @@
 #ifndef GD_MC
 #define GD_MC 120
 #endif
+/* k is cut into the fewest blocks of at most GD_KC, all of nearly equal
+ * size (784 -> 3 x 261..262, not 256+256+256+16): no tiny last block, and
+ * one pass over C per block. */
 #ifndef GD_KC
-#define GD_KC 256
+#define GD_KC 320
 #endif
 #define GD_NC 1024
 /* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
@@ -49,38 +52,53 @@ void gdfast_gemm_select(int isa) {
     tile_fn = gdfast_gemm_tile_scalar;
 }
 
+/* Packing buffers: a fixed pool of slots, each allocated on first use and
+ * kept, taken and given back atomically by whichever thread runs a packed
+ * block. No call allocates after warm-up, memory is bounded by the number of
+ * threads ever packing at once, and threads that come and go leak nothing.
+ * If every slot is busy, the call packs into a buffer of its own. */
+#define GD_PACK_SLOTS 64
+#define GD_PACK_FLOATS ((size_t)GD_MC * GD_KC + (size_t)GD_KC * GD_NC)
+
 #if defined(_MSC_VER)
-#define GD_THREAD_LOCAL __declspec(thread)
+#include <intrin.h>
+typedef volatile long gd_flag;
+static int flag_take(gd_flag *f) { return _InterlockedCompareExchange(f, 1, 0) == 0; }
+static void flag_give(gd_flag *f) { _InterlockedExchange(f, 0); }
 #else
-#define GD_THREAD_LOCAL _Thread_local
+typedef int gd_flag;
+static int flag_take(gd_flag *f) {
+    int expected = 0;
+    return __atomic_compare_exchange_n(f, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static void flag_give(gd_flag *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
 #endif
 
-/* Each OS thread keeps one packing buffer for its lifetime: allocated on its
- * first packed GEMM, then reused, so no call allocates after warm-up. On
- * POSIX a thread-specific key frees it when the thread exits, so programs
- * that start a new thread per job do not leak 1.2 MB per thread. */
-static GD_THREAD_LOCAL float *pack_buf;
+static gd_flag slot_busy[GD_PACK_SLOTS];
+static void *slot_raw[GD_PACK_SLOTS];
 
-#if !defined(_WIN32)
-#include <pthread.h>
-static pthread_key_t pack_key;
-static pthread_once_t pack_key_once = PTHREAD_ONCE_INIT;
-static int pack_key_ok;
-static void pack_key_create(void) { pack_key_ok = pthread_key_create(&pack_key, free) == 0; }
-#endif
+static float *align64(void *raw) { return (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63); }
 
-static float *thread_pack_buffer(void) {
-    if (!pack_buf) {
-        size_t floats = (size_t)GD_MC * GD_KC + (size_t)GD_KC * GD_NC + 16;
-        void *raw = malloc(floats * sizeof(float) + 64);
-        if (!raw) return NULL;
-#if !defined(_WIN32)
-        pthread_once(&pack_key_once, pack_key_create);
-        if (pack_key_ok) pthread_setspecific(pack_key, raw); /* free(raw) at thread exit */
-#endif
-        pack_buf = (float *)(((uintptr_t)raw + 64) & ~(uintptr_t)63);
+/* A packing buffer and the slot it came from (-1: private, free it after). */
+static float *take_pack_buffer(int *slot, void **raw) {
+    for (int s = 0; s < GD_PACK_SLOTS; s++) {
+        if (!flag_take(&slot_busy[s])) continue;
+        if (!slot_raw[s]) slot_raw[s] = malloc(GD_PACK_FLOATS * sizeof(float) + 64);
+        if (!slot_raw[s]) {
+            flag_give(&slot_busy[s]);
+            return NULL;
+        }
+        *slot = s;
+        return align64(slot_raw[s]);
     }
-    return pack_buf;
+    *slot = -1;
+    *raw = malloc(GD_PACK_FLOATS * sizeof(float) + 64);
+    return *raw ? align64(*raw) : NULL;
+}
+
+static void give_pack_buffer(int slot, void *raw) {
+    if (slot >= 0) flag_give(&slot_busy[slot]);
+    else free(raw);
 }
 
 typedef struct {
@@ -159,8 +177,10 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
 /* C[i0:i1, j0:j1] on the calling thread. */
 static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
     float *buf = NULL;
+    int slot = -1;
+    void *raw = NULL;
     if (g->pack_a || g->pack_b) {
-        buf = thread_pack_buffer();
+        buf = take_pack_buffer(&slot, &raw);
         if (!buf) return -1;
     }
     float *abuf = buf, *bbuf = buf ? buf + (size_t)GD_MC * GD_KC : NULL;
@@ -170,8 +190,9 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     for (gd_index jc = j0; jc < j1; jc += GD_NC) {
         gd_index nc = j1 - jc < GD_NC ? j1 - jc : GD_NC;
         for (gd_index kb = 0; kb < nkb; kb++) {
-            gd_index pc = kb * GD_KC;
-            gd_index kc = g->k - pc < GD_KC ? g->k - pc : GD_KC;
+            gd_index base = g->k / nkb, extra = g->k % nkb;
+            gd_index pc = kb * base + (kb < extra ? kb : extra);
+            gd_index kc = base + (kb < extra);
             int last = kb == nkb - 1;
             float beta = kb == 0 ? g->beta : 1.0f;
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);
@@ -203,6 +224,7 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
             }
         }
     }
+    if (buf) give_pack_buffer(slot, raw);
     return 0;
 }
 

@@ -142,3 +142,36 @@ def test_bad_input_is_refused():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="out must be writeable"):
         gdfast.matmul(a, b, out=ro)
+
+
+def test_matmul_releases_the_gil(threads):
+    import threading
+    import time
+    threads(1)
+    a = np.ones((1500, 1500), np.float32)
+    started = threading.Event()
+
+    def work():
+        started.set()
+        gdfast.matmul(a, a)  # ~0.1 s: the main thread must run meanwhile
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    time.sleep(0.005)
+    running = t.is_alive()  # with the GIL held, this line would wait for the end
+    t.join()
+    assert running
+
+
+def test_concurrent_calls_from_python_threads():
+    # each call packs into a buffer of the shared pool; concurrent calls must not share one
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(5)
+    pairs = [operands(rng, 130 + i, 140, 700, False, i % 2 == 1) for i in range(8)]
+    want = [expected(a, b, False, i % 2 == 1) for i, (a, b) in enumerate(pairs)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda i: gdfast.matmul(*pairs[i], trans_b=i % 2 == 1),
+                            range(8)))
+    for g, w in zip(got, want):
+        check(g, w, 700)
