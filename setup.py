@@ -7,11 +7,14 @@ run-time dispatch (src/dispatch.c) picks a path for the CPU it finds. No
 
 Environment knobs (for developers; a plain `pip install .` needs none):
   GDFAST_OPENMP=0              build without OpenMP
+  GDFAST_OPENMP=1              require OpenMP: fail rather than build without (wheels)
+  GDFAST_LIBOMP_PREFIX=dir     macOS: where libomp lives (default: `brew --prefix libomp`)
   GDFAST_SANITIZE=address,undefined   build with sanitizers (see RELIABILITY.md)
 """
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from glob import glob
@@ -41,18 +44,34 @@ def compiler_family(compiler):
 
 def openmp_flags(compiler):
     """(compile, link) flags for OpenMP, or None when the compiler lacks it."""
-    if os.environ.get("GDFAST_OPENMP", "1") == "0":
+    mode = os.environ.get("GDFAST_OPENMP", "auto")
+    if mode == "0":
         return None
     if compiler_family(compiler) == "msvc":
         candidates = [(["/openmp"], [])]
     elif sys.platform == "darwin":
-        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
+        # Apple clang has no OpenMP runtime of its own: use libomp (Homebrew's
+        # is keg-only, so its headers and library need explicit paths).
+        prefix = _libomp_prefix()
+        inc, lib = ([f"-I{prefix}/include"], [f"-L{prefix}/lib"]) if prefix else ([], [])
+        candidates = [(["-Xpreprocessor", "-fopenmp"] + inc, lib + ["-lomp"]),
+                      (["-fopenmp"], ["-fopenmp"])]
     else:
         candidates = [(["-fopenmp"], ["-fopenmp"])]
     for cflags, lflags in candidates:
         if _compiles_and_links(compiler, cflags, lflags):
             return cflags, lflags
+    if mode == "1":
+        sys.exit("gdfast build: GDFAST_OPENMP=1 but the compiler cannot build with OpenMP")
     return None
+
+
+def _libomp_prefix():
+    prefix = os.environ.get("GDFAST_LIBOMP_PREFIX")
+    if not prefix and shutil.which("brew"):
+        out = subprocess.run(["brew", "--prefix", "libomp"], capture_output=True, text=True)
+        prefix = out.stdout.strip() if out.returncode == 0 else None
+    return prefix if prefix and os.path.isdir(prefix) else None
 
 
 def _compiles_and_links(compiler, cflags, lflags):

@@ -5,7 +5,12 @@ behind one Cython module, with a small NumPy-first Python API.
 """
 import os as _os
 
-from . import _kernels
+# OpenMP workers that spin at barriers stall whenever a core is shared (a busy
+# machine, CI): measured 20-40x slower epochs. Sleep instead, unless the user
+# chose a policy. Read once, when _kernels loads libgomp.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _kernels  # noqa: E402
 from ._version import __version__
 from ._kernels import get_num_threads, matmul, set_num_threads
 from .mlp import MLP
@@ -18,7 +23,10 @@ from .train import Trainer, fit
 
 def _init_simd():
     forced = _os.environ.get("GDFAST_SIMD", "").strip().lower()
-    _kernels.set_simd(forced or _kernels.simd_best())
+    try:
+        _kernels.set_simd(forced or _kernels.simd_best())
+    except ValueError as e:
+        raise ValueError(f"environment variable GDFAST_SIMD={forced!r}: {e}") from None
 
 
 _init_simd()

@@ -41,6 +41,7 @@ include "_checks.pxi"
 include "_optim.pxi"
 include "_gemm.pxi"
 include "_mlp.pxi"
+include "_bench.pxi"
 
 
 def simd_paths():

@@ -1,7 +1,7 @@
-"""The ``gdfast`` command: ``gdfast train``, ``gdfast optimizers``.
+"""The ``gdfast`` command: ``gdfast train``, ``gdfast optimizers``, ``gdfast bench``.
 
 Each subcommand is one entry in COMMANDS: a function adding its arguments
-and a function running it, so a new one (``gdfast bench``) is a few lines.
+and a function running it, so a new one is a few lines.
 """
 import argparse
 import sys
@@ -323,10 +323,22 @@ def _plot_trajectories(results, functions, path):
     print(f"trajectories saved to {path}")
 
 
+def _add_bench(p):
+    from . import bench
+    bench.add_arguments(p)
+
+
+def _run_bench(args, argv):
+    from . import bench
+    return bench.run_from_args(args)
+
+
 COMMANDS = {
     "train": ("train an MLP on MNIST or Fashion-MNIST", _add_train, _run_train),
     "optimizers": ("run the optimizers on 2-D test functions (and plot their paths)",
                    _add_optimizers, _run_optimizers),
+    "bench": ("benchmark the kernels against NumPy (and PyTorch if installed)",
+              _add_bench, _run_bench),
 }
 
 
@@ -336,7 +348,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gdfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_args, _) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        # no abbreviations: a preset must see every flag given explicitly
+        add_args(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False))
     return parser
 
 

@@ -166,3 +166,9 @@ def test_optimizers_move_toward_the_minima_and_plot(tmp_path, capsys):
             path = testfuncs.trajectory(func, cli.optimizer_factory(opt, lr), 300)
             assert len(path) == 301, f"{opt} diverged on {fname}"
             assert func.value(*path[-1]) < 0.5 * start, (fname, opt, path[-1])
+
+
+def test_bench_subcommand_is_wired(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0 and "--quick" in capsys.readouterr().out

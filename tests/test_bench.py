@@ -1,0 +1,63 @@
+"""`gdfast bench` end to end on tiny sizes: the table and JSON are well formed.
+
+Timings are not checked here (they belong to benchmarks, not tests)."""
+import json
+import math
+
+import pytest
+
+from gdfast import bench
+
+
+@pytest.fixture(scope="module")
+def result_json(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = bench.main(["--quick", "--threads", "1", "--sizes", "1000", "--batches", "1", "4",
+                       "--repeats", "3", "--sections", "optim", "gemm", "mlp",
+                       "--json", str(path)])
+    assert code == 0
+    return json.loads(path.read_text())
+
+
+def test_json_names_the_machine_and_ceilings(result_json):
+    m = result_json["machine"]
+    assert m["simd"] in m["simd_available"] and m["cores"] >= 1
+    ceilings = result_json["ceilings"]["1"]
+    assert ceilings["fma_gflops"] > 0 and ceilings["rmw_gbs"] > 0 and ceilings["triad_gbs"] > 0
+
+
+def test_every_section_and_case_is_there(result_json):
+    rows = result_json["rows"]
+    sections = {r["section"] for r in rows}
+    assert sections == {"optimizer step", "GEMM", "MLP train step 784-256-128-10, Adam"}
+    optim_cases = {r["case"] for r in rows if r["section"] == "optimizer step"}
+    assert optim_cases == {f"{name} n=1e+03" for name in bench.OPTIMIZERS}
+    assert len([r for r in rows if r["section"] == "GEMM"]) == len(bench.GEMM_SHAPES) - 1
+    assert {r["case"] for r in rows if r["section"].startswith("MLP")} == {"batch 1", "batch 4"}
+
+
+def test_rows_are_consistent(result_json):
+    for r in result_json["rows"]:
+        assert r["threads"] == 1
+        assert r["gdfast_s"] > 0 and r["numpy_s"] > 0
+        assert math.isclose(r["speedup"], r["numpy_s"] / r["gdfast_s"], rel_tol=1e-9)
+        assert math.isclose(r["rate"], r["work"] / r["gdfast_s"], rel_tol=1e-9)
+        assert r["unit"] in {"GB/s", "GFLOP/s", "samples/s"}
+        assert r["ceiling"] > 0
+
+
+def test_table_has_a_block_per_section(capsys):
+    result = bench.run(quick=True, threads=[1], sizes=[100], batches=[1], repeats=3,
+                       sections=["optim"], log=lambda *a: None)
+    text = bench.report(result)
+    assert "## optimizer step" in text
+    header = next(line for line in text.splitlines() if line.startswith("case"))
+    for column in ("threads", "gdfast", "numpy", "speed-up", "rate", "of ceiling"):
+        assert column in header
+    assert text.count("n=1e+02") == len(bench.OPTIMIZERS)
+
+
+def test_median_time_takes_the_median():
+    calls = []
+    assert bench.median_time(lambda: calls.append(1), repeats=3) > 0
+    assert len(calls) >= 4  # one warm-up call, then at least three timed batches
