@@ -115,17 +115,30 @@ def assert_state_equal(a, b):
 
 
 @SETTINGS
-@given(case=optimizer_case(), data=st.data())
-def test_optimizer_step_matches_reference_on_any_values(case, data):
+@given(case=optimizer_case(), arena=st.booleans(), data=st.data())
+def test_optimizer_step_matches_reference_on_any_values(case, arena, data):
+    """List mode, or a Params arena (one fused pass over merged segments)."""
     name, kw, params, steps = case
     machine(data)
-    mine = [p.copy() for p in params]
     theirs = [p.copy() for p in params]
-    opt = getattr(gdfast, name)(mine, **kw)
+    if arena:
+        store = gdfast.Params({f"t{i}": p.size for i, p in enumerate(params)})
+        mine = [store[f"t{i}"] for i in range(len(params))]
+        for m, p in zip(mine, params):
+            m[...] = p
+        opt = getattr(gdfast, name)(store, **kw)
+    else:
+        mine = [p.copy() for p in params]
+        opt = getattr(gdfast, name)(mine, **kw)
     ref = getattr(ref_optim, name)(theirs, **kw)
     with np.errstate(all="ignore"):
         for t, grads in enumerate(steps):
-            assert opt.step([g.copy() for g in grads]) is None
+            if arena:
+                for i, g in enumerate(grads):
+                    store.grad_of(f"t{i}")[...] = g
+                assert opt.step() is None
+            else:
+                assert opt.step([g.copy() for g in grads]) is None
             ref.step([g.copy() for g in grads])
             for i, (p, q) in enumerate(zip(mine, theirs)):
                 assert_same(p, q, f"{name}{kw} step {t + 1} params[{i}]")
