@@ -36,6 +36,17 @@ cdef class MLPCore:
     cdef gd_index _n    # the checked batch (set by _prepare)
     cdef const int64_t *_labels
     cdef const float *_targets
+    # Set (under the GIL) for a whole call, GIL-free part included: a second
+    # thread running the same MLP gets an error instead of sharing the batch
+    # fields and work buffers (or freeing them, when its batch is bigger).
+    cdef bint busy
+
+    cdef int _enter(self) except -1:
+        if self.busy:
+            raise RuntimeError("this MLP is already running in another thread; "
+                               "use one MLP per thread or a lock")
+        self.busy = True
+        return 0
 
     def __init__(self, sizes, str activation, str output_activation, str loss, data, grad):
         self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
@@ -65,6 +76,13 @@ cdef class MLPCore:
 
     def forward(self, x):
         """Network outputs for x: probabilities (cross-entropy) or activations (MSE)."""
+        self._enter()
+        try:
+            return self._forward(x)
+        finally:
+            self.busy = False
+
+    cdef _forward(self, x):
         cdef cnp.ndarray X = self._check_x(x)
         cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
         cdef cnp.ndarray out = np.empty((n, n_out), dtype=np.float32)
@@ -134,6 +152,13 @@ cdef class MLPCore:
 
     def loss_and_grad(self, x, y):
         """Mean loss over the batch; gradients overwrite params.grad."""
+        self._enter()
+        try:
+            return self._loss_and_grad(x, y)
+        finally:
+            self.busy = False
+
+    cdef _loss_and_grad(self, x, y):
         keep = self._prepare(x, y)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
@@ -146,6 +171,13 @@ cdef class MLPCore:
 
     def train_step(self, x, y, optimizer, params):
         """Forward, backward and the optimizer's update in one GIL-free stretch."""
+        self._enter()
+        try:
+            return self._train_step(x, y, optimizer, params)
+        finally:
+            self.busy = False
+
+    cdef _train_step(self, x, y, optimizer, params):
         keep = self._prepare(x, y)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0

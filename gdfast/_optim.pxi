@@ -48,6 +48,7 @@ cdef extern from "optim.h" nogil:
     double gdfast_optim_grad_norm(gd_plan *plan)
     void gdfast_optim_scale(gd_plan *plan, float c)
     void gdfast_optim_clamp(gd_plan *plan, float lo, float hi)
+    void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi)
     void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n)
     void gdfast_triad_pass(float *a, const float *b, const float *c, float s, gd_index n)
 
@@ -184,10 +185,22 @@ cdef class _OptimCore:
     cdef uintptr_t *_plo  # list mode: parameter spans sorted by address
     cdef uintptr_t *_phi
     cdef Py_ssize_t _nspans  # non-empty parameters only
+    # Set (under the GIL) from the start of a step until its GIL-free update
+    # is done: a second thread stepping the same optimizer gets an error
+    # instead of racing on the plan's gradient pointers and the state buffers.
+    cdef bint _busy
 
     def __cinit__(self, *args, **kwargs):
         self._plo = NULL
         self._phi = NULL
+        self._busy = False
+
+    cdef int _enter(self) except -1:
+        if self._busy:
+            raise RuntimeError("optimizer is already stepping in another thread; "
+                               "use one optimizer per thread or a lock")
+        self._busy = True
+        return 0
 
     def __dealloc__(self):
         free(self._plo)
@@ -389,38 +402,46 @@ cdef class _OptimCore:
             mx = max_grad_norm
             if not mx > 0:
                 raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
-        if self._arena is not None:
-            if grads is not None:
-                raise TypeError("grads must be omitted: this optimizer reads the "
-                                "gradients of its Params arena (params.grad)")
-            self._check_arena(self._arena)
-        else:
-            if grads is None:
-                raise TypeError("grads is required: pass a list of gradient arrays "
-                                "aligned with params")
-            self._bind_grads(grads)
-        self._sync(self._step + 1)
-        self._step += 1
-        self._plan.plan.max_norm = mx
-        with nogil:
-            self._plan.run()
-        if mx > 0:
-            return self._plan.plan.norm
-        return None
+        self._enter()
+        try:
+            if self._arena is not None:
+                if grads is not None:
+                    raise TypeError("grads must be omitted: this optimizer reads the "
+                                    "gradients of its Params arena (params.grad)")
+                self._check_arena(self._arena)
+            else:
+                if grads is None:
+                    raise TypeError("grads is required: pass a list of gradient arrays "
+                                    "aligned with params")
+                self._bind_grads(grads)
+            self._sync(self._step + 1)
+            self._step += 1
+            self._plan.plan.max_norm = mx
+            with nogil:
+                self._plan.run()
+            norm = self._plan.plan.norm if mx > 0 else None
+        finally:
+            self._busy = False
+        return norm
 
     def _begin_step(self, params):
         """Before a GIL-free fused step: check, sync, count the step, return the plan."""
         if self._arena is None:
             raise ValueError("_begin_step needs an optimizer built over a Params arena")
-        self._check_arena(params)
-        self._sync(self._step + 1)
+        self._enter()
+        try:
+            self._check_arena(params)
+            self._sync(self._step + 1)
+        except BaseException:
+            self._busy = False
+            raise
         self._step += 1
         self._plan.plan.max_norm = 0.0
         return self._plan
 
     def _end_step(self):
-        """After the GIL-free step (nothing to do for a plain optimizer)."""
-        return None
+        """After the GIL-free step: the optimizer may step again."""
+        self._busy = False
 
 
 cdef StepPlan _grads_plan(object grads, str name, bint writeable):
@@ -446,6 +467,18 @@ cdef StepPlan _grads_plan(object grads, str name, bint writeable):
     cdef StepPlan plan = StepPlan()
     plan._setup(segs, 1)
     return plan
+
+
+def _thread_ranges(gd_index total, int nt):
+    """[(lo, hi)] of each of nt threads in an optimizer pass over total floats
+    (the driver's own 64-bit arithmetic, for tests of sizes over 2^31)."""
+    cdef gd_index lo, hi
+    cdef int t
+    out = []
+    for t in range(nt):
+        gdfast_optim_split(total, nt, t, &lo, &hi)
+        out.append((lo, hi))
+    return out
 
 
 def grad_norm(grads):

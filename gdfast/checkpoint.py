@@ -15,7 +15,7 @@ import numpy as np
 FORMAT = "gdfast-checkpoint"
 VERSION = 1
 
-__all__ = ["save", "load", "CheckpointError", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "write_npz", "read_npz", "CheckpointError", "FORMAT", "VERSION"]
 
 
 class CheckpointError(ValueError):
@@ -59,13 +59,25 @@ def _unflatten(node, arrays):
 
 def save(path, state):
     """Write the nested `state` to `path` atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {}
     tree = _flatten(state, arrays)
     header = {"format": FORMAT, "version": VERSION, "tree": tree}
     # NaN/inf are legal state (e.g. a plateau's initial best); JSON writes them as tokens
     arrays["__meta__"] = np.array(json.dumps(header))
+    return write_npz(path, arrays)
+
+
+def write_npz(path, arrays):
+    """Write `arrays` as an .npz at `path` so that a crash at any moment leaves
+    either the old file or the new one: a temp file in the same directory,
+    flushed to disk, renamed over `path`, then the directory entry synced.
+    Object arrays are refused (reading them back would need pickle)."""
+    path = Path(path)
+    for name, a in arrays.items():
+        if np.asarray(a).dtype.hasobject:
+            raise TypeError(f"cannot write {name!r}: object arrays need pickle, which gdfast "
+                            "files never use")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -77,24 +89,59 @@ def save(path, state):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _sync_dir(path.parent)
     return path
+
+
+def _sync_dir(directory):
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_npz(path, what="gdfast file"):
+    """{name: array} of an .npz, never unpickling; a damaged file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as e:
+        # truncated or tampered files fail in many ways: BadZipFile (CRC, directory),
+        # EOFError, zlib.error, ValueError (object arrays: pickle refused), even
+        # SyntaxError from a damaged .npy header
+        raise CheckpointError(f"{path}: not a readable {what}: the file is truncated, "
+                              f"damaged or not an .npz ({type(e).__name__}: {e})") from e
 
 
 def load(path):
     """Read a checkpoint written by `save`; arrays come back as NumPy arrays."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from e
+    arrays = read_npz(path, "gdfast checkpoint")
     try:
         header = json.loads(str(arrays.pop("__meta__")))
     except KeyError:
         raise CheckpointError(f"{path}: no __meta__ entry, not a gdfast checkpoint") from None
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: damaged __meta__ entry ({e})") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else header
+        raise CheckpointError(f"{path}: format {got!r}, expected {FORMAT!r}")
     if header.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {header.get('version')}, this gdfast "
                               f"reads version {VERSION}")
-    return _unflatten(header["tree"], arrays)
+    try:
+        return _unflatten(header["tree"], arrays)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: damaged checkpoint tree ({type(e).__name__}: {e})") from e

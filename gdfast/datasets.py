@@ -12,6 +12,7 @@ accepted; downloaded files must also match the published MD5 checksums.
 """
 import gzip
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -103,15 +104,18 @@ def read_idx(path, ndim):
     path = Path(path)
     buf = _read_bytes(path)
     header = 4 + 4 * ndim
-    if len(buf) < header:
+    if len(buf) < 4:
         raise DatasetError(f"{path}: truncated IDX header ({len(buf)} bytes, expected {header})")
+    # the magic number first: a labels file given for images says so, not "truncated"
     magic = int.from_bytes(buf[:4], "big")
     expected = (_IDX_UBYTE << 8) | ndim
     if magic != expected:
         raise DatasetError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected:08x} "
                            f"(unsigned bytes, {ndim} dimension{'s' * (ndim > 1)})")
+    if len(buf) < header:
+        raise DatasetError(f"{path}: truncated IDX header ({len(buf)} bytes, expected {header})")
     dims = tuple(int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(dims, dtype=np.int64))
+    size = math.prod(dims)  # Python ints: three 32-bit dims can overflow int64
     if len(buf) - header != size:
         what = "truncated" if len(buf) - header < size else "has trailing bytes"
         raise DatasetError(f"{path}: {what}: header says {dims} = {size} bytes of data, "

@@ -18,10 +18,12 @@ NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
 gradient propagates into the moments and the parameters.
 """
 import json
+import threading
 
 import numpy as np
 
 from . import _kernels
+from .checkpoint import CheckpointError, read_npz, write_npz
 from .params import Params, _aligned_empty
 
 _FORMAT = "gdfast.optim/1"
@@ -257,8 +259,9 @@ class Optimizer(_kernels._OptimCore):
         self._step = int(step)
 
     def save(self, path):
-        """Write state_dict() to an .npz file at exactly `path` (no pickle)."""
-        _save(path, _flatten(self.state_dict(), type(self).__name__))
+        """Write state_dict() to an .npz file at exactly `path` (no pickle),
+        atomically: an interrupted save leaves the previous file intact."""
+        write_npz(path, _flatten(self.state_dict(), type(self).__name__))
 
     def load(self, path):
         """Restore from a file written by save()."""
@@ -292,30 +295,34 @@ def _flatten(sd, cls):
     return arrays
 
 
-def _save(path, arrays):
-    with open(path, "wb") as f:  # a file object: numpy adds no ".npz" to the name
-        np.savez(f, **arrays)
 
 
 def _unflatten(path, cls):
-    with np.load(path, allow_pickle=False) as z:
-        if "__meta__" not in z.files:
-            raise ValueError(f"{path} is not a gdfast optimizer file (no __meta__)")
+    z = read_npz(path, "gdfast optimizer file")
+    try:
         meta = json.loads(str(z["__meta__"]))
-        if meta.get("format") != _FORMAT or meta.get("class") != cls:
-            raise ValueError(f"{path} holds {meta.get('class')} state "
-                             f"({meta.get('format')}), expected {cls}")
+    except KeyError:
+        raise CheckpointError(f"{path} is not a gdfast optimizer file (no __meta__)") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: damaged __meta__ entry ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("class") != cls:
+        got = (meta.get("class"), meta.get("format")) if isinstance(meta, dict) else (None, None)
+        raise CheckpointError(f"{path} holds {got[0]} state ({got[1]}), expected {cls} "
+                              f"({_FORMAT})")
+    try:
         keys = meta["keys"]
         state = {key: {} for key in keys}
-        for f in z.files:
+        for f in z:
             if f.startswith("state/"):
                 _, i, name = f.split("/", 2)
                 state[keys[int(i)]][name] = z[f]
         sd = {"step": meta["step"], "state": state, "param_groups": meta["param_groups"]}
         if "extra" in meta:
             sd.update(meta["extra"])
-            slow = sorted((int(f.split("/")[1]), z[f]) for f in z.files if f.startswith("slow/"))
+            slow = sorted((int(f.split("/")[1]), z[f]) for f in z if f.startswith("slow/"))
             sd["slow"] = {keys[i]: a for i, a in slow}
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged optimizer file ({type(e).__name__}: {e})") from e
     return sd
 
 
@@ -456,6 +463,9 @@ class Lookahead:
             pairs.append((p.reshape(-1), s))
         self._pairs = pairs
         self._plan = _kernels._lookahead_plan(pairs, self._alpha)
+        # the inner optimizer refuses concurrent steps itself; this also covers
+        # the GIL-free slow-weight sync that follows its step
+        self._stepping = threading.Lock()
 
     @property
     def alpha(self):
@@ -473,16 +483,24 @@ class Lookahead:
         return self.optimizer.param_groups
 
     def step(self, grads=None, max_grad_norm=None):
-        out = self.optimizer.step(grads, max_grad_norm)
-        self._after_step()
+        if not self._stepping.acquire(blocking=False):
+            raise RuntimeError("optimizer is already stepping in another thread; "
+                               "use one optimizer per thread or a lock")
+        try:
+            out = self.optimizer.step(grads, max_grad_norm)
+            self._after_step()
+        finally:
+            self._stepping.release()
         return out
 
     def _begin_step(self, params):
         return self.optimizer._begin_step(params)
 
     def _end_step(self):
-        self.optimizer._end_step()
-        self._after_step()
+        try:
+            self._after_step()  # while the inner optimizer still counts as stepping
+        finally:
+            self.optimizer._end_step()
 
     def _after_step(self):
         self._count += 1
@@ -528,7 +546,7 @@ class Lookahead:
         self.alpha = alpha
 
     def save(self, path):
-        _save(path, _flatten(self.state_dict(), "Lookahead"))
+        write_npz(path, _flatten(self.state_dict(), "Lookahead"))
 
     def load(self, path):
         self.load_state_dict(_unflatten(path, "Lookahead"))

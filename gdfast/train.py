@@ -137,7 +137,7 @@ class Trainer:
         """One update; returns (loss, gradient norm before clipping, or nan)."""
         loss = self.model.loss_and_grad(xb, yb)
         if not math.isfinite(loss):     # before the update: the parameters stay good
-            self._diverged(loss, lr)
+            self._diverged(f"loss became {loss} at step {self.step}", lr)
         if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
             return loss, self.optimizer.step(max_grad_norm=self.clip_norm or math.inf)
         if self.clip_norm:
@@ -173,6 +173,10 @@ class Trainer:
             if progress:
                 progress.on_step(loss, acc)
         train_time = time.perf_counter() - t0
+        if not np.isfinite(self.params.data).all():
+            # an update overflowed after the last loss was computed: never
+            # checkpoint (or keep as best) parameters that are no longer numbers
+            self._diverged(f"the parameters became NaN/Inf by step {self.step}", lr)
         self.epoch += 1
         record = {"epoch": self.epoch, "step": self.step, "lr": lr,
                   "train_loss": loss_sum / seen, "train_acc": acc,
@@ -211,10 +215,12 @@ class Trainer:
             if self.early_stopping and self.bad_epochs >= self.early_stopping:
                 self.stopped_early = True
 
-    def _diverged(self, loss, lr):
-        where = self.last_checkpoint or "none (no checkpoint_dir was given)"
+    def _diverged(self, what, lr):
+        where = self.last_checkpoint or (
+            "none yet (one is written at the end of each epoch)" if self.checkpoint_dir is not None
+            else "none (no checkpoint_dir was given)")
         raise TrainingDiverged(
-            f"loss became {loss} at step {self.step} (epoch {self.epoch + 1}, lr {lr:.6g}); "
+            f"{what} (epoch {self.epoch + 1}, lr {lr:.6g}); "
             f"the parameters are no longer usable. Last good checkpoint: {where}. "
             "Try a lower learning rate, gradient clipping or a longer warmup.")
 
@@ -227,6 +233,8 @@ class Trainer:
         return {
             "params": {name: np.array(arr) for name, arr in self.params.items()},
             "layout": [[name, list(shape)] for name, shape in self.params.layout()],
+            "model": _model_info(self.model),
+            "optimizer_class": type(self.optimizer).__name__,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "step": self.step, "epoch": self.epoch,
@@ -238,21 +246,54 @@ class Trainer:
         }
 
     def load_state_dict(self, state):
+        """Restore what state_dict() returned: all or nothing. A checkpoint for
+        another model or optimizer is refused with what differs, and if any
+        part fails to load, everything is put back as it was."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ckpt.CheckpointError(f"checkpoint lacks {missing}: not a Trainer checkpoint")
         layout = [(name, tuple(shape)) for name, shape in state["layout"]]
         if layout != self.params.layout():
             raise ValueError(f"checkpoint is for a model with layout {layout}, "
                              f"this model has {self.params.layout()}")
-        for name, arr in state["params"].items():
-            self.params[name] = arr
+        saved, mine = state.get("model"), _model_info(self.model)
+        if saved is not None and saved != mine:
+            diff = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, this model {mine.get(k)!r}"
+                             for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
+            raise ValueError(f"checkpoint is for a different model ({diff})")
+        saved = state.get("optimizer_class")
+        if saved is not None and saved != type(self.optimizer).__name__:
+            raise ValueError(f"checkpoint was written with optimizer {saved}, this trainer "
+                             f"uses {type(self.optimizer).__name__}")
+        params = state["params"]
+        if sorted(params) != sorted(self.params.names):
+            raise ValueError(f"checkpoint has tensors {sorted(params)}, "
+                             f"this model has {sorted(self.params.names)}")
+        for name, arr in params.items():
+            arr = np.asarray(arr)
+            if arr.dtype != np.float32 or arr.shape != self.params.shape(name):
+                raise ValueError(f"checkpoint tensor {name!r} is {arr.dtype} {arr.shape}, "
+                                 f"expected float32 {self.params.shape(name)}")
+        backup = self.state_dict()
+        try:
+            self._restore(state)
+        except BaseException:
+            self._restore(backup)
+            raise
+
+    def _restore(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batches.set_state(state["rng"])
-        self.history = list(state["history"])
         es = state["early_stopping"]
-        self.best, self.bad_epochs = float(es["best"]), int(es["bad_epochs"])
-        self.stopped_early = bool(es["stopped"])
-        self.best_params = None if es["best_params"] is None else np.array(es["best_params"])
+        best, bad_epochs, stopped = float(es["best"]), int(es["bad_epochs"]), bool(es["stopped"])
+        best_params = None if es["best_params"] is None else np.array(es["best_params"])
+        step, epoch, history = int(state["step"]), int(state["epoch"]), list(state["history"])
+        for name, arr in state["params"].items():
+            self.params[name] = arr
+        self.step, self.epoch, self.history = step, epoch, history
+        self.best, self.bad_epochs, self.stopped_early = best, bad_epochs, stopped
+        self.best_params = best_params
 
     def save_checkpoint(self, path):
         self.last_checkpoint = ckpt.save(path, self.state_dict())
@@ -271,6 +312,20 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)
+
+
+_STATE_KEYS = ("params", "layout", "optimizer", "schedule", "step", "epoch", "rng", "history",
+               "early_stopping")
+
+
+def _model_info(model):
+    """What a checkpoint must match beyond the parameter layout (MLP settings)."""
+    info = {"class": type(model).__name__}
+    for k in ("sizes", "activation", "output_activation", "loss"):
+        v = getattr(model, k, None)
+        if isinstance(v, (str, int, float, list, tuple)):
+            info[k] = list(v) if isinstance(v, tuple) else v
+    return info
 
 
 def fit(model, optimizer, x, y, *, epochs, **kwargs):

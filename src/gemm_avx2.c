@@ -16,7 +16,9 @@
 /* exp(x) for x in float range: 2^n * p(r), r = x - n ln2, |r| <= ln2/2.
  * Degree-6 minimax polynomial (Cephes expf coefficients), ~1 ulp. */
 GD_INLINE __m256 exp256(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    /* max/min return their second operand when either is NaN: x goes second
+     * so a NaN input gives a NaN result instead of being clamped to a number */
+    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -58,7 +60,7 @@ GD_INLINE __m256 tanh256(__m256 x) {
 
 GD_INLINE __m256 act256(int act, __m256 v) {
     switch (act) {
-    case GD_ACT_RELU: return _mm256_max_ps(v, _mm256_setzero_ps());
+    case GD_ACT_RELU: return _mm256_max_ps(_mm256_setzero_ps(), v); /* NaN stays NaN */
     case GD_ACT_SIGMOID: return sigmoid256(v);
     case GD_ACT_TANH: return tanh256(v);
     default: return v;

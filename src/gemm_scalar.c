@@ -5,7 +5,7 @@
 
 float gdfast_act_scalar(int act, float z) {
     switch (act) {
-    case GD_ACT_RELU: return z > 0.0f ? z : 0.0f;
+    case GD_ACT_RELU: return z < 0.0f ? 0.0f : z; /* NaN stays NaN, like numpy.maximum */
     case GD_ACT_SIGMOID: return 1.0f / (1.0f + expf(-z));
     case GD_ACT_TANH: return tanhf(z);
     default: return z;

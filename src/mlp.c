@@ -118,7 +118,9 @@ static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
                 double logp = (double)(a[j] - mx) - ls;
                 float tj = t ? t[j] : (float)(labels[i] == j);
                 a[j] = (float)exp(logp);
-                if (tj != 0.0f) li -= tj * logp;
+                /* 0 * log 0 counts as 0, but a NaN logit makes the loss NaN
+                 * whatever the target, so divergence is never hidden */
+                if (tj != 0.0f || logp != logp) li -= tj * logp;
                 tsum += tj;
             }
             for (gd_index j = 0; j < k; j++) {

@@ -39,7 +39,7 @@ enum { OP_UPDATE, OP_SCALE, OP_CLAMP };
 
 #ifdef _OPENMP
 /* Thread t's share of [0, total): contiguous, starting at a multiple of GD_SPLIT. */
-static void split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
+void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
     gd_index chunk = (total + nt - 1) / nt;
     chunk = (chunk + GD_SPLIT - 1) / GD_SPLIT * GD_SPLIT;
     gd_index a = (gd_index)t * chunk;
@@ -92,7 +92,7 @@ static void apply(gd_plan *pl, int op, float a, float b, gd_index grain) {
 #pragma omp parallel num_threads(nt)
     {
         gd_index lo, hi;
-        split(pl->total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+        gdfast_optim_split(pl->total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
         apply_range(pl, lo, hi, op, a, b);
     }
 #endif
