@@ -5,12 +5,7 @@ behind one Cython module, with a small NumPy-first Python API.
 """
 import os as _os
 
-# OpenMP workers that spin at barriers stall whenever a core is shared (a busy
-# machine, CI): measured 20-40x slower epochs. Sleep instead, unless the user
-# chose a policy. Read once, when _kernels loads libgomp.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import _kernels  # noqa: E402
+from . import _kernels
 from ._version import __version__
 from ._kernels import get_num_threads, matmul, set_num_threads
 from .mlp import MLP
