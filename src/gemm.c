@@ -36,6 +36,8 @@
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
 /* Below this k the tiles are walked along the rows of C. */
 #define GD_SHORT_K 32
+/* Up to this many rows of C, a transposed B is read by dot products. */
+#define GD_DOT_ROWS 2
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
 
@@ -174,8 +176,61 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
     }
 }
 
+/* k = 1 without epilogue (the weight gradient at batch 1): C is an outer
+ * product, written row by row; the tiles would spend more on their set-up
+ * than on the one multiply per element. Same rounding as a tile. */
+static void outer_product(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    const float *b = g->b + j0;
+    for (gd_index i = i0; i < i1; i++) {
+        const float ai = g->a[i * rsa];
+        float *c = g->c + i * g->ldc + j0;
+        if (g->beta == 0.0f)
+            for (gd_index j = 0; j < j1 - j0; j++) c[j] = g->alpha * (ai * b[j]);
+        else
+            for (gd_index j = 0; j < j1 - j0; j++) c[j] = g->alpha * (ai * b[j]) + g->beta * c[j];
+    }
+}
+
+/* A few rows of A against a transposed B (dZ @ W.T at batch 1): each element
+ * of C is a dot product of two contiguous rows, read where they are. Packing
+ * all of B for one row of C costs more than the products. Eight partial sums
+ * in a fixed order keep the result independent of the thread split. */
+static void rows_dot_bt(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    const gd_index k = g->k;
+    for (gd_index i = i0; i < i1; i++) {
+        const float *a = g->a + i * rsa;
+        float *c = g->c + i * g->ldc;
+        for (gd_index j = j0; j < j1; j++) {
+            const float *b = g->b + j * g->ldb;
+            float part[8] = {0.0f};
+            gd_index p = 0;
+            for (; p + 8 <= k; p += 8)
+                for (int q = 0; q < 8; q++) part[q] += a[(p + q) * csa] * b[p + q];
+            for (int q = 0; p < k; p++, q++) part[q] += a[p * csa] * b[p];
+            float sum = ((part[0] + part[4]) + (part[1] + part[5])) +
+                        ((part[2] + part[6]) + (part[3] + part[7]));
+            float v = g->alpha * sum;
+            if (g->beta != 0.0f) v += g->beta * c[j];
+            if (g->ep) v = gdfast_epilogue_scalar(g->ep, v, i, j);
+            c[j] = v;
+        }
+    }
+}
+
 /* C[i0:i1, j0:j1] on the calling thread. */
 static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
+    if (g->k == 1 && !g->ep && !g->trans_b) {
+        outer_product(g, i0, i1, j0, j1);
+        return 0;
+    }
+    if (g->trans_b && g->m <= GD_DOT_ROWS) {
+        rows_dot_bt(g, i0, i1, j0, j1);
+        return 0;
+    }
     float *buf = NULL;
     int slot = -1;
     void *raw = NULL;

@@ -64,5 +64,7 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
 /* Scalar activation and its derivative from the output y = act(z). */
 float gdfast_act_scalar(int act, float z);
 float gdfast_dact_scalar(int act, float y);
+/* The epilogue above for one element v of C at (i, j); returns the new v. */
+float gdfast_epilogue_scalar(const gd_epilogue *ep, float v, gd_index i, gd_index j);
 
 #endif

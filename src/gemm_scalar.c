@@ -50,14 +50,16 @@ void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index 
         for (int j = 0; j < nr; j++) {
             float v = alpha * acc[i][j];
             if (beta != 0.0f) v += beta * crow[j];
-            if (last && ep) {
-                if (ep->bias) v += ep->bias[j0 + j];
-                if (ep->act != GD_ACT_IDENTITY) v = gdfast_act_scalar(ep->act, v);
-                if (ep->dact)
-                    v *= gdfast_dact_scalar(ep->dact_kind, ep->dact[(i0 + i) * ep->ld_dact + j0 + j]);
-                if (ep->colsum) ep->colsum[j0 + j] += v;
-            }
+            if (last && ep) v = gdfast_epilogue_scalar(ep, v, i0 + i, j0 + j);
             crow[j] = v;
         }
     }
+}
+
+float gdfast_epilogue_scalar(const gd_epilogue *ep, float v, gd_index i, gd_index j) {
+    if (ep->bias) v += ep->bias[j];
+    if (ep->act != GD_ACT_IDENTITY) v = gdfast_act_scalar(ep->act, v);
+    if (ep->dact) v *= gdfast_dact_scalar(ep->dact_kind, ep->dact[i * ep->ld_dact + j]);
+    if (ep->colsum) ep->colsum[j] += v;
+    return v;
 }

@@ -63,13 +63,14 @@ def test_zero_sized(simd, m, n, k):
 
 
 @pytest.mark.parametrize("alpha,beta", [(2.0, 0.0), (1.0, 1.0), (-0.5, 0.25), (0.0, 3.0)])
-@pytest.mark.parametrize("m,n,k", [(7, 13, 29), (200, 150, 600)])
-def test_alpha_beta(simd, alpha, beta, m, n, k):
+@pytest.mark.parametrize("m,n,k", [(7, 13, 29), (200, 150, 600), (1, 13, 29), (2, 19, 9), (9, 21, 1)])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_alpha_beta(simd, alpha, beta, m, n, k, trans_b):
     rng = np.random.default_rng(1)
-    a, b = operands(rng, m, n, k, False, True)
+    a, b = operands(rng, m, n, k, False, trans_b)
     c = rng.standard_normal((m, n)).astype(np.float32)
-    want = expected(a, b, False, True, alpha, beta, c.astype(np.float64))
-    got = gdfast.matmul(a, b, trans_b=True, out=c, alpha=alpha, beta=beta)
+    want = expected(a, b, False, trans_b, alpha, beta, c.astype(np.float64))
+    got = gdfast.matmul(a, b, trans_b=trans_b, out=c, alpha=alpha, beta=beta)
     assert got is c
     check(c, want, k)
 

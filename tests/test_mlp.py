@@ -47,14 +47,15 @@ def test_reference_gradients_match_finite_differences(act, loss, targets):
         np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.parametrize("n", [1, 2, 37])  # 1 and 2 take GEMM's dot-product and outer-product paths
 @pytest.mark.parametrize("targets", [False, True])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("act", ACTS)
-def test_c_mlp_matches_reference(simd, act, loss, targets):
+def test_c_mlp_matches_reference(simd, act, loss, targets, n):
     rng = np.random.default_rng(1)
     net = gdfast.MLP([30, 23, 17, 7], activation=act, loss=loss, init="xavier", seed=2)
     ref = reference_of(net)
-    x, y = batch(rng, 37, net.sizes, targets)
+    x, y = batch(rng, n, net.sizes, targets)
     np.testing.assert_allclose(net.forward(x), ref.forward(x), rtol=1e-4, atol=1e-6)
     loss_c = net.loss_and_grad(x, y)
     loss_r, grads = ref.loss_and_grad(x, y)
