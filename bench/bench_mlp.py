@@ -9,24 +9,24 @@ samples/s = batch * ops.
 """
 import pytest
 
-from gdfast.bench import MLP_BATCHES, MLP_SIZES, mlp_batch, mlp_pair
+from gdfast.bench import MLP_BATCHES, MLP_SIZES, mlp_batches, mlp_pair
 
 
 @pytest.mark.parametrize("batch", MLP_BATCHES)
 def test_gdfast(benchmark, batch, threads):
     (model, opt), _ = mlp_pair()
-    x, y = mlp_batch(batch)
+    data = mlp_batches(batch)
     benchmark.extra_info.update(batch=batch, threads=threads)
-    benchmark(model.train_step, x, y, opt)
+    benchmark(lambda: model.train_step(*next(data), opt))
 
 
 @pytest.mark.parametrize("batch", MLP_BATCHES)
 def test_numpy_reference(benchmark, batch, threads):
     _, (model, opt) = mlp_pair()
-    x, y = mlp_batch(batch)
+    data = mlp_batches(batch)
 
     def step():
-        model.loss_and_grad(x, y)
+        model.loss_and_grad(*next(data))
         opt.step()
 
     benchmark.extra_info.update(batch=batch, threads=threads)
@@ -42,12 +42,12 @@ def test_torch(benchmark, batch, threads):
     model = torch.nn.Sequential(*layers[:-1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss()
-    x, y = mlp_batch(batch)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    data = mlp_batches(batch)
 
     def step():
+        x, y = next(data)
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(xt), yt).backward()
+        loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
 
     benchmark.extra_info.update(batch=batch, threads=threads)

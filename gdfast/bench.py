@@ -6,6 +6,7 @@ reference, and the fraction of a ceiling measured here (memory bandwidth for
 optimizer steps, the FMA loop for GEMM).
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -114,14 +115,17 @@ def _fmt_num(x, digits=3):
     return f"{x:.{digits}g}"
 
 
-def table(rows, extra_columns=(), markdown=False):
-    """The rows as an aligned text table (or Markdown), one block per section."""
-    headers = ["case", "threads", "gdfast", "numpy", "speed-up", "rate", "of ceiling",
-               *extra_columns]
+def table(rows, markdown=False):
+    """The rows as an aligned text table (or Markdown), one block per section,
+    with the further columns (torch, ...) that section's rows have."""
     lines = []
     for section in dict.fromkeys(r.section for r in rows):
+        section_rows = [r for r in rows if r.section == section]
+        extra_columns = list(dict.fromkeys(k for r in section_rows for k in r.extra))
+        headers = ["case", "threads", "gdfast", "numpy", "speed-up", "rate", "of ceiling",
+                   *extra_columns]
         body = []
-        for r in (r for r in rows if r.section == section):
+        for r in section_rows:
             body.append([
                 r.case, str(r.threads), _fmt_time(r.gdfast_s), _fmt_time(r.numpy_s),
                 f"{_fmt_num(r.speedup)}x" if not math.isnan(r.speedup) else "-",
@@ -211,6 +215,13 @@ def gemm_operands(m, n, k, trans_a, trans_b, seed=0):
 def mlp_batch(n, seed=0):
     rng = np.random.default_rng(seed)
     return rng.random((n, MLP_SIZES[0]), dtype=np.float32), rng.integers(0, MLP_SIZES[-1], n)
+
+
+def mlp_batches(n, samples=8192):
+    """A cycle of distinct random batches of n: steps on one batch over and
+    over would fit it, and the vanishing gradients would send the optimizer's
+    state into subnormal floats, which no real training run times."""
+    return itertools.cycle([mlp_batch(n, seed) for seed in range(max(4, samples // n))])
 
 
 def mlp_pair(seed=0):
@@ -303,35 +314,36 @@ def bench_gemm(shapes, threads, repeats, peak, torch=None):
 def bench_mlp(batches, threads, repeats, peak, torch=None):
     rows = []
     for bs in batches:
-        x, y = mlp_batch(bs)
+        data = mlp_batches(bs)
         (model, opt), (ref, ref_opt) = mlp_pair()
 
         def ref_step():
-            ref.loss_and_grad(x, y)
+            ref.loss_and_grad(*next(data))
             ref_opt.step()
 
         row = Row("MLP train step 784-256-128-10, Adam", f"batch {bs}", threads,
-                  gdfast_s=median_time(lambda: model.train_step(x, y, opt), repeats=repeats),
+                  gdfast_s=median_time(lambda: model.train_step(*next(data), opt),
+                                       repeats=repeats),
                   numpy_s=median_time(ref_step, repeats=repeats),
                   unit="samples/s", work=bs, ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))
         if torch is not None:
-            row.extra["torch"] = _torch_mlp(torch, x, y, repeats)
+            row.extra["torch"] = _torch_mlp(torch, data, repeats)
         rows.append(row)
     return rows
 
 
-def _torch_mlp(torch, x, y, repeats):
+def _torch_mlp(torch, data, repeats):
     layers = []
     for a, b in zip(MLP_SIZES, MLP_SIZES[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
+        x, y = next(data)
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(tx), ty).backward()
+        loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
     return median_time(step, repeats=repeats)
 
@@ -439,9 +451,8 @@ def report(result, markdown=False):
     if not m["blas_threads_limited"]:
         head.insert(2, "NumPy's BLAS used its default thread count in every row "
                        "(install threadpoolctl to pin it to the row's thread count).")
-    extra = sorted({k for r in result["rows"] for k in r.extra})
     sep = "\n\n" if markdown else "\n"
-    return sep.join(head[:-1]) + "\n\n" + table(result["rows"], extra, markdown)
+    return sep.join(head[:-1]) + "\n\n" + table(result["rows"], markdown)
 
 
 def markdown_file(result, argv):
