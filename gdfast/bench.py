@@ -43,6 +43,15 @@ def median_time(fn, *, repeats=7, min_batch_seconds=0.01, max_seconds=2.0):
     return statistics.median(samples)
 
 
+def quiet_cores():
+    """Wait for other libraries' idle worker threads to stop spinning.
+
+    OpenBLAS and torch's OpenMP keep their workers busy-waiting for a while
+    after each call (OpenBLAS about 0.1 s); gdfast timed in that window shares
+    its cores with them and looks up to 2x slower than it is."""
+    time.sleep(0.25)
+
+
 @dataclass
 class Row:
     """One benchmark case: gdfast vs the NumPy reference (and torch if present)."""
@@ -266,6 +275,7 @@ def bench_optimizers(sizes, threads, repeats, torch=None):
             opt = getattr(gdfast, cls)(params, **hyper)
             ref = getattr(ref_optim, cls)([ref_p], **hyper)
             bytes_per_step = (2 * rw + ro) * 4 * n
+            quiet_cores()
             row = Row("optimizer step", f"{name} n={n:.0e}", threads,
                       gdfast_s=median_time(opt.step, repeats=repeats),
                       numpy_s=median_time(lambda: ref.step([ref_g]), repeats=repeats),
@@ -299,6 +309,7 @@ def bench_gemm(shapes, threads, repeats, peak, torch=None):
     for name, (m, n, k, ta, tb) in shapes.items():
         a, b, c = gemm_operands(m, n, k, ta, tb)
         a_op, b_op = (a.T if ta else a), (b.T if tb else b)
+        quiet_cores()
         row = Row("GEMM", name, threads,
                   gdfast_s=median_time(lambda: gdfast.matmul(a, b, ta, tb, c), repeats=repeats),
                   numpy_s=median_time(lambda: np.matmul(a_op, b_op, out=c), repeats=repeats),
@@ -321,6 +332,7 @@ def bench_mlp(batches, threads, repeats, peak, torch=None):
             ref.loss_and_grad(*next(data))
             ref_opt.step()
 
+        quiet_cores()
         row = Row("MLP train step 784-256-128-10, Adam", f"batch {bs}", threads,
                   gdfast_s=median_time(lambda: model.train_step(*next(data), opt),
                                        repeats=repeats),
@@ -374,6 +386,7 @@ def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
     if quick:
         x, y = x[:4096], y[:4096]
     fast, ref = mnist_trainers(x, y, batch_size)
+    quiet_cores()
     return [Row(f"MNIST epoch ({len(x)} images, batch {batch_size}, Adam, Trainer loop)",
                 "784-256-128-10", threads,
                 gdfast_s=median_time(fast._run_epoch, repeats=3),
