@@ -43,13 +43,16 @@ def median_time(fn, *, repeats=7, min_batch_seconds=0.01, max_seconds=2.0):
     return statistics.median(samples)
 
 
+SETTLE_SECONDS = 0.25
+
+
 def quiet_cores():
     """Wait for other libraries' idle worker threads to stop spinning.
 
     OpenBLAS and torch's OpenMP keep their workers busy-waiting for a while
     after each call (OpenBLAS about 0.1 s); gdfast timed in that window shares
     its cores with them and looks up to 2x slower than it is."""
-    time.sleep(0.25)
+    time.sleep(SETTLE_SECONDS)
 
 
 @dataclass

@@ -9,8 +9,16 @@ import pytest
 from gdfast import bench
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_settling():
+    """Timings are not checked here, so skip the pauses that make them clean."""
+    saved, bench.SETTLE_SECONDS = bench.SETTLE_SECONDS, 0.0
+    yield
+    bench.SETTLE_SECONDS = saved
+
+
 @pytest.fixture(scope="module")
-def result_json(tmp_path_factory):
+def result_json(no_settling, tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     code = bench.main(["--quick", "--threads", "1", "--sizes", "1000", "--batches", "1", "4",
                        "--repeats", "3", "--sections", "optim", "gemm", "mlp",
