@@ -10,6 +10,9 @@ import pytest
 import gdfast
 
 SOURCE_PACKAGE = (Path(__file__).resolve().parent.parent / "gdfast").resolve()
+# Where the gdfast under test lives: site-packages, or the repository for an
+# in-place build. Child interpreters import it from here.
+PACKAGE_PARENT = Path(gdfast.__file__).resolve().parent.parent
 TEST_INSTALLED = os.environ.get("GDFAST_TEST_INSTALLED") == "1"
 
 
@@ -20,6 +23,16 @@ def pytest_configure(config):
             f"GDFAST_TEST_INSTALLED=1 but gdfast was imported from the source tree "
             f"({here}), not from the installed package: run pytest so that the "
             f"repository root is not on sys.path (plain `pytest`, not `python -m pytest`)")
+
+
+def child_python(**env):
+    """(environment, working directory) for a child `python -c`/`-m` that must
+    import this same gdfast: both put the working directory first on sys.path,
+    where the repository's uncompiled gdfast/ would shadow an installed one."""
+    full_env = dict(os.environ, **env)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(PACKAGE_PARENT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return full_env, str(PACKAGE_PARENT)
 
 
 def pytest_report_header(config):

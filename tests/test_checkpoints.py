@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import gdfast
+from conftest import child_python
 from gdfast import checkpoint, schedules
 from gdfast.checkpoint import CheckpointError
 from gdfast.train import Trainer, TrainingDiverged
@@ -96,9 +97,10 @@ KILLED_WRITER = textwrap.dedent("""
 
 def kill_mid_write(which, target):
     script = KILLED_WRITER.format(tests=str(ROOT / "tests"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env, cwd = child_python()
     proc = subprocess.Popen([sys.executable, "-c", script, which, str(target)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd)
     try:
         line = proc.stdout.readline()
         assert line.strip() == "MIDWRITE", (line, proc.stderr.read())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gdfast
+from conftest import child_python
 from gdfast import cli, testfuncs
 from test_datasets import idx_bytes
 
@@ -38,7 +39,9 @@ def test_version(capsys):
 
 
 def test_module_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "gdfast", "--version"], capture_output=True, text=True)
+    env, cwd = child_python()
+    out = subprocess.run([sys.executable, "-m", "gdfast", "--version"], capture_output=True,
+                         text=True, env=env, cwd=cwd)
     assert out.returncode == 0 and out.stdout.startswith("gdfast ")
 
 

@@ -11,17 +11,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import child_python
 from gdfast import datasets
 from gdfast.datasets import DatasetError
 
-ROOT = Path(__file__).resolve().parents[1]
 BASES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte"]
 
@@ -138,9 +137,10 @@ STALLING_DOWNLOAD = textwrap.dedent("""
 
 def test_download_killed_midway_leaves_nothing_the_loader_would_read(tmp_path):
     dest = tmp_path / "mnist"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env, cwd = child_python()
     proc = subprocess.Popen([sys.executable, "-c", STALLING_DOWNLOAD, str(dest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd)
     try:
         line = proc.stdout.readline()
         assert line.strip() == "STALLED", proc.stderr.read()

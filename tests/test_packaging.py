@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 
 import gdfast
-from conftest import SOURCE_PACKAGE, TEST_INSTALLED
+from conftest import SOURCE_PACKAGE, TEST_INSTALLED, child_python
 
 PACKAGE_DIR = Path(gdfast.__file__).resolve().parent
 
 
 def run_python(code, **env):
     """Run `code` in a fresh interpreter that imports this same gdfast."""
-    full_env = {k: v for k, v in os.environ.items() if k != "GDFAST_SIMD"}
-    full_env.update(env)
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(PACKAGE_DIR.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    return subprocess.run([sys.executable, "-c", code], env=full_env, cwd=PACKAGE_DIR.parent.parent,
+    full_env, cwd = child_python(**env)
+    if "GDFAST_SIMD" not in env:
+        full_env.pop("GDFAST_SIMD", None)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 
 
