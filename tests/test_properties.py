@@ -25,8 +25,10 @@ SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 F32 = np.float32
-SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.1754944e-38,
-            3.4028235e38, -3.4028235e38, 1e30, 1e-30, 1.0, -1.0]
+# Exactly representable in float32 (hypothesis refuses elements that round).
+SPECIALS = [float(F32(v)) for v in (np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-40,
+                                    1.1754944e-38, 3.4028235e38, -3.4028235e38, 1e30, 1e-30,
+                                    1.0, -1.0)]
 BAD_DTYPES = [np.float64, np.float16, np.int32, np.int64, np.uint8]
 
 
