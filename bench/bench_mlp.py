@@ -9,7 +9,7 @@ samples/s = batch * ops.
 """
 import pytest
 
-from gdfast.bench import MLP_BATCHES, MLP_SIZES, mlp_batches, mlp_pair
+from gdfast.bench import MLP_BATCHES, mlp_batches, mlp_pair, torch_mlp_step
 
 
 @pytest.mark.parametrize("batch", MLP_BATCHES)
@@ -36,19 +36,5 @@ def test_numpy_reference(benchmark, batch, threads):
 @pytest.mark.parametrize("batch", MLP_BATCHES)
 def test_torch(benchmark, batch, threads):
     torch = pytest.importorskip("torch")
-    layers = []
-    for a, b in zip(MLP_SIZES, MLP_SIZES[1:]):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    data = mlp_batches(batch)
-
-    def step():
-        x, y = next(data)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
-        opt.step()
-
     benchmark.extra_info.update(batch=batch, threads=threads)
-    benchmark(step)
+    benchmark(torch_mlp_step(torch, mlp_batches(batch)))

@@ -342,12 +342,13 @@ def bench_mlp(batches, threads, repeats, peak, torch=None):
                   numpy_s=median_time(ref_step, repeats=repeats),
                   unit="samples/s", work=bs, ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))
         if torch is not None:
-            row.extra["torch"] = _torch_mlp(torch, data, repeats)
+            row.extra["torch"] = median_time(torch_mlp_step(torch, data), repeats=repeats)
         rows.append(row)
     return rows
 
 
-def _torch_mlp(torch, data, repeats):
+def torch_mlp_step(torch, data):
+    """One PyTorch training step of the same MLP (nn.Sequential, fused Adam) per call."""
     layers = []
     for a, b in zip(MLP_SIZES, MLP_SIZES[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
@@ -360,7 +361,7 @@ def _torch_mlp(torch, data, repeats):
         opt.zero_grad(set_to_none=True)
         loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
-    return median_time(step, repeats=repeats)
+    return step
 
 
 def mnist_trainers(x, y, batch_size=128, shift=0):

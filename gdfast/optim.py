@@ -218,15 +218,7 @@ class Optimizer(_kernels._OptimCore):
             raise ValueError(f"state_dict['state'] has keys {sorted(map(str, state))}, "
                              f"expected {sorted(map(str, self._state))}")
         for key, bufs in self._state.items():
-            given = state[key]
-            if set(given) != set(bufs):
-                raise ValueError(f"state of {key!r} has buffers {sorted(given)}, "
-                                 f"expected {sorted(bufs)}")
-            for name, buf in bufs.items():
-                a = np.asarray(given[name])
-                if a.dtype != np.float32 or a.shape != buf.shape:
-                    raise ValueError(f"state[{key!r}][{name!r}] must be float32 of shape "
-                                     f"{buf.shape}, got {a.dtype} {a.shape}")
+            _check_arrays(state[key], bufs, f"state[{key!r}]", keys="buffers")
         groups = sd["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, expected "
@@ -324,6 +316,18 @@ def _unflatten(path, cls):
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: damaged optimizer file ({type(e).__name__}: {e})") from e
     return sd
+
+
+def _check_arrays(given, expected, what, keys="keys"):
+    """`given` has `expected`'s keys, each a float32 array of the same shape."""
+    if set(given) != set(expected):
+        raise ValueError(f"{what} has {keys} {sorted(map(str, given))}, "
+                         f"expected {sorted(map(str, expected))}")
+    for key, ref in expected.items():
+        a = np.asarray(given[key])
+        if a.dtype != np.float32 or a.shape != ref.shape:
+            raise ValueError(f"{what}[{key!r}] must be float32 of shape {ref.shape}, "
+                             f"got {a.dtype} {a.shape}")
 
 
 def _bad(name, value, expected):
@@ -528,14 +532,7 @@ class Lookahead:
         if not isinstance(la, dict) or set(la) != {"k", "alpha", "count"} or slow is None:
             raise ValueError("state_dict lacks the Lookahead entries 'lookahead' and 'slow'")
         views = self._slow_views()
-        if set(slow) != set(views):
-            raise ValueError(f"state_dict['slow'] has keys {sorted(map(str, slow))}, "
-                             f"expected {sorted(map(str, views))}")
-        for key, v in views.items():
-            a = np.asarray(slow[key])
-            if a.dtype != np.float32 or a.shape != v.shape:
-                raise ValueError(f"slow[{key!r}] must be float32 of shape {v.shape}, "
-                                 f"got {a.dtype} {a.shape}")
+        _check_arrays(slow, views, "slow")
         k, alpha, count = la["k"], la["alpha"], la["count"]
         if int(k) != k or k < 1 or not 0 <= alpha <= 1 or int(count) != count or count < 0:
             raise ValueError(f"bad Lookahead settings in state_dict: {la}")
