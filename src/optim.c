@@ -37,8 +37,8 @@ void gdfast_optim_select(int isa) {
 
 enum { OP_UPDATE, OP_SCALE, OP_CLAMP };
 
-#ifdef _OPENMP
-/* Thread t's share of [0, total): contiguous, starting at a multiple of GD_SPLIT. */
+/* Thread t's share of [0, total): contiguous, starting at a multiple of
+ * GD_SPLIT. Built with or without OpenMP: the tests check its arithmetic. */
 void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
     gd_index chunk = (total + nt - 1) / nt;
     chunk = (chunk + GD_SPLIT - 1) / GD_SPLIT * GD_SPLIT;
@@ -46,7 +46,6 @@ void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *h
     *lo = a < total ? a : total;
     *hi = a + chunk < total ? a + chunk : total;
 }
-#endif
 
 /* Index of the segment holding global position pos (segments sorted by start). */
 static int find_segment(const gd_plan *pl, gd_index pos) {
