@@ -7,7 +7,8 @@ import os as _os
 
 from . import _kernels
 from ._version import __version__
-from ._kernels import get_num_threads, matmul, set_num_threads
+from ._kernels import (get_flush_denormal, get_num_threads, matmul, set_flush_denormal,
+                       set_num_threads)
 from .mlp import MLP
 from .optim import (SGD, Adagrad, Adam, AdamW, Lookahead, RMSprop, clip_grad_norm,
                     clip_grad_value)
@@ -36,6 +37,7 @@ def build_info():
         "simd": _kernels.simd_active(),
         "simd_available": _kernels.simd_paths(),
         "threads": get_num_threads(),
+        "flush_denormal": get_flush_denormal(),
     }
 
 
@@ -45,6 +47,7 @@ def set_simd(name):
 
 
 __all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
+           "get_flush_denormal", "set_flush_denormal",
            "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lookahead",
            "clip_grad_norm", "clip_grad_value", "MLP", "matmul",
            "datasets", "schedules", "Trainer", "fit"]

@@ -20,6 +20,8 @@ cdef extern from "gdfast.h" nogil:
     int gdfast_has_openmp()
     int gdfast_get_num_threads()
     void gdfast_set_num_threads(int n)
+    int gdfast_flush_denormal
+    int gdfast_set_flush_denormal(int on)
 
 cdef extern from *:
     """
@@ -86,3 +88,16 @@ def set_num_threads(int n):
     if n < 1:
         raise ValueError(f"n must be a positive number of threads, got {n}")
     gdfast_set_num_threads(n)
+
+
+def set_flush_denormal(bint enabled):
+    """Run gdfast's kernels with subnormal floats flushed to zero (x86 FTZ|DAZ).
+
+    Like torch.set_flush_denormal: returns True where supported (x86-64),
+    False and changes nothing elsewhere. Only gdfast's kernels and their
+    threads see the mode; the caller's floating-point state is restored."""
+    return bool(gdfast_set_flush_denormal(enabled))
+
+
+def get_flush_denormal():
+    return bool(gdfast_flush_denormal)

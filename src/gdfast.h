@@ -39,4 +39,31 @@ void gdfast_set_num_threads(int n);
  * `grain` of them: small jobs stay on one thread so start-up never dominates. */
 int gdfast_threads_for(gd_index work, gd_index grain);
 
+/* Flush-to-zero for subnormals (threads.c), off by default. Decaying Adam
+ * moments pass through the subnormal range, where x86 arithmetic takes
+ * microcode assists. When on, every kernel and each thread of its parallel
+ * regions runs with MXCSR's FTZ|DAZ bits set, and puts the caller's bits back
+ * on the way out: enter/leave pair around every serial path and inside every
+ * parallel region (MXCSR is per thread). set returns 0 where unsupported. */
+extern int gdfast_flush_denormal;
+int gdfast_set_flush_denormal(int on);
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define GD_FTZ_DAZ 0x8040u /* MXCSR bit 15 flush-to-zero, bit 6 denormals-are-zero */
+static inline unsigned gd_fpmode_enter(void) {
+    unsigned csr = _mm_getcsr();
+    if (gdfast_flush_denormal && (csr & GD_FTZ_DAZ) != GD_FTZ_DAZ) _mm_setcsr(csr | GD_FTZ_DAZ);
+    return csr & GD_FTZ_DAZ;
+}
+/* Restores only the mode bits: exception flags the kernel raised stay raised. */
+static inline void gd_fpmode_leave(unsigned saved) {
+    unsigned csr = _mm_getcsr();
+    if ((csr & GD_FTZ_DAZ) != saved) _mm_setcsr((csr & ~GD_FTZ_DAZ) | saved);
+}
+#else
+static inline unsigned gd_fpmode_enter(void) { return 0; }
+static inline void gd_fpmode_leave(unsigned saved) { (void)saved; }
+#endif
+
 #endif

@@ -312,12 +312,18 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
     gd_index grain = GD_THREAD_GRAIN;
     int nt = gdfast_threads_for((gd_index)(flops / (double)grain) + 1, 1);
     if (nt > tiles) nt = (int)tiles;
-    if (nt <= 1) return gemm_range(&g, 0, m, 0, n);
-
     int status = 0;
+    if (nt <= 1) {
+        unsigned fp = gd_fpmode_enter();
+        status = gemm_range(&g, 0, m, 0, n);
+        gd_fpmode_leave(fp);
+        return status;
+    }
+
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) reduction(| : status)
     {
+        unsigned fp = gd_fpmode_enter();
         int t = omp_get_thread_num(), nth = omp_get_num_threads();
         gd_index lo, hi;
         if (by_cols) {
@@ -327,6 +333,7 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
             split(m, GD_MR, t, nth, &lo, &hi);
             if (lo < hi) status |= gemm_range(&g, lo, hi, 0, n);
         }
+        gd_fpmode_leave(fp);
     }
 #else
     status = gemm_range(&g, 0, m, 0, n);

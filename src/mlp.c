@@ -82,7 +82,7 @@ static void softmax_row(float *z, gd_index k, float *max_out, double *logsum_out
     *logsum_out = log(s);
 }
 
-int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
+static int mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
                        float *ws) {
     if (forward_layers(net, params, x, n, ws) != 0) return -1;
     if (net->loss == GD_LOSS_CROSS_ENTROPY) {
@@ -141,7 +141,7 @@ static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
     return total / (double)n;
 }
 
-gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
+static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss) {
     int L = net->n_layers;
@@ -170,4 +170,23 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
         dz_next = tmp;
     }
     return 0;
+}
+
+/* Entry points: the serial parts (activations, softmax, loss) run in the
+ * caller's thread under the flush-denormal mode too; GEMM sets its own threads. */
+int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
+                       float *ws) {
+    unsigned fp = gd_fpmode_enter();
+    int status = mlp_forward(net, params, x, n, ws);
+    gd_fpmode_leave(fp);
+    return status;
+}
+
+gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
+                              const float *x, gd_index n, const int64_t *labels,
+                              const float *targets, float *ws, double *loss) {
+    unsigned fp = gd_fpmode_enter();
+    gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss);
+    gd_fpmode_leave(fp);
+    return status;
 }

@@ -84,15 +84,19 @@ static void apply_range(const gd_plan *pl, gd_index lo, gd_index hi, int op, flo
 static void apply(gd_plan *pl, int op, float a, float b, gd_index grain) {
     int nt = gdfast_threads_for(pl->total, grain);
     if (nt <= 1) {
+        unsigned fp = gd_fpmode_enter();
         apply_range(pl, 0, pl->total, op, a, b);
+        gd_fpmode_leave(fp);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
     {
+        unsigned fp = gd_fpmode_enter();
         gd_index lo, hi;
         gdfast_optim_split(pl->total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
         apply_range(pl, lo, hi, op, a, b);
+        gd_fpmode_leave(fp);
     }
 #endif
 }
@@ -116,14 +120,18 @@ double gdfast_optim_grad_norm(gd_plan *pl) {
     if (nb == 0) return 0.0;
     int nt = gdfast_threads_for(pl->total, GD_GRAIN_STREAM);
     if (nt <= 1) {
+        unsigned fp = gd_fpmode_enter();
         for (gd_index b = 0; b < nb; b++) pl->block_sums[b] = block_sumsq(pl, b);
+        gd_fpmode_leave(fp);
     } else {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
         {
+            unsigned fp = gd_fpmode_enter();
             int t = omp_get_thread_num(), T = omp_get_num_threads();
             for (gd_index b = nb * t / T; b < nb * (t + 1) / T; b++)
                 pl->block_sums[b] = block_sumsq(pl, b);
+            gd_fpmode_leave(fp);
         }
 #endif
     }

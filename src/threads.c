@@ -34,3 +34,15 @@ int gdfast_threads_for(gd_index work, gd_index grain) {
     if (useful < 1) return 1;
     return useful < nt ? (int)useful : nt;
 }
+
+int gdfast_flush_denormal = 0;
+
+int gdfast_set_flush_denormal(int on) {
+#if defined(__x86_64__) || defined(_M_X64)
+    gdfast_flush_denormal = on != 0;
+    return 1;
+#else
+    (void)on;
+    return 0;
+#endif
+}
