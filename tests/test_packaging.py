@@ -45,7 +45,9 @@ def test_extension_is_compiled_and_inside_the_package():
 
 def test_build_info_values_are_sane():
     info = gdfast.build_info()
-    assert set(info) == {"version", "compiler", "openmp", "simd", "simd_available", "threads"}
+    assert set(info) == {"version", "compiler", "openmp", "simd", "simd_available", "threads",
+                         "flush_denormal"}
+    assert info["flush_denormal"] is False  # PyTorch's default: subnormals kept
     assert re.fullmatch(r"\d+\.\d+\.\d+([ab]|rc|\.dev|\.post)?\d*", info["version"]), info["version"]
     assert info["compiler"] and info["compiler"] != "unknown"
     assert isinstance(info["openmp"], bool)
