@@ -181,7 +181,7 @@ def plot(rows, path):
     ax.set_xscale("log")
     ax.set_xlabel("speed-up over the NumPy reference (median times, same run)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
