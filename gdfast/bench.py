@@ -236,13 +236,19 @@ def mlp_batches(n, samples=8192):
     return itertools.cycle([mlp_batch(n, seed) for seed in range(max(4, samples // n))])
 
 
-def mlp_pair(seed=0):
-    """gdfast's MLP + Adam and the NumPy reference twins, from the same start."""
+def mlp_cases(batches):
+    """(batch, optimizer, lr): Adam at every batch size, and true single-example
+    SGD (plain SGD at batch 1)."""
+    return [(bs, "Adam", 1e-3) for bs in batches] + [(1, "SGD", 1e-2)] * (1 in batches)
+
+
+def mlp_pair(seed=0, optimizer="Adam", lr=1e-3):
+    """gdfast's MLP + optimizer and the NumPy reference twins, from the same start."""
     from gdfast.reference.train import ReferenceMLP, ReferenceOptimizer
     model = gdfast.MLP(MLP_SIZES, seed=seed)
     ref = ReferenceMLP(MLP_SIZES, init_from=model.params)
-    return ((model, gdfast.Adam(model.params, lr=1e-3)),
-            (ref, ReferenceOptimizer("Adam", ref.params, lr=1e-3)))
+    return ((model, getattr(gdfast, optimizer)(model.params, lr=lr)),
+            (ref, ReferenceOptimizer(optimizer, ref.params, lr=lr)))
 
 
 def blas_threads(n):
@@ -327,33 +333,35 @@ def bench_gemm(shapes, threads, repeats, peak, torch=None):
 
 def bench_mlp(batches, threads, repeats, peak, torch=None):
     rows = []
-    for bs in batches:
+    for bs, optimizer, lr in mlp_cases(batches):
         data = mlp_batches(bs)
-        (model, opt), (ref, ref_opt) = mlp_pair()
+        (model, opt), (ref, ref_opt) = mlp_pair(optimizer=optimizer, lr=lr)
 
         def ref_step():
             ref.loss_and_grad(*next(data))
             ref_opt.step()
 
         quiet_cores()
-        row = Row("MLP train step 784-256-128-10, Adam", f"batch {bs}", threads,
+        row = Row("MLP train step 784-256-128-10", f"batch {bs}, {optimizer}", threads,
                   gdfast_s=median_time(lambda: model.train_step(*next(data), opt),
                                        repeats=repeats),
                   numpy_s=median_time(ref_step, repeats=repeats),
                   unit="samples/s", work=bs, ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))
         if torch is not None:
-            row.extra["torch"] = median_time(torch_mlp_step(torch, data), repeats=repeats)
+            row.extra["torch"] = median_time(torch_mlp_step(torch, data, optimizer, lr),
+                                             repeats=repeats)
         rows.append(row)
     return rows
 
 
-def torch_mlp_step(torch, data):
-    """One PyTorch training step of the same MLP (nn.Sequential, fused Adam) per call."""
+def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3):
+    """One PyTorch training step of the same MLP (nn.Sequential; Adam fused) per call."""
     layers = []
     for a, b in zip(MLP_SIZES, MLP_SIZES[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    fused = {"fused": True} if optimizer == "Adam" else {}
+    opt = getattr(torch.optim, optimizer)(net.parameters(), lr=lr, **fused)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
