@@ -5,6 +5,7 @@ Nested state (an optimizer's state_dict, a schedule's) is flattened: every
 NumPy array or NumPy scalar becomes its own .npz entry, and the JSON tree
 keeps a reference to it, so values come back with their exact dtype and bits.
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -78,10 +79,22 @@ def write_npz(path, arrays):
             raise TypeError(f"cannot write {name!r}: object arrays need pickle, which gdfast "
                             "files never use")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path, suffix=".tmp"):
+    """A binary file that becomes `path` only when the block ends without an
+    error: written to a temp file in the same directory, flushed to disk,
+    renamed over `path`, the directory entry synced. On any error (or a kill)
+    `path` keeps its old content and no partial file is left at `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,7 +103,6 @@ def write_npz(path, arrays):
             os.unlink(tmp)
         raise
     _sync_dir(path.parent)
-    return path
 
 
 def _sync_dir(directory):

@@ -15,13 +15,14 @@ import hashlib
 import math
 import os
 import sys
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .checkpoint import atomic_write
 
 __all__ = ["DatasetError", "Data", "load_mnist", "load_fashion_mnist", "load",
            "read_idx", "fetch", "search_dirs", "DATASETS"]
@@ -211,28 +212,22 @@ class _Progress:
 def _fetch(url, dest, md5, progress=True, opener=None):
     """Stream `url` into `dest` atomically, checking the MD5; no partial file on failure."""
     opener = opener or urllib.request.urlopen
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5(usedforsecurity=False)   # an integrity check, not security
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=_DOWNLOAD_TIMEOUT) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-            bar = _Progress(total, dest.name) if progress else None
-            try:
-                while chunk := resp.read(1 << 16):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    if bar:
-                        bar.update(len(chunk))
-            finally:
+    digest = hashlib.md5(usedforsecurity=False)   # an integrity check, not security
+    with atomic_write(dest, suffix=".part") as out, \
+            opener(url, timeout=_DOWNLOAD_TIMEOUT) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
+        bar = _Progress(total, dest.name) if progress else None
+        try:
+            while chunk := resp.read(1 << 16):
+                out.write(chunk)
+                digest.update(chunk)
                 if bar:
-                    bar.close()
+                    bar.update(len(chunk))
+        finally:
+            if bar:
+                bar.close()
         if digest.hexdigest() != md5:
             raise DatasetError(f"{url}: MD5 {digest.hexdigest()} does not match the published {md5}")
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fetch(name, dest=None, *, mirrors=None, progress=True, opener=None):
