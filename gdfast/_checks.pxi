@@ -25,3 +25,8 @@ cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b):
     if na == 0 or nb == 0:
         return False
     return pa < pb + nb and pb < pa + na
+
+
+def check_float32(a, str name, bint writeable=False):
+    """check_f32 for the Python layer: the same checks and messages."""
+    return check_f32(a, name, writeable)

@@ -29,18 +29,6 @@ from .params import Params, _aligned_empty
 _FORMAT = "gdfast.optim/1"
 
 
-def _check_array(a, name):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of dtype float32, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous; pass numpy.ascontiguousarray({name})")
-    if not a.flags.writeable:
-        raise ValueError(f"{name} must be writeable (it is updated in place)")
-    return a
-
-
 class Optimizer(_kernels._OptimCore):
     """Common machinery: parameter groups, state buffers, state_dict, save/load."""
 
@@ -100,7 +88,7 @@ class Optimizer(_kernels._OptimCore):
             if not isinstance(arrays, (list, tuple)) or len(arrays) == 0:
                 raise ValueError(f"param group {gi} must have a non-empty 'params' list")
             for a in arrays:
-                _check_array(a, f"params[{len(entries)}]")
+                _kernels.check_float32(a, f"params[{len(entries)}]", True)
                 entries.append((len(entries), a, a.size, gi))
             param_groups.append(self._group(g, list(arrays), gi))
         return None, entries, param_groups
@@ -128,7 +116,7 @@ class Optimizer(_kernels._OptimCore):
             for n in rest:
                 owner[n] = len(param_groups)
             param_groups.append(self._group({}, rest, len(param_groups)))
-        _check_array(arena.data, "params.data")
+        _kernels.check_float32(arena.data, "params.data", True)
         entries = [(n, arena[n], arena[n].size, owner[n]) for n in arena.names]
         return arena, entries, param_groups
 
