@@ -105,35 +105,41 @@ class MLP:
 
     def evaluate(self, x, y, batch_size=1000):
         """(mean loss, accuracy) over a data set, without touching gradients."""
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        y = np.asarray(y)
-        n = len(y)
-        if getattr(x, "shape", (None,))[0] != n:
-            raise ValueError(f"x and y must have the same number of rows, "
-                             f"got {getattr(x, 'shape', None)} and {y.shape}")
-        if n == 0:
-            raise ValueError("evaluate needs at least one example")
-        total, correct = 0.0, 0
-        for start in range(0, n, int(batch_size)):
-            out = self.forward(x[start:start + batch_size]).astype(np.float64)
-            yb = y[start:start + batch_size]
-            if yb.dtype.kind in "iu":
-                if yb.min() < 0 or yb.max() >= self.sizes[-1]:
-                    raise ValueError(f"y must hold class labels in [0, {self.sizes[-1]})")
-                t = np.zeros_like(out)
-                t[np.arange(len(yb)), yb] = 1.0
-                labels = yb
-            else:
-                t = yb.astype(np.float64)
-                labels = np.argmax(t, axis=1)
-            if self.loss == "cross_entropy":
-                total -= float((t * np.log(np.maximum(out, np.finfo(np.float32).tiny))).sum())
-            else:
-                total += 0.5 * float(((out - t) ** 2).sum())
-            correct += int((np.argmax(out, axis=1) == labels).sum())
-        return total / n, correct / n
+        return evaluate(self.forward, self.loss, self.sizes[-1], x, y, batch_size)
 
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"output_activation={self.output_activation!r})")
+
+
+def evaluate(forward, loss, n_classes, x, y, batch_size=1000):
+    """(mean loss, accuracy) of a model given by its `forward` (probabilities
+    for cross-entropy, outputs for mse) over x, y in batches."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    y = np.asarray(y)
+    n = len(y)
+    if getattr(x, "shape", (None,))[0] != n:
+        raise ValueError(f"x and y must have the same number of rows, "
+                         f"got {getattr(x, 'shape', None)} and {y.shape}")
+    if n == 0:
+        raise ValueError("evaluate needs at least one example")
+    total, correct = 0.0, 0
+    for start in range(0, n, int(batch_size)):
+        out = forward(x[start:start + batch_size]).astype(np.float64)
+        yb = y[start:start + batch_size]
+        if yb.dtype.kind in "iu":
+            if yb.min() < 0 or yb.max() >= n_classes:
+                raise ValueError(f"y must hold class labels in [0, {n_classes})")
+            t = np.zeros_like(out)
+            t[np.arange(len(yb)), yb] = 1.0
+            labels = yb
+        else:
+            t = yb.astype(np.float64)
+            labels = np.argmax(t, axis=1)
+        if loss == "cross_entropy":
+            total -= float((t * np.log(np.maximum(out, np.finfo(np.float32).tiny))).sum())
+        else:
+            total += 0.5 * float(((out - t) ** 2).sum())
+        correct += int((np.argmax(out, axis=1) == labels).sum())
+    return total / n, correct / n

@@ -7,6 +7,7 @@ unchanged and only the math underneath differs.
 """
 import numpy as np
 
+from ..mlp import evaluate
 from ..params import Params
 from . import mlp as ref_mlp
 from . import optim as ref_optim
@@ -33,18 +34,7 @@ class ReferenceMLP:
         return np.argmax(self.net.forward(x), axis=1)
 
     def evaluate(self, x, y, batch_size=1000):
-        total = correct = 0.0
-        for start in range(0, len(y), batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            out = self.net.forward(xb).astype(np.float64)
-            if self.net.loss == "cross_entropy":
-                total -= np.log(np.maximum(out[np.arange(len(yb)), yb], np.finfo(np.float32).tiny)).sum()
-            else:
-                t = np.zeros_like(out)
-                t[np.arange(len(yb)), yb] = 1.0
-                total += 0.5 * ((out - t) ** 2).sum()
-            correct += (np.argmax(out, axis=1) == yb).sum()
-        return total / len(y), correct / len(y)
+        return evaluate(self.net.forward, self.net.loss, self.sizes[-1], x, y, batch_size)
 
 
 class ReferenceOptimizer:
