@@ -32,7 +32,7 @@
 #define GD_KC 320
 #endif
 #define GD_NC 1024
-/* Up to this many flops (2mnk) a problem counts as small (see gdfast_sgemm). */
+/* Up to this many flops (2mnk) a problem counts as small (see make_job). */
 #define GD_SMALL_FLOPS (2.0 * 128 * 1024 * 1024)
 /* Below this k the tiles are walked along the rows of C. */
 #define GD_SHORT_K 32
@@ -293,18 +293,34 @@ static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd
 }
 #endif
 
-int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
-                 float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
-                 float beta, float *c, gd_index ldc, const gd_epilogue *ep) {
-    if (m <= 0 || n <= 0) return 0;
+static gemm_job make_job(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
+                         float alpha, const float *a, gd_index lda, const float *b,
+                         gd_index ldb, float beta, float *c, gd_index ldc,
+                         const gd_epilogue *ep) {
     gemm_job g = {trans_a, trans_b, 0, 0, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, ep};
-    double flops = 2.0 * (double)m * (double)n * (double)k;
-    int small = flops <= GD_SMALL_FLOPS;
+    int small = 2.0 * (double)m * (double)n * (double)k <= GD_SMALL_FLOPS;
     /* B is packed unless the problem is small and has few rows: read in place,
      * rows of B at power-of-two strides (the MLP's layer widths) collide in
      * the same L1 sets. A is read in place for small problems. */
     g.pack_b = trans_b || !small || m > 2 * GD_MR;
     g.pack_a = !small;
+    return g;
+}
+
+int gdfast_sgemm_serial(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
+                        float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
+                        float beta, float *c, gd_index ldc, const gd_epilogue *ep) {
+    if (m <= 0 || n <= 0) return 0;
+    gemm_job g = make_job(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+    return gemm_range(&g, 0, m, 0, n);
+}
+
+int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
+                 float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
+                 float beta, float *c, gd_index ldc, const gd_epilogue *ep) {
+    if (m <= 0 || n <= 0) return 0;
+    gemm_job g = make_job(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+    double flops = 2.0 * (double)m * (double)n * (double)k;
 
     /* Column sums add rows in order, so their columns must stay on one thread. */
     int by_cols = (ep && ep->colsum) || n >= m;
