@@ -18,6 +18,9 @@ cdef extern from "mlp.h" nogil:
     gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss)
+    gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads,
+                                   const float *x, gd_index n, const int64_t *labels,
+                                   const float *targets, float *ws, gd_plan *plan, double *loss)
 
 ACTIVATIONS = {"identity": GD_ACT_IDENTITY, "relu": GD_ACT_RELU,
                "sigmoid": GD_ACT_SIGMOID, "tanh": GD_ACT_TANH}
@@ -182,7 +185,6 @@ cdef class MLPCore:
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status = 0
-        cdef int rc = 0
         begin = getattr(optimizer, "_begin_step", None)
         if begin is None:
             raise TypeError(f"optimizer must be a gdfast optimizer over this MLP's params, "
@@ -190,13 +192,12 @@ cdef class MLPCore:
         cdef StepPlan plan = begin(params)
         try:
             with nogil:
-                status = self._loss_grad(px, &loss)
-                if status == 0:
-                    rc = plan.run()
+                status = gdfast_mlp_train_step(
+                    &self.net, <float *>cnp.PyArray_DATA(self.data),
+                    <float *>cnp.PyArray_DATA(self.grad), px, self._n, self._labels,
+                    self._targets, <float *>cnp.PyArray_DATA(self.ws), &plan.plan, &loss)
         finally:
             optimizer._end_step()
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
-        if rc != 0:
-            raise RuntimeError(f"optimizer step failed (code {rc})")
         return loss

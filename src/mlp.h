@@ -14,6 +14,7 @@
 #define GDFAST_MLP_H
 
 #include "gdfast.h"
+#include "optim.h"
 
 enum { GD_LOSS_CROSS_ENTROPY = 0, GD_LOSS_MSE = 1 };
 
@@ -42,5 +43,15 @@ int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, g
 gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss);
+
+/* loss_grad followed by one optimizer step of `plan` (built over this
+ * arena). For one example (n = 1) the weight gradients are formed block by
+ * block inside the update's parallel pass (bit for bit the same result);
+ * other batches, plans that clip by the gradient norm, or whose segments are
+ * not views of params/grads run the two steps one after the other. Returns
+ * as gdfast_mlp_loss_grad; the update is skipped when that fails. */
+gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads, const float *x,
+                               gd_index n, const int64_t *labels, const float *targets,
+                               float *ws, gd_plan *plan, double *loss);
 
 #endif

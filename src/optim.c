@@ -140,6 +140,19 @@ double gdfast_optim_grad_norm(gd_plan *pl) {
     return sqrt(total);
 }
 
+/* The groups' gradient factors: the clip coefficient, negated to maximize. */
+static void set_gscale(gd_plan *pl, float clip) {
+    for (int k = 0; k < pl->ngroups; k++) {
+        gd_hyper *h = &pl->hyper[k];
+        h->gscale = (h->flags & GD_F_MAXIMIZE) ? -clip : clip;
+    }
+}
+
+gd_index gdfast_optim_grain(const gd_plan *pl) {
+    int kind = pl->ngroups > 0 ? pl->hyper[0].kind : GD_SGD;
+    return kind == GD_SGD || kind == GD_LOOKAHEAD ? GD_GRAIN_LIGHT : GD_GRAIN_HEAVY;
+}
+
 int gdfast_optim_run(gd_plan *pl) {
     float clip = 1.0f;
     if (pl->max_norm > 0.0) {
@@ -149,14 +162,26 @@ int gdfast_optim_run(gd_plan *pl) {
         double coef = pl->max_norm / (pl->norm + 1e-6);
         if (!(coef >= 1.0)) clip = (float)coef;
     }
-    for (int k = 0; k < pl->ngroups; k++) {
-        gd_hyper *h = &pl->hyper[k];
-        h->gscale = (h->flags & GD_F_MAXIMIZE) ? -clip : clip;
-    }
-    int kind = pl->ngroups > 0 ? pl->hyper[0].kind : GD_SGD;
-    int light = kind == GD_SGD || kind == GD_LOOKAHEAD;
-    apply(pl, OP_UPDATE, 0.0f, 0.0f, light ? GD_GRAIN_LIGHT : GD_GRAIN_HEAVY);
+    set_gscale(pl, clip);
+    apply(pl, OP_UPDATE, 0.0f, 0.0f, gdfast_optim_grain(pl));
     return 0;
+}
+
+void gdfast_optim_begin_pieces(gd_plan *pl) { set_gscale(pl, 1.0f); }
+
+void gdfast_optim_update_piece(const gd_plan *pl, const float *base, gd_index lo, gd_index hi) {
+    for (int k = 0; k < pl->nseg; k++) {
+        const gd_segment *s = &pl->seg[k];
+        gd_index off = s->p - base;
+        gd_index from = lo > off ? lo - off : 0;
+        gd_index to = hi < off + s->n ? hi - off : s->n;
+        if (from >= to) continue;
+        const gd_hyper *h = &pl->hyper[s->group];
+        gd_optim_k.update[h->kind](h, s->p + from, s->g ? s->g + from : NULL,
+                                   s->s[0] ? s->s[0] + from : NULL,
+                                   s->s[1] ? s->s[1] + from : NULL,
+                                   s->s[2] ? s->s[2] + from : NULL, to - from);
+    }
 }
 
 void gdfast_optim_scale(gd_plan *pl, float c) { apply(pl, OP_SCALE, c, 0.0f, GD_GRAIN_STREAM); }

@@ -89,6 +89,16 @@ void gdfast_optim_kernels_avx2(gd_optim_kernels *k);
 
 /* Driver (optim.c). Both return 0. */
 int gdfast_optim_run(gd_plan *plan);
+/* Floats per thread below which the plan's update stays on one thread. */
+gd_index gdfast_optim_grain(const gd_plan *plan);
+/* A step in pieces, for callers that form the gradients piece by piece in
+ * their own parallel region (the fused MLP step): begin_pieces once (no
+ * clipping), then update_piece on disjoint ranges [lo, hi) of positions
+ * relative to `base`, the buffer every segment's p points into (a Params
+ * arena). Elementwise, so any cut gives the bits of gdfast_optim_run. Runs in
+ * the caller's thread and floating-point mode. */
+void gdfast_optim_begin_pieces(gd_plan *plan);
+void gdfast_optim_update_piece(const gd_plan *plan, const float *base, gd_index lo, gd_index hi);
 /* Global L2 norm of the segments' g (deterministic for any thread count). */
 double gdfast_optim_grad_norm(gd_plan *plan);
 /* In place on the segments' p: scale by c, or clamp to [lo, hi]. */

@@ -120,6 +120,53 @@ def test_train_step_equals_reference_mlp_and_optimizer(act, loss, opt):
                                    err_msg=name)
 
 
+FUSED_OPTIMIZERS = [
+    ("Adam", {"lr": 1e-2}),
+    ("AdamW", {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("RMSprop", {"lr": 1e-3, "centered": True, "momentum": 0.5}),
+    ("Adagrad", {"lr": 0.1}),
+]
+
+
+def make_optimizer(name, hyper, params):
+    groups = [{"params": ["w2", "b1"], "lr": hyper["lr"] * 3, "maximize": True}]
+    if name == "Lookahead":
+        return gdfast.Lookahead(gdfast.SGD(params, lr=0.1), k=2, alpha=0.5)
+    return getattr(gdfast, name)(params, groups=groups, **hyper)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 40])
+@pytest.mark.parametrize("name,hyper", FUSED_OPTIMIZERS + [("Lookahead", {"lr": 0.1})])
+def test_fused_train_step_equals_loss_and_grad_then_step(simd, name, hyper, n, threads):
+    """train_step (for one example: dW formed a few rows at a time inside the
+    optimizer's pass) gives bit for bit what loss_and_grad followed by step()
+    gives, with param groups, for odd layer widths and any thread count."""
+    before = gdfast.get_num_threads()
+    gdfast.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(n)
+        sizes = [150, 70, 33, 10]  # 13k params: the pass splits over 2 threads
+        fused, split = gdfast.MLP(sizes, seed=3), gdfast.MLP(sizes, seed=3)
+        opt_f = make_optimizer(name, hyper, fused.params)
+        opt_s = make_optimizer(name, hyper, split.params)
+        for _ in range(3):
+            x, y = batch(rng, n, sizes)
+            loss_f = fused.train_step(x, y, opt_f)
+            loss_s = split.loss_and_grad(x, y)
+            opt_s.step()
+            assert loss_f == loss_s
+        np.testing.assert_array_equal(fused.params.data, split.params.data)
+        np.testing.assert_array_equal(fused.params.grad, split.params.grad)
+        sf, ss = opt_f.state_dict()["state"], opt_s.state_dict()["state"]
+        for key in ss:
+            for slot in ss[key]:
+                np.testing.assert_array_equal(sf[key][slot], ss[key][slot], err_msg=key + slot)
+    finally:
+        gdfast.set_num_threads(before)
+
+
 def test_train_step_refuses_bad_input_before_touching_the_optimizer():
     net = gdfast.MLP([4, 3, 2], seed=0)
     opt = gdfast.Adam(net.params, lr=0.1)
