@@ -28,6 +28,18 @@ def _init_simd():
 _init_simd()
 
 
+def _init_flush_denormal():
+    value = _os.environ.get("GDFAST_FLUSH_DENORMAL", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"environment variable GDFAST_FLUSH_DENORMAL={value!r}: "
+                         f"expected 0 (keep subnormal floats) or 1 (flush them to zero)")
+    if value:
+        set_flush_denormal(value == "1")
+
+
+_init_flush_denormal()
+
+
 def build_info():
     """What this build of gdfast is and what it runs on right now."""
     return {

@@ -93,9 +93,12 @@ def set_num_threads(int n):
 def set_flush_denormal(bint enabled):
     """Run gdfast's kernels with subnormal floats flushed to zero (x86 FTZ|DAZ).
 
-    Like torch.set_flush_denormal: returns True where supported (x86-64),
-    False and changes nothing elsewhere. Only gdfast's kernels and their
-    threads see the mode; the caller's floating-point state is restored."""
+    On by default on x86-64 (as in TensorFlow/XLA; PyTorch keeps subnormals):
+    set_flush_denormal(False), or GDFAST_FLUSH_DENORMAL=0 at import, gives
+    IEEE subnormal arithmetic. Like torch.set_flush_denormal: returns True
+    where supported (x86-64), False and changes nothing elsewhere. Only
+    gdfast's kernels and their threads see the mode; the caller's
+    floating-point state is restored."""
     return bool(gdfast_set_flush_denormal(enabled))
 
 

@@ -231,8 +231,7 @@ def mlp_batch(n, seed=0):
 
 def mlp_batches(n, samples=8192):
     """A cycle of distinct random batches of n: steps on one batch over and
-    over would fit it, and the vanishing gradients would send the optimizer's
-    state into subnormal floats, which no real training run times."""
+    over would fit it, which is not what a training run times."""
     return itertools.cycle([mlp_batch(n, seed) for seed in range(max(4, samples // n))])
 
 

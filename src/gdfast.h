@@ -39,7 +39,7 @@ void gdfast_set_num_threads(int n);
  * `grain` of them: small jobs stay on one thread so start-up never dominates. */
 int gdfast_threads_for(gd_index work, gd_index grain);
 
-/* Flush-to-zero for subnormals (threads.c), off by default. Decaying Adam
+/* Flush-to-zero for subnormals (threads.c), on by default on x86-64. Decaying Adam
  * moments pass through the subnormal range, where x86 arithmetic takes
  * microcode assists. When on, every kernel and each thread of its parallel
  * regions runs with MXCSR's FTZ|DAZ bits set, and puts the caller's bits back

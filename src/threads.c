@@ -35,7 +35,14 @@ int gdfast_threads_for(gd_index work, gd_index grain) {
     return useful < nt ? (int)useful : nt;
 }
 
+/* On by default where the CPU has the mode, as TensorFlow/XLA do: nothing a
+ * network learns lives below 1e-38, and Adam's decaying moments would
+ * otherwise spend whole steps in microcode assists. */
+#if defined(__x86_64__) || defined(_M_X64)
+int gdfast_flush_denormal = 1;
+#else
 int gdfast_flush_denormal = 0;
+#endif
 
 int gdfast_set_flush_denormal(int on) {
 #if defined(__x86_64__) || defined(_M_X64)

@@ -1,12 +1,16 @@
-"""set_flush_denormal: kernels flush subnormals to zero when asked, and the mode
-never leaks into the caller's thread, NumPy, or later gdfast calls."""
+"""set_flush_denormal: kernels flush subnormals to zero (on by default on x86-64),
+keep them when asked, and the mode never leaks into the caller's thread,
+NumPy, or later gdfast calls."""
 import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import gdfast
 from gdfast.reference import optim as ref
+from conftest import child_python
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 TINY = np.finfo(np.float32).tiny  # smallest normal float32
@@ -45,9 +49,11 @@ def decaying_adam(n, steps=40):
     return p, opt.state_dict()["state"][0]["exp_avg"], twin, oracle.exp_avg[0]
 
 
-def test_default_off_and_round_trip(restore):
+def test_default_on_where_supported_and_round_trip(restore):
+    assert gdfast.get_flush_denormal() is X86
+    assert gdfast.build_info()["flush_denormal"] is X86
+    assert gdfast.set_flush_denormal(False) is X86
     assert gdfast.get_flush_denormal() is False
-    assert gdfast.build_info()["flush_denormal"] is False
     assert gdfast.set_flush_denormal(True) is X86
     assert gdfast.get_flush_denormal() is X86
     assert gdfast.build_info()["flush_denormal"] is X86
@@ -59,6 +65,7 @@ def test_default_off_and_round_trip(restore):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_off_keeps_subnormals_like_the_reference(restore, threads):
     gdfast.set_num_threads(threads)
+    gdfast.set_flush_denormal(False)
     p, m, p_ref, m_ref = decaying_adam(20_001)
     assert subnormal(m_ref[1::2]).all()
     np.testing.assert_array_equal(m, m_ref)
@@ -100,6 +107,7 @@ def test_clip_and_norm_run_flushed_and_do_not_leak(restore, threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_matmul_reads_subnormal_inputs_as_zero_only_when_on(restore, threads):
     gdfast.set_num_threads(threads)
+    gdfast.set_flush_denormal(False)
     a = np.full((256, 300), 1e-39, dtype=np.float32)
     b = np.ones((300, 512), dtype=np.float32)
     assert (gdfast.matmul(a, b) > 0).all()
@@ -130,3 +138,21 @@ def test_mlp_with_flag_on_matches_flag_off_for_normal_inputs(restore, threads):
     assert l0 == pytest.approx(l1, rel=1e-6)
     np.testing.assert_allclose(p1, p0, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(f1, f0, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("value,expected", [("0", False), ("1", X86)])
+def test_environment_variable_sets_the_mode_at_import(value, expected):
+    code = "import gdfast; print(gdfast.get_flush_denormal())"
+    env, cwd = child_python(GDFAST_FLUSH_DENORMAL=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)
+
+
+def test_bad_environment_variable_fails_import_with_a_clear_message():
+    env, cwd = child_python(GDFAST_FLUSH_DENORMAL="yes")
+    out = subprocess.run([sys.executable, "-c", "import gdfast"], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "GDFAST_FLUSH_DENORMAL='yes'" in out.stderr and "expected 0" in out.stderr, out.stderr

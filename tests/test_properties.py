@@ -33,11 +33,15 @@ BAD_DTYPES = [np.float64, np.float16, np.int32, np.int64, np.uint8]
 
 
 @pytest.fixture(autouse=True)
-def restore_simd_and_threads():
-    before = (gdfast.build_info()["simd"], gdfast.get_num_threads())
+def ieee_and_restore_machine():
+    """The reference does IEEE arithmetic and the draws include subnormals, so
+    gdfast's flush-to-zero (on by default) is turned off for these tests."""
+    before = (gdfast.build_info()["simd"], gdfast.get_num_threads(), gdfast.get_flush_denormal())
+    gdfast.set_flush_denormal(False)
     yield
     gdfast.set_simd(before[0])
     gdfast.set_num_threads(before[1])
+    gdfast.set_flush_denormal(before[2])
 
 
 def machine(data):
