@@ -42,16 +42,23 @@
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
 
 static gd_tile_fn tile_fn = gdfast_gemm_tile_scalar;
+/* NULL: the portable path has no wide tile, its tile does all columns. */
+static gd_wide_fn wide_fn = NULL;
+static gd_dot_fn dot_fn = gdfast_gemm_dot_scalar;
 
 void gdfast_gemm_select(int isa) {
 #if defined(GDFAST_BUILD_AVX2)
     if (isa == GDFAST_ISA_AVX2) {
         tile_fn = gdfast_gemm_tile_avx2;
+        wide_fn = gdfast_gemm_wide_avx2;
+        dot_fn = gdfast_gemm_dot_avx2;
         return;
     }
 #endif
     (void)isa;
     tile_fn = gdfast_gemm_tile_scalar;
+    wide_fn = NULL;
+    dot_fn = gdfast_gemm_dot_scalar;
 }
 
 /* Packing buffers: a fixed pool of slots, each allocated on first use and
@@ -195,28 +202,48 @@ static void outer_product(const gemm_job *g, gd_index i0, gd_index i1, gd_index 
 
 /* A few rows of A against a transposed B (dZ @ W.T at batch 1): each element
  * of C is a dot product of two contiguous rows, read where they are. Packing
- * all of B for one row of C costs more than the products. Eight partial sums
- * in a fixed order keep the result independent of the thread split. */
+ * all of B for one row of C costs more than the products. */
 static void rows_dot_bt(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
-    const gd_index k = g->k;
-    for (gd_index i = i0; i < i1; i++) {
-        const float *a = g->a + i * rsa;
-        float *c = g->c + i * g->ldc;
-        for (gd_index j = j0; j < j1; j++) {
-            const float *b = g->b + j * g->ldb;
-            float part[8] = {0.0f};
-            gd_index p = 0;
-            for (; p + 8 <= k; p += 8)
-                for (int q = 0; q < 8; q++) part[q] += a[(p + q) * csa] * b[p + q];
-            for (int q = 0; p < k; p++, q++) part[q] += a[p * csa] * b[p];
-            float sum = ((part[0] + part[4]) + (part[1] + part[5])) +
-                        ((part[2] + part[6]) + (part[3] + part[7]));
-            float v = g->alpha * sum;
-            if (g->beta != 0.0f) v += g->beta * c[j];
-            if (g->ep) v = gdfast_epilogue_scalar(g->ep, v, i, j);
-            c[j] = v;
+    for (gd_index i = i0; i < i1; i++)
+        dot_fn(g->k, g->a + i * rsa, csa, g->b + j0 * g->ldb, g->ldb, j1 - j0, g->alpha,
+               g->beta, g->c + i * g->ldc + j0, g->ep, i, j0);
+}
+
+/* Blocks of k: the fewest of at most GD_KC, of nearly equal size. Every path
+ * uses the same blocks, so an element of C gets the same bits on each. */
+static gd_index k_blocks(gd_index k) { return k == 0 ? 1 : (k + GD_KC - 1) / GD_KC; }
+
+static void k_block(gd_index k, gd_index nkb, gd_index kb, gd_index *pc, gd_index *kc) {
+    gd_index base = k / nkb, extra = k % nkb;
+    *pc = kb * base + (kb < extra ? kb : extra);
+    *kc = base + (kb < extra);
+}
+
+/* Up to 2 rows against an unpacked B: the wide tile where it fits, the tile
+ * for the columns left over. */
+static void few_rows(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    const int mr = (int)(i1 - i0);
+    const float *a = g->a + i0 * rsa;
+    float *c = g->c + i0 * g->ldc;
+    gd_index nkb = k_blocks(g->k);
+    for (gd_index kb = 0; kb < nkb; kb++) {
+        gd_index pc, kc;
+        k_block(g->k, nkb, kb, &pc, &kc);
+        int last = kb == nkb - 1;
+        float beta = kb == 0 ? g->beta : 1.0f;
+        const float *ap = a + pc * csa, *bp = g->b + pc * g->ldb;
+        gd_index j = j0;
+        if (wide_fn)
+            j += wide_fn(kc, ap, rsa, csa, bp + j0, g->ldb, mr, j1 - j0, g->alpha, beta,
+                         c + j0, g->ldc, g->ep, i0, j0, last);
+        for (; j < j1; j += GD_NR) {
+            int nr = (int)(j1 - j < GD_NR ? j1 - j : GD_NR);
+            tile_fn(kc, ap, rsa, csa, bp + j, g->ldb, 0, mr, nr, g->alpha, beta, c + j, g->ldc,
+                    g->ep, i0, j, last);
         }
     }
 }
@@ -231,6 +258,10 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
         rows_dot_bt(g, i0, i1, j0, j1);
         return 0;
     }
+    if (!g->pack_b && i1 - i0 <= 2) {
+        few_rows(g, i0, i1, j0, j1);
+        return 0;
+    }
     float *buf = NULL;
     int slot = -1;
     void *raw = NULL;
@@ -241,13 +272,12 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     float *abuf = buf, *bbuf = buf ? buf + (size_t)GD_MC * GD_KC : NULL;
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
-    gd_index nkb = g->k == 0 ? 1 : (g->k + GD_KC - 1) / GD_KC;
+    gd_index nkb = k_blocks(g->k);
     for (gd_index jc = j0; jc < j1; jc += GD_NC) {
         gd_index nc = j1 - jc < GD_NC ? j1 - jc : GD_NC;
         for (gd_index kb = 0; kb < nkb; kb++) {
-            gd_index base = g->k / nkb, extra = g->k % nkb;
-            gd_index pc = kb * base + (kb < extra ? kb : extra);
-            gd_index kc = base + (kb < extra);
+            gd_index pc, kc;
+            k_block(g->k, nkb, kb, &pc, &kc);
             int last = kb == nkb - 1;
             float beta = kb == 0 ? g->beta : 1.0f;
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);

@@ -232,3 +232,111 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
                        j0 + 8, last);
     }
 }
+
+/* Wide tile: MR = 1 row x 64 columns or 2 rows x 32, 8 accumulators either
+ * way, so the FMAs are bound by the loads of B, not by their latency. Each
+ * accumulator is the same FMA chain over k as in the 6x16 tile, and the
+ * write-back is the same, so a row gets the same bits alone or in a batch. */
+#define GD_WIDE 64
+/* B rows are 1 KB apart in the MLP (256 columns): fetch 4 steps of k ahead,
+ * the hardware prefetchers lag on that stride (~7% from L3). */
+#define GD_PF 4
+
+GD_INLINE void wide_accumulate(const int MR, gd_index k, const float *a, gd_index rsa,
+                               gd_index csa, const float *b, gd_index rsb, __m256 *acc) {
+    enum { NV = 8 };
+    const int nv = NV / MR; /* vectors of 8 columns per row */
+    __m256 s[NV];
+    for (int v = 0; v < NV; v++) s[v] = _mm256_setzero_ps();
+    for (gd_index p = 0; p < k; p++) {
+        __m256 a0 = _mm256_broadcast_ss(a);
+        __m256 a1 = MR > 1 ? _mm256_broadcast_ss(a + rsa) : a0;
+        for (int l = 0; l < 8 * nv; l += 16) /* one cache line each */
+            _mm_prefetch((const char *)(b + GD_PF * rsb + l), _MM_HINT_T0);
+        for (int v = 0; v < nv; v++) {
+            __m256 bv = _mm256_loadu_ps(b + 8 * v);
+            s[v] = _mm256_fmadd_ps(a0, bv, s[v]);
+            if (MR > 1) s[nv + v] = _mm256_fmadd_ps(a1, bv, s[nv + v]);
+        }
+        a += csa;
+        b += rsb;
+    }
+    for (int v = 0; v < NV; v++) acc[v] = s[v];
+}
+
+static GD_NOINLINE void wide_accumulate_1(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                          const float *b, gd_index rsb, __m256 *acc) {
+    wide_accumulate(1, k, a, rsa, csa, b, rsb, acc);
+}
+
+static GD_NOINLINE void wide_accumulate_2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                          const float *b, gd_index rsb, __m256 *acc) {
+    wide_accumulate(2, k, a, rsa, csa, b, rsb, acc);
+}
+
+gd_index gdfast_gemm_wide_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                               const float *b, gd_index rsb, int mr, gd_index nr,
+                               float alpha, float beta, float *c, gd_index ldc,
+                               const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    const gd_index width = GD_WIDE / mr;
+    const __m256 valpha = _mm256_set1_ps(alpha);
+    const __m256i none = _mm256_setzero_si256(); /* unused: every store is full */
+    gd_index j = 0;
+    for (; j + width <= nr; j += width) {
+        __m256 acc[8];
+        if (mr == 1) wide_accumulate_1(k, a, rsa, csa, b + j, rsb, acc);
+        else wide_accumulate_2(k, a, rsa, csa, b + j, rsb, acc);
+        for (int r = 0; r < mr; r++)
+            for (gd_index v = 0; v < width / 8; v++)
+                write_back(acc[r * (width / 8) + v], c + r * ldc + j + 8 * v, 1, none, valpha,
+                           beta, ep, i0 + r, j0 + j + 8 * v, last);
+    }
+    return j;
+}
+
+/* Sum of each of 8 vectors: lane q of the result is, for s[q],
+ * ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)). */
+GD_INLINE __m256 hsum8(const __m256 *s) {
+    __m256 h01 = _mm256_hadd_ps(s[0], s[1]), h23 = _mm256_hadd_ps(s[2], s[3]);
+    __m256 h45 = _mm256_hadd_ps(s[4], s[5]), h67 = _mm256_hadd_ps(s[6], s[7]);
+    __m256 lo4 = _mm256_hadd_ps(h01, h23), hi4 = _mm256_hadd_ps(h45, h67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo4, hi4, 0x20),
+                         _mm256_permute2f128_ps(lo4, hi4, 0x31));
+}
+
+/* 8 elements of a(p) from p, zero past `left` (a strided A: a(p) = a[p*csa]). */
+GD_INLINE __m256 load_a(const float *a, gd_index csa, gd_index left, __m256i m) {
+    if (csa == 1) return left >= 8 ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, m);
+    float t[8];
+    for (int q = 0; q < 8; q++) t[q] = q < left ? a[q * csa] : 0.0f;
+    return _mm256_loadu_ps(t);
+}
+
+/* Dot products 8 columns at a time: per column one 8-lane FMA chain over k
+ * (the tail masked to zero), then hsum8, which also puts the 8 results in one
+ * vector for the vector write-back. Columns past nr repeat the last one and
+ * are not stored, so a column's bits never depend on its neighbours. */
+void gdfast_gemm_dot_avx2(gd_index k, const float *a, gd_index csa, const float *b,
+                          gd_index ldb, gd_index nr, float alpha, float beta, float *c,
+                          const gd_epilogue *ep, gd_index i, gd_index j0) {
+    const __m256 valpha = _mm256_set1_ps(alpha);
+    const __m256i tail = lane_mask((int)(k % 8));
+    const gd_index kfull = k - k % 8;
+    for (gd_index j = 0; j < nr; j += 8) {
+        const float *rows[8];
+        for (int q = 0; q < 8; q++) rows[q] = b + (j + q < nr ? j + q : nr - 1) * ldb;
+        __m256 s[8];
+        for (int q = 0; q < 8; q++) s[q] = _mm256_setzero_ps();
+        for (gd_index p = 0; p < kfull; p += 8) {
+            __m256 av = load_a(a + p * csa, csa, 8, tail);
+            for (int q = 0; q < 8; q++) s[q] = _mm256_fmadd_ps(av, _mm256_loadu_ps(rows[q] + p), s[q]);
+        }
+        if (kfull < k) {
+            __m256 av = load_a(a + kfull * csa, csa, k - kfull, tail);
+            for (int q = 0; q < 8; q++)
+                s[q] = _mm256_fmadd_ps(av, _mm256_maskload_ps(rows[q] + kfull, tail), s[q]);
+        }
+        int w = nr - j < 8 ? (int)(nr - j) : 8;
+        write_back(hsum8(s), c + j, w == 8, lane_mask(w), valpha, beta, ep, i, j0 + j, 1);
+    }
+}

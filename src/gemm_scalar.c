@@ -63,3 +63,25 @@ float gdfast_epilogue_scalar(const gd_epilogue *ep, float v, gd_index i, gd_inde
     if (ep->colsum) ep->colsum[j] += v;
     return v;
 }
+
+/* Per column 8 partial sums (p mod 8), added in a fixed tree. */
+static inline float dot8(gd_index k, const float *a, gd_index csa, const float *b) {
+    float part[8] = {0.0f};
+    gd_index p = 0;
+    for (; p + 8 <= k; p += 8)
+        for (int l = 0; l < 8; l++) part[l] += a[(p + l) * csa] * b[p + l];
+    for (int l = 0; p < k; p++, l++) part[l] += a[p * csa] * b[p];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+void gdfast_gemm_dot_scalar(gd_index k, const float *a, gd_index csa, const float *b,
+                            gd_index ldb, gd_index nr, float alpha, float beta, float *c,
+                            const gd_epilogue *ep, gd_index i, gd_index j0) {
+    for (gd_index j = 0; j < nr; j++) {
+        /* unit stride: the compiler vectorizes the loads of a too */
+        float v = alpha * (csa == 1 ? dot8(k, a, 1, b + j * ldb) : dot8(k, a, csa, b + j * ldb));
+        if (beta != 0.0f) v += beta * c[j];
+        if (ep) v = gdfast_epilogue_scalar(ep, v, i, j0 + j);
+        c[j] = v;
+    }
+}
