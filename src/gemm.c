@@ -45,6 +45,7 @@ static gd_tile_fn tile_fn = gdfast_gemm_tile_scalar;
 /* NULL: the portable path has no wide tile, its tile does all columns. */
 static gd_wide_fn wide_fn = NULL;
 static gd_dot_fn dot_fn = gdfast_gemm_dot_scalar;
+static gd_pack_bt_fn pack_bt_fn = gdfast_gemm_pack_bt_scalar;
 
 void gdfast_gemm_select(int isa) {
 #if defined(GDFAST_BUILD_AVX2)
@@ -52,6 +53,7 @@ void gdfast_gemm_select(int isa) {
         tile_fn = gdfast_gemm_tile_avx2;
         wide_fn = gdfast_gemm_wide_avx2;
         dot_fn = gdfast_gemm_dot_avx2;
+        pack_bt_fn = gdfast_gemm_pack_bt_avx2;
         return;
     }
 #endif
@@ -59,6 +61,7 @@ void gdfast_gemm_select(int isa) {
     tile_fn = gdfast_gemm_tile_scalar;
     wide_fn = NULL;
     dot_fn = gdfast_gemm_dot_scalar;
+    pack_bt_fn = gdfast_gemm_pack_bt_scalar;
 }
 
 /* Packing buffers: a fixed pool of slots, each allocated on first use and
@@ -168,16 +171,7 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
                 dst += GD_NR;
             }
         } else {
-            /* op(B)(p, j) = B[j, p]: read each row of B straight through and
-             * scatter it down its panel column (the panel sits in L1) */
-            const float *src = g->b + j * g->ldb + p0;
-            for (int jj = 0; jj < GD_NR; jj++) {
-                const float *row = src + jj * g->ldb;
-                if (jj < nr)
-                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = row[p];
-                else
-                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = 0.0f;
-            }
+            pack_bt_fn(kc, g->b + j * g->ldb + p0, g->ldb, nr, dst); /* op(B)(p, j) = B[j, p] */
             dst += kc * GD_NR;
         }
     }

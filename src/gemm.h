@@ -88,6 +88,15 @@ void gdfast_gemm_dot_avx2(gd_index k, const float *a, gd_index csa, const float 
                           const gd_epilogue *ep, gd_index i, gd_index j0);
 #endif
 
+/* Packs one GD_NR-column panel of a transposed B (B stored n x k):
+ *   dst[p*GD_NR + j] = b[j*ldb + p]  for p < kc, j < nr;  0 for nr <= j < GD_NR. */
+typedef void (*gd_pack_bt_fn)(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
+
+void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_gemm_pack_bt_avx2(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
+#endif
+
 /* Returns 0, or -1 when a packing buffer could not be allocated. */
 int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,

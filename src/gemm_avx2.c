@@ -340,3 +340,39 @@ void gdfast_gemm_dot_avx2(gd_index k, const float *a, gd_index csa, const float 
         write_back(hsum8(s), c + j, w == 8, lane_mask(w), valpha, beta, ep, i, j0 + j, 1);
     }
 }
+
+/* b[q*ldb + l] for q, l < 8 stored transposed at dst[l*GD_NR + q]. */
+GD_INLINE void transpose8(const float *b, gd_index ldb, float *dst) {
+    __m256 r[8], t[8], u[8];
+    for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(b + q * ldb);
+    for (int q = 0; q < 8; q += 2) {
+        t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+    }
+    for (int q = 0; q < 8; q += 4) {
+        u[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+        u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+        u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+    }
+    for (int l = 0; l < 4; l++) {
+        _mm256_storeu_ps(dst + l * GD_NR, _mm256_permute2f128_ps(u[l], u[l + 4], 0x20));
+        _mm256_storeu_ps(dst + (l + 4) * GD_NR, _mm256_permute2f128_ps(u[l], u[l + 4], 0x31));
+    }
+}
+
+/* 8x8 blocks transposed in registers: one scalar store per element, each to
+ * another cache line, cost more than the products at batch 32. */
+void gdfast_gemm_pack_bt_avx2(gd_index kc, const float *b, gd_index ldb, int nr, float *dst) {
+    if (nr < GD_NR) { /* the last panel, at most one per call */
+        gdfast_gemm_pack_bt_scalar(kc, b, ldb, nr, dst);
+        return;
+    }
+    gd_index p = 0;
+    for (; p + 8 <= kc; p += 8) {
+        transpose8(b + p, ldb, dst + p * GD_NR);
+        transpose8(b + 8 * ldb + p, ldb, dst + p * GD_NR + 8);
+    }
+    for (; p < kc; p++)
+        for (int j = 0; j < GD_NR; j++) dst[p * GD_NR + j] = b[j * ldb + p];
+}

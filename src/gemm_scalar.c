@@ -85,3 +85,15 @@ void gdfast_gemm_dot_scalar(gd_index k, const float *a, gd_index csa, const floa
         c[j] = v;
     }
 }
+
+/* Each row of B straight through, scattered down its panel column (the
+ * panel sits in L1). */
+void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int nr, float *dst) {
+    for (int j = 0; j < GD_NR; j++) {
+        const float *row = b + j * ldb;
+        if (j < nr)
+            for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + j] = row[p];
+        else
+            for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + j] = 0.0f;
+    }
+}
