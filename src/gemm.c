@@ -242,6 +242,16 @@ static void few_rows(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, g
     }
 }
 
+/* Rows of the row panel that has `left` rows from its start to the end of
+ * the block. An unpacked A splits its last 7..9 rows into two panels of 4..5
+ * (32 = 6+6+6+6+4+4, not ...+6+2): a tile of 1..3 rows runs too few FMA
+ * chains to hide their latency. A packed A keeps its GD_MR-row panels. Any
+ * split gives the same bits: each element is one chain over k either way. */
+static gd_index panel_rows(gd_index left, int resplit) {
+    if (resplit && left > GD_MR && left < GD_MR + 4) return (left + 1) / 2;
+    return left < GD_MR ? left : GD_MR;
+}
+
 /* C[i0:i1, j0:j1] on the calling thread. */
 static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
     if (g->k == 1 && !g->ep && !g->trans_b) {
@@ -283,11 +293,12 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
                  * micro-panel in L1 across the row panels (BLIS order). */
                 int rows_outer = kc < GD_SHORT_K;
                 gd_index outer_n = rows_outer ? mc : nc, inner_n = rows_outer ? nc : mc;
-                gd_index outer_step = rows_outer ? GD_MR : GD_NR, inner_step = rows_outer ? GD_NR : GD_MR;
-                for (gd_index o = 0; o < outer_n; o += outer_step) {
-                    for (gd_index q = 0; q < inner_n; q += inner_step) {
+                for (gd_index o = 0, os; o < outer_n; o += os) {
+                    os = rows_outer ? panel_rows(mc - o, !g->pack_a) : GD_NR;
+                    for (gd_index q = 0, qs; q < inner_n; q += qs) {
+                        qs = rows_outer ? GD_NR : panel_rows(mc - q, !g->pack_a);
                         gd_index ir = rows_outer ? o : q, jr = rows_outer ? q : o;
-                        int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
+                        int mr = (int)(rows_outer ? os : qs);
                         int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
                         const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
                         gd_index rsb = g->pack_b ? GD_NR : g->ldb;

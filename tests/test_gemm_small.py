@@ -21,13 +21,13 @@ def threads():
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("n,k", [(256, 784), (64, 5), (130, 1), (200, 0), (71, 333), (10, 128)])
 def test_a_row_alone_equals_the_row_in_a_batch(simd, n, k, trans_a):
-    # m = 1 and 2 take the wide tile, m = 7 the 6x16 tile (plus an edge row),
-    # m = 40 packs B: every row must come out with the same bits.
+    # m = 1 and 2 take the wide tile, m = 7..9 split into tiles of 3..5 rows,
+    # m = 32 and 40 pack B: every row must come out with the same bits.
     rng = np.random.default_rng(n + k)
     a, b = operands(rng, 40, n, k, trans_a, False)
     rows = (lambda lo, hi: np.ascontiguousarray(a[:, lo:hi])) if trans_a else (lambda lo, hi: a[lo:hi])
     batch = gdfast.matmul(a, b, trans_a)
-    for lo, hi in [(0, 1), (0, 2), (5, 7), (0, 7), (3, 4)]:
+    for lo, hi in [(0, 1), (0, 2), (5, 7), (0, 7), (3, 4), (1, 9), (0, 8), (7, 39)]:
         np.testing.assert_array_equal(gdfast.matmul(rows(lo, hi), b, trans_a), batch[lo:hi])
     check(batch[:2], expected(rows(0, 2), b, trans_a, False), k)
 
