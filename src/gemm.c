@@ -252,6 +252,27 @@ static gd_index panel_rows(gd_index left, int resplit) {
     return left < GD_MR ? left : GD_MR;
 }
 
+/* A small problem with B packed (more than 12 rows, or B transposed) and A
+ * read in place: B is packed one micro-panel just before the tiles of every
+ * row use it, so the panel stays in L1 and no packed block goes through L2
+ * (32x256x784, 2 threads: 89 -> 85 us). */
+static void panel_by_panel(const gemm_job *g, float *bbuf, gd_index pc, gd_index kc,
+                           gd_index i0, gd_index i1, gd_index jc, gd_index nc, float beta,
+                           int last) {
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    for (gd_index jr = 0; jr < nc; jr += GD_NR) {
+        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+        gd_index j = jc + jr;
+        pack_b(g, pc, kc, j, nr, bbuf);
+        for (gd_index i = i0, mr; i < i1; i += mr) {
+            mr = panel_rows(i1 - i, 1);
+            tile_fn(kc, g->a + i * rsa + pc * csa, rsa, csa, bbuf, GD_NR, 1, (int)mr, nr, g->alpha,
+                    beta, g->c + i * g->ldc + j, g->ldc, g->ep, i, j, last);
+        }
+    }
+}
+
 /* C[i0:i1, j0:j1] on the calling thread. */
 static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
     if (g->k == 1 && !g->ep && !g->trans_b) {
@@ -284,6 +305,10 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
             k_block(g->k, nkb, kb, &pc, &kc);
             int last = kb == nkb - 1;
             float beta = kb == 0 ? g->beta : 1.0f;
+            if (g->pack_b && !g->pack_a && kc >= GD_SHORT_K) {
+                panel_by_panel(g, bbuf, pc, kc, i0, i1, jc, nc, beta, last);
+                continue;
+            }
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);
             for (gd_index ic = i0; ic < i1; ic += GD_MC) {
                 gd_index mc = i1 - ic < GD_MC ? i1 - ic : GD_MC;
