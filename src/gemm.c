@@ -46,6 +46,7 @@ static gd_tile_fn tile_fn = gdfast_gemm_tile_scalar;
 static gd_wide_fn wide_fn = NULL;
 static gd_dot_fn dot_fn = gdfast_gemm_dot_scalar;
 static gd_pack_bt_fn pack_bt_fn = gdfast_gemm_pack_bt_scalar;
+static gd_tile_copy_b_fn tile_copy_b_fn = gdfast_gemm_tile_copy_b_scalar;
 
 void gdfast_gemm_select(int isa) {
 #if defined(GDFAST_BUILD_AVX2)
@@ -54,6 +55,7 @@ void gdfast_gemm_select(int isa) {
         wide_fn = gdfast_gemm_wide_avx2;
         dot_fn = gdfast_gemm_dot_avx2;
         pack_bt_fn = gdfast_gemm_pack_bt_avx2;
+        tile_copy_b_fn = gdfast_gemm_tile_copy_b_avx2;
         return;
     }
 #endif
@@ -62,6 +64,7 @@ void gdfast_gemm_select(int isa) {
     wide_fn = NULL;
     dot_fn = gdfast_gemm_dot_scalar;
     pack_bt_fn = gdfast_gemm_pack_bt_scalar;
+    tile_copy_b_fn = gdfast_gemm_tile_copy_b_scalar;
 }
 
 /* Packing buffers: a fixed pool of slots, each allocated on first use and
@@ -264,11 +267,18 @@ static void panel_by_panel(const gemm_job *g, float *bbuf, gd_index pc, gd_index
     for (gd_index jr = 0; jr < nc; jr += GD_NR) {
         int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
         gd_index j = jc + jr;
-        pack_b(g, pc, kc, j, nr, bbuf);
+        int copy = !g->trans_b && nr == GD_NR;
+        if (!copy) pack_b(g, pc, kc, j, nr, bbuf);
         for (gd_index i = i0, mr; i < i1; i += mr) {
             mr = panel_rows(i1 - i, 1);
-            tile_fn(kc, g->a + i * rsa + pc * csa, rsa, csa, bbuf, GD_NR, 1, (int)mr, nr, g->alpha,
-                    beta, g->c + i * g->ldc + j, g->ldc, g->ep, i, j, last);
+            const float *ap = g->a + i * rsa + pc * csa;
+            float *cp = g->c + i * g->ldc + j;
+            if (copy && i == i0)
+                tile_copy_b_fn(kc, ap, rsa, csa, g->b + pc * g->ldb + j, g->ldb, bbuf, 0, (int)mr,
+                               nr, g->alpha, beta, cp, g->ldc, g->ep, i, j, last);
+            else
+                tile_fn(kc, ap, rsa, csa, bbuf, GD_NR, 1, (int)mr, nr, g->alpha, beta, cp, g->ldc,
+                        g->ep, i, j, last);
         }
     }
 }

@@ -56,6 +56,25 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
 #endif
 
+/* The tile above on a full-width (nr = GD_NR), unpacked B that also copies
+ * the k x GD_NR panel of B it reads to bcopy (64-byte aligned), packed as
+ * bcopy[p*GD_NR + j]: the first tile of a panel packs it for the others. */
+typedef void (*gd_tile_copy_b_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                    const float *b, gd_index rsb, float *bcopy, int b_full,
+                                    int mr, int nr, float alpha, float beta, float *c,
+                                    gd_index ldc, const gd_epilogue *ep, gd_index i0,
+                                    gd_index j0, int last);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+#endif
+
 /* One or two rows of A against an unpacked B (the GEMV of a batch-1 forward):
  * the tile above would run only 2 or 4 FMA chains there and wait on their
  * latency; a wide tile runs 8. Computes whole wide tiles of the first nr

@@ -139,10 +139,10 @@ enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
 /* The k loop alone, its 12 accumulators handed back through memory: kept
  * apart from the write-back so the compiler never spills an accumulator
  * (all 16 ymm registers: 12 accumulators, 2 rows of B, 1 broadcast of A). */
-GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd_index k,
-                          const float *a, gd_index rsa, gd_index csa, const float *b,
-                          gd_index rsb, int nr, __m256 *acc, int mode, float *c,
-                          gd_index ldc) {
+GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, const int COPY,
+                          gd_index k, const float *a, gd_index rsa, gd_index csa,
+                          const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc,
+                          int mode, float *c, gd_index ldc) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m256i m0 = _mm256_setzero_si256(), m1 = m0;
@@ -164,6 +164,11 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd
             b0 = _mm256_loadu_ps(b);
             b1 = _mm256_loadu_ps(b + 8);
         }
+        if (COPY) {
+            _mm256_store_ps(bcopy, b0);
+            _mm256_store_ps(bcopy + 8, b1);
+            bcopy += GD_NR;
+        }
         GD_ROW(0) GD_ROW(1) GD_ROW(2) GD_ROW(3) GD_ROW(4) GD_ROW(5)
         ap += csa;
         b += rsb;
@@ -178,25 +183,21 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd
 #endif
 
 typedef void (*accum_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                         const float *b, gd_index rsb, int nr, __m256 *acc, int mode,
-                         float *c, gd_index ldc);
+                         const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc,
+                         int mode, float *c, gd_index ldc);
 
-#define GD_ACCUM(R)                                                                \
-    static GD_NOINLINE void accum_packed_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
-        float *c, gd_index ldc) {                                                  \
-        accumulate(R, 0, 1, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
-    }                                                                              \
-    static GD_NOINLINE void accum_strided_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
-        float *c, gd_index ldc) {                                                  \
-        accumulate(R, 0, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
-    }                                                                              \
-    static GD_NOINLINE void accum_masked_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
-        float *c, gd_index ldc) {                                                  \
-        accumulate(R, 1, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
+#define GD_ACCUM_ONE(NAME, R, MASKED, PACKED_A, COPY)                              \
+    static GD_NOINLINE void NAME##_##R(gd_index k, const float *a, gd_index rsa,      \
+        gd_index csa, const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc, \
+        int mode, float *c, gd_index ldc) {                                         \
+        accumulate(R, MASKED, PACKED_A, COPY, k, a, rsa, csa, b, rsb, bcopy, nr, acc,  \
+                   mode, c, ldc);                                                   \
     }
+#define GD_ACCUM(R)                                                                 \
+    GD_ACCUM_ONE(accum_packed, R, 0, 1, 0)                                          \
+    GD_ACCUM_ONE(accum_strided, R, 0, 0, 0)                                         \
+    GD_ACCUM_ONE(accum_masked, R, 1, 0, 0)                                          \
+    GD_ACCUM_ONE(accum_copy, R, 0, 0, 1)
 
 GD_ACCUM(1) GD_ACCUM(2) GD_ACCUM(3) GD_ACCUM(4) GD_ACCUM(5) GD_ACCUM(6)
 
@@ -206,21 +207,24 @@ static const accum_fn accum_packed[GD_MR + 1] = {
 static const accum_fn accum_strided[GD_MR + 1] = {
     NULL, accum_strided_1, accum_strided_2, accum_strided_3, accum_strided_4, accum_strided_5,
     accum_strided_6};
+static const accum_fn accum_copy[GD_MR + 1] = {
+    NULL, accum_copy_1, accum_copy_2, accum_copy_3, accum_copy_4, accum_copy_5, accum_copy_6};
 static const accum_fn accum_masked[GD_MR + 1] = {
     NULL, accum_masked_1, accum_masked_2, accum_masked_3, accum_masked_4, accum_masked_5,
     accum_masked_6};
 
-void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                           const float *b, gd_index rsb, int b_full, int mr, int nr,
-                           float alpha, float beta, float *c, gd_index ldc,
-                           const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
     __m256 acc[2 * GD_MR];
     int mode = GD_RETURN;
     if (nr == GD_NR && alpha == 1.0f && !(last && ep))
         mode = beta == 0.0f ? GD_STORE : beta == 1.0f ? GD_ADD : GD_RETURN;
-    if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
-    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
-    else accum_strided[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    if (bcopy) accum_copy[mr](k, a, rsa, csa, b, rsb, bcopy, nr, acc, mode, c, ldc);
+    else if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
+    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
+    else accum_strided[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
     if (mode != GD_RETURN) return;
     __m256 valpha = _mm256_set1_ps(alpha);
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
@@ -231,6 +235,14 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
             write_back(acc[2 * r + 1], c + r * ldc + 8, full1, m1, valpha, beta, ep, i0 + r,
                        j0 + 8, last);
     }
+}
+
+void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                           const float *b, gd_index rsb, int b_full, int mr, int nr,
+                           float alpha, float beta, float *c, gd_index ldc,
+                           const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    gdfast_gemm_tile_copy_b_avx2(k, a, rsa, csa, b, rsb, NULL, b_full, mr, nr, alpha, beta, c,
+                                 ldc, ep, i0, j0, last);
 }
 
 /* Wide tile: MR = 1 row x 64 columns or 2 rows x 32, 8 accumulators either

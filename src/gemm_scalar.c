@@ -97,3 +97,16 @@ void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int n
             for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + j] = 0.0f;
     }
 }
+
+/* Copy, then the tile on the copy: the same products in the same order. */
+void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                    const float *b, gd_index rsb, float *bcopy, int b_full,
+                                    int mr, int nr, float alpha, float beta, float *c,
+                                    gd_index ldc, const gd_epilogue *ep, gd_index i0,
+                                    gd_index j0, int last) {
+    (void)b_full;
+    for (gd_index p = 0; p < k; p++)
+        for (int j = 0; j < GD_NR; j++) bcopy[p * GD_NR + j] = b[p * rsb + j];
+    gdfast_gemm_tile_scalar(k, a, rsa, csa, bcopy, GD_NR, 1, mr, nr, alpha, beta, c, ldc, ep, i0,
+                            j0, last);
+}
