@@ -21,29 +21,44 @@ float gdfast_dact_scalar(int act, float y) {
     }
 }
 
+/* acc[i][jh + j] for an 8-column half of the tile; MR is a constant in each
+ * instance, so rows past mr cost nothing (batch 1 runs one row, not six). */
+static inline void tile_half(const int MR, gd_index k, const float *a, gd_index rsa,
+                             gd_index csa, const float *b, gd_index rsb, int jh, int w,
+                             float acc[GD_MR][GD_NR]) {
+    float blk[GD_MR][GD_NR / 2] = {{0.0f}};
+    for (gd_index p = 0; p < k; p++) {
+        float bp[GD_NR / 2] = {0.0f};
+        const float *brow = b + p * rsb + jh;
+        for (int j = 0; j < w; j++) bp[j] = brow[j];
+        const float *ap = a + p * csa;
+        for (int i = 0; i < MR; i++) {
+            float ai = ap[i * rsa];
+            for (int j = 0; j < GD_NR / 2; j++) blk[i][j] += ai * bp[j];
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < GD_NR / 2; j++) acc[i][jh + j] = blk[i][j];
+}
+
 void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
                              const float *b, gd_index rsb, int b_full, int mr, int nr,
                              float alpha, float beta, float *c, gd_index ldc,
                              const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
     /* Two passes of 8 columns: a 6 x 8 accumulator block fits the 16 vector
      * registers of SSE2/NEON, so the compiler keeps it out of memory. */
-    float acc[GD_MR][GD_NR] = {{0.0f}};
+    float acc[GD_MR][GD_NR];
     (void)b_full;
     for (int jh = 0; jh < nr; jh += GD_NR / 2) {
-        float blk[GD_MR][GD_NR / 2] = {{0.0f}};
         int w = nr - jh < GD_NR / 2 ? nr - jh : GD_NR / 2;
-        for (gd_index p = 0; p < k; p++) {
-            float bp[GD_NR / 2] = {0.0f};
-            const float *brow = b + p * rsb + jh;
-            for (int j = 0; j < w; j++) bp[j] = brow[j];
-            const float *ap = a + p * csa;
-            for (int i = 0; i < GD_MR; i++) {
-                float ai = i < mr ? ap[i * rsa] : 0.0f;
-                for (int j = 0; j < GD_NR / 2; j++) blk[i][j] += ai * bp[j];
-            }
+        switch (mr) {
+        case 1: tile_half(1, k, a, rsa, csa, b, rsb, jh, w, acc); break;
+        case 2: tile_half(2, k, a, rsa, csa, b, rsb, jh, w, acc); break;
+        case 3: tile_half(3, k, a, rsa, csa, b, rsb, jh, w, acc); break;
+        case 4: tile_half(4, k, a, rsa, csa, b, rsb, jh, w, acc); break;
+        case 5: tile_half(5, k, a, rsa, csa, b, rsb, jh, w, acc); break;
+        default: tile_half(GD_MR, k, a, rsa, csa, b, rsb, jh, w, acc); break;
         }
-        for (int i = 0; i < GD_MR; i++)
-            for (int j = 0; j < GD_NR / 2; j++) acc[i][jh + j] = blk[i][j];
     }
     for (int i = 0; i < mr; i++) {
         float *crow = c + i * ldc;
