@@ -213,15 +213,16 @@ static const accum_fn accum_masked[GD_MR + 1] = {
     NULL, accum_masked_1, accum_masked_2, accum_masked_3, accum_masked_4, accum_masked_5,
     accum_masked_6};
 
-void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
-                                  int nr, float alpha, float beta, float *c, gd_index ldc,
-                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+/* The tile; with COPY, B is unpacked and full width, and copied to bcopy. */
+GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd_index csa,
+                    const float *b, gd_index rsb, float *bcopy, int b_full, int mr, int nr,
+                    float alpha, float beta, float *c, gd_index ldc, const gd_epilogue *ep,
+                    gd_index i0, gd_index j0, int last) {
     __m256 acc[2 * GD_MR];
     int mode = GD_RETURN;
     if (nr == GD_NR && alpha == 1.0f && !(last && ep))
         mode = beta == 0.0f ? GD_STORE : beta == 1.0f ? GD_ADD : GD_RETURN;
-    if (bcopy) accum_copy[mr](k, a, rsa, csa, b, rsb, bcopy, nr, acc, mode, c, ldc);
+    if (COPY) accum_copy[mr](k, a, rsa, csa, b, rsb, bcopy, nr, acc, mode, c, ldc);
     else if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
     else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
     else accum_strided[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
@@ -241,8 +242,14 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
                            const float *b, gd_index rsb, int b_full, int mr, int nr,
                            float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
-    gdfast_gemm_tile_copy_b_avx2(k, a, rsa, csa, b, rsb, NULL, b_full, mr, nr, alpha, beta, c,
-                                 ldc, ep, i0, j0, last);
+    tile(0, k, a, rsa, csa, b, rsb, NULL, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
+}
+
+void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    tile(1, k, a, rsa, csa, b, rsb, bcopy, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
 }
 
 /* Wide tile: MR = 1 row x 64 columns or 2 rows x 32, 8 accumulators either
