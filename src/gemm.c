@@ -9,9 +9,11 @@
  * Packing lays A out as MR-row panels (a(i,p) at [p*MR + i]) and B as
  * NR-column panels (b(p,j) at [p*NR + j]), zero-padded, so the tile reads both
  * with unit stride whatever the transposes. For the small matrices of MNIST
- * layers packing costs more than it saves: the tile then reads A and B where
- * they are (any A strides; B must have unit column stride, i.e. not
- * transposed). Threads split the columns (or rows) of C into fixed tile
+ * layers packing costs more than it saves: the tile then reads A where it is
+ * (any strides), and B too when C has at most 12 rows (unit column stride, not
+ * transposed; 1-2 rows go to a wider tile), or packs B one micro-panel at a
+ * time as it goes; 1-2 rows against a transposed B are dot products.
+ * Threads split the columns (or rows) of C into fixed tile
  * ranges; the K loop is never split, so every element of C is computed by the
  * same operations in the same order whatever the thread count.
  */
