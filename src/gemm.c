@@ -9,9 +9,11 @@
  * Packing lays A out as MR-row panels (a(i,p) at [p*MR + i]) and B as
  * NR-column panels (b(p,j) at [p*NR + j]), zero-padded, so the tile reads both
  * with unit stride whatever the transposes. For the small matrices of MNIST
- * layers packing costs more than it saves: the tile then reads A and B where
- * they are (any A strides; B must have unit column stride, i.e. not
- * transposed). Threads split the columns (or rows) of C into fixed tile
+ * layers packing costs more than it saves: the tile then reads A where it is
+ * (any strides), and B too when C has at most 12 rows (unit column stride, not
+ * transposed; 1-2 rows go to a wider tile), or packs B one micro-panel at a
+ * time as it goes; 1-2 rows against a transposed B are dot products.
+ * Threads split the columns (or rows) of C into fixed tile
  * ranges; the K loop is never split, so every element of C is computed by the
  * same operations in the same order whatever the thread count.
  */
@@ -42,16 +44,29 @@
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
 
 static gd_tile_fn tile_fn = gdfast_gemm_tile_scalar;
+/* NULL: the portable path has no wide tile, its tile does all columns. */
+static gd_wide_fn wide_fn = NULL;
+static gd_dot_fn dot_fn = gdfast_gemm_dot_scalar;
+static gd_pack_bt_fn pack_bt_fn = gdfast_gemm_pack_bt_scalar;
+static gd_tile_copy_b_fn tile_copy_b_fn = gdfast_gemm_tile_copy_b_scalar;
 
 void gdfast_gemm_select(int isa) {
 #if defined(GDFAST_BUILD_AVX2)
     if (isa == GDFAST_ISA_AVX2) {
         tile_fn = gdfast_gemm_tile_avx2;
+        wide_fn = gdfast_gemm_wide_avx2;
+        dot_fn = gdfast_gemm_dot_avx2;
+        pack_bt_fn = gdfast_gemm_pack_bt_avx2;
+        tile_copy_b_fn = gdfast_gemm_tile_copy_b_avx2;
         return;
     }
 #endif
     (void)isa;
     tile_fn = gdfast_gemm_tile_scalar;
+    wide_fn = NULL;
+    dot_fn = gdfast_gemm_dot_scalar;
+    pack_bt_fn = gdfast_gemm_pack_bt_scalar;
+    tile_copy_b_fn = gdfast_gemm_tile_copy_b_scalar;
 }
 
 /* Packing buffers: a fixed pool of slots, each allocated on first use and
@@ -161,16 +176,7 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
                 dst += GD_NR;
             }
         } else {
-            /* op(B)(p, j) = B[j, p]: read each row of B straight through and
-             * scatter it down its panel column (the panel sits in L1) */
-            const float *src = g->b + j * g->ldb + p0;
-            for (int jj = 0; jj < GD_NR; jj++) {
-                const float *row = src + jj * g->ldb;
-                if (jj < nr)
-                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = row[p];
-                else
-                    for (gd_index p = 0; p < kc; p++) dst[p * GD_NR + jj] = 0.0f;
-            }
+            pack_bt_fn(kc, g->b + j * g->ldb + p0, g->ldb, nr, dst); /* op(B)(p, j) = B[j, p] */
             dst += kc * GD_NR;
         }
     }
@@ -195,28 +201,86 @@ static void outer_product(const gemm_job *g, gd_index i0, gd_index i1, gd_index 
 
 /* A few rows of A against a transposed B (dZ @ W.T at batch 1): each element
  * of C is a dot product of two contiguous rows, read where they are. Packing
- * all of B for one row of C costs more than the products. Eight partial sums
- * in a fixed order keep the result independent of the thread split. */
+ * all of B for one row of C costs more than the products. */
 static void rows_dot_bt(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
-    const gd_index k = g->k;
-    for (gd_index i = i0; i < i1; i++) {
-        const float *a = g->a + i * rsa;
-        float *c = g->c + i * g->ldc;
-        for (gd_index j = j0; j < j1; j++) {
-            const float *b = g->b + j * g->ldb;
-            float part[8] = {0.0f};
-            gd_index p = 0;
-            for (; p + 8 <= k; p += 8)
-                for (int q = 0; q < 8; q++) part[q] += a[(p + q) * csa] * b[p + q];
-            for (int q = 0; p < k; p++, q++) part[q] += a[p * csa] * b[p];
-            float sum = ((part[0] + part[4]) + (part[1] + part[5])) +
-                        ((part[2] + part[6]) + (part[3] + part[7]));
-            float v = g->alpha * sum;
-            if (g->beta != 0.0f) v += g->beta * c[j];
-            if (g->ep) v = gdfast_epilogue_scalar(g->ep, v, i, j);
-            c[j] = v;
+    for (gd_index i = i0; i < i1; i++)
+        dot_fn(g->k, g->a + i * rsa, csa, g->b + j0 * g->ldb, g->ldb, j1 - j0, g->alpha,
+               g->beta, g->c + i * g->ldc + j0, g->ep, i, j0);
+}
+
+/* Blocks of k: the fewest of at most GD_KC, of nearly equal size. Every path
+ * uses the same blocks, so an element of C gets the same bits on each. */
+static gd_index k_blocks(gd_index k) { return k == 0 ? 1 : (k + GD_KC - 1) / GD_KC; }
+
+static void k_block(gd_index k, gd_index nkb, gd_index kb, gd_index *pc, gd_index *kc) {
+    gd_index base = k / nkb, extra = k % nkb;
+    *pc = kb * base + (kb < extra ? kb : extra);
+    *kc = base + (kb < extra);
+}
+
+/* Up to 2 rows against an unpacked B: the wide tile where it fits, the tile
+ * for the columns left over. */
+static void few_rows(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, gd_index j1) {
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    const int mr = (int)(i1 - i0);
+    const float *a = g->a + i0 * rsa;
+    float *c = g->c + i0 * g->ldc;
+    gd_index nkb = k_blocks(g->k);
+    for (gd_index kb = 0; kb < nkb; kb++) {
+        gd_index pc, kc;
+        k_block(g->k, nkb, kb, &pc, &kc);
+        int last = kb == nkb - 1;
+        float beta = kb == 0 ? g->beta : 1.0f;
+        const float *ap = a + pc * csa, *bp = g->b + pc * g->ldb;
+        gd_index j = j0;
+        if (wide_fn)
+            j += wide_fn(kc, ap, rsa, csa, bp + j0, g->ldb, mr, j1 - j0, g->alpha, beta,
+                         c + j0, g->ldc, g->ep, i0, j0, last);
+        for (; j < j1; j += GD_NR) {
+            int nr = (int)(j1 - j < GD_NR ? j1 - j : GD_NR);
+            tile_fn(kc, ap, rsa, csa, bp + j, g->ldb, 0, mr, nr, g->alpha, beta, c + j, g->ldc,
+                    g->ep, i0, j, last);
+        }
+    }
+}
+
+/* Rows of the row panel that has `left` rows from its start to the end of
+ * the block. An unpacked A splits its last 7..9 rows into two panels of 4..5
+ * (32 = 6+6+6+6+4+4, not ...+6+2): a tile of 1..3 rows runs too few FMA
+ * chains to hide their latency. A packed A keeps its GD_MR-row panels. Any
+ * split gives the same bits: each element is one chain over k either way. */
+static gd_index panel_rows(gd_index left, int resplit) {
+    if (resplit && left > GD_MR && left < GD_MR + 4) return (left + 1) / 2;
+    return left < GD_MR ? left : GD_MR;
+}
+
+/* A small problem with B packed (more than 12 rows, or B transposed) and A
+ * read in place: B is packed one micro-panel just before the tiles of every
+ * row use it, so the panel stays in L1 and no packed block goes through L2
+ * (32x256x784, 2 threads: 89 -> 85 us). */
+static void panel_by_panel(const gemm_job *g, float *bbuf, gd_index pc, gd_index kc,
+                           gd_index i0, gd_index i1, gd_index jc, gd_index nc, float beta,
+                           int last) {
+    gd_index rsa, csa;
+    a_strides(g, &rsa, &csa);
+    for (gd_index jr = 0; jr < nc; jr += GD_NR) {
+        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+        gd_index j = jc + jr;
+        int copy = !g->trans_b && nr == GD_NR;
+        if (!copy) pack_b(g, pc, kc, j, nr, bbuf);
+        for (gd_index i = i0, mr; i < i1; i += mr) {
+            mr = panel_rows(i1 - i, 1);
+            const float *ap = g->a + i * rsa + pc * csa;
+            float *cp = g->c + i * g->ldc + j;
+            if (copy && i == i0)
+                tile_copy_b_fn(kc, ap, rsa, csa, g->b + pc * g->ldb + j, g->ldb, bbuf, 0, (int)mr,
+                               nr, g->alpha, beta, cp, g->ldc, g->ep, i, j, last);
+            else
+                tile_fn(kc, ap, rsa, csa, bbuf, GD_NR, 1, (int)mr, nr, g->alpha, beta, cp, g->ldc,
+                        g->ep, i, j, last);
         }
     }
 }
@@ -231,6 +295,10 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
         rows_dot_bt(g, i0, i1, j0, j1);
         return 0;
     }
+    if (!g->pack_b && i1 - i0 <= 2) {
+        few_rows(g, i0, i1, j0, j1);
+        return 0;
+    }
     float *buf = NULL;
     int slot = -1;
     void *raw = NULL;
@@ -241,15 +309,18 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     float *abuf = buf, *bbuf = buf ? buf + (size_t)GD_MC * GD_KC : NULL;
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
-    gd_index nkb = g->k == 0 ? 1 : (g->k + GD_KC - 1) / GD_KC;
+    gd_index nkb = k_blocks(g->k);
     for (gd_index jc = j0; jc < j1; jc += GD_NC) {
         gd_index nc = j1 - jc < GD_NC ? j1 - jc : GD_NC;
         for (gd_index kb = 0; kb < nkb; kb++) {
-            gd_index base = g->k / nkb, extra = g->k % nkb;
-            gd_index pc = kb * base + (kb < extra ? kb : extra);
-            gd_index kc = base + (kb < extra);
+            gd_index pc, kc;
+            k_block(g->k, nkb, kb, &pc, &kc);
             int last = kb == nkb - 1;
             float beta = kb == 0 ? g->beta : 1.0f;
+            if (g->pack_b && !g->pack_a && kc >= GD_SHORT_K) {
+                panel_by_panel(g, bbuf, pc, kc, i0, i1, jc, nc, beta, last);
+                continue;
+            }
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);
             for (gd_index ic = i0; ic < i1; ic += GD_MC) {
                 gd_index mc = i1 - ic < GD_MC ? i1 - ic : GD_MC;
@@ -259,11 +330,12 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
                  * micro-panel in L1 across the row panels (BLIS order). */
                 int rows_outer = kc < GD_SHORT_K;
                 gd_index outer_n = rows_outer ? mc : nc, inner_n = rows_outer ? nc : mc;
-                gd_index outer_step = rows_outer ? GD_MR : GD_NR, inner_step = rows_outer ? GD_NR : GD_MR;
-                for (gd_index o = 0; o < outer_n; o += outer_step) {
-                    for (gd_index q = 0; q < inner_n; q += inner_step) {
+                for (gd_index o = 0, os; o < outer_n; o += os) {
+                    os = rows_outer ? panel_rows(mc - o, !g->pack_a) : GD_NR;
+                    for (gd_index q = 0, qs; q < inner_n; q += qs) {
+                        qs = rows_outer ? GD_NR : panel_rows(mc - q, !g->pack_a);
                         gd_index ir = rows_outer ? o : q, jr = rows_outer ? q : o;
-                        int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
+                        int mr = (int)(rows_outer ? os : qs);
                         int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
                         const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
                         gd_index rsb = g->pack_b ? GD_NR : g->ldb;

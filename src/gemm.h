@@ -56,6 +56,66 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
 #endif
 
+/* The tile above on a full-width (nr = GD_NR), unpacked B that also copies
+ * the k x GD_NR panel of B it reads to bcopy (64-byte aligned), packed as
+ * bcopy[p*GD_NR + j]: the first tile of a panel packs it for the others. */
+typedef void (*gd_tile_copy_b_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                    const float *b, gd_index rsb, float *bcopy, int b_full,
+                                    int mr, int nr, float alpha, float beta, float *c,
+                                    gd_index ldc, const gd_epilogue *ep, gd_index i0,
+                                    gd_index j0, int last);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+#endif
+
+/* One or two rows of A against an unpacked B (the GEMV of a batch-1 forward):
+ * the tile above would run only 2 or 4 FMA chains there and wait on their
+ * latency; a wide tile runs 8. Computes whole wide tiles of the first nr
+ * columns and returns how many columns it did; the caller finishes the rest
+ * with the tile. Arguments as for the tile (mr <= 2, B never packed), and
+ * each element of C gets the same bits as from the tile. */
+typedef gd_index (*gd_wide_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                               const float *b, gd_index rsb, int mr, gd_index nr,
+                               float alpha, float beta, float *c, gd_index ldc,
+                               const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+
+/* One row of A against a transposed B (dZ @ W.T at batch 1): for j < nr,
+ *   c[j] = epilogue(alpha * dot(a, B_j) + beta * c[j])   at (i, j0 + j),
+ * with a(p) = a[p*csa] and B_j = b + j*ldb a contiguous row of length k.
+ * Each dot product is summed in a fixed order that does not depend on nr. */
+typedef void (*gd_dot_fn)(gd_index k, const float *a, gd_index csa, const float *b,
+                          gd_index ldb, gd_index nr, float alpha, float beta, float *c,
+                          const gd_epilogue *ep, gd_index i, gd_index j0);
+
+void gdfast_gemm_dot_scalar(gd_index k, const float *a, gd_index csa, const float *b,
+                            gd_index ldb, gd_index nr, float alpha, float beta, float *c,
+                            const gd_epilogue *ep, gd_index i, gd_index j0);
+#if defined(GDFAST_BUILD_AVX2)
+gd_index gdfast_gemm_wide_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                               const float *b, gd_index rsb, int mr, gd_index nr,
+                               float alpha, float beta, float *c, gd_index ldc,
+                               const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+void gdfast_gemm_dot_avx2(gd_index k, const float *a, gd_index csa, const float *b,
+                          gd_index ldb, gd_index nr, float alpha, float beta, float *c,
+                          const gd_epilogue *ep, gd_index i, gd_index j0);
+#endif
+
+/* Packs one GD_NR-column panel of a transposed B (B stored n x k):
+ *   dst[p*GD_NR + j] = b[j*ldb + p]  for p < kc, j < nr;  0 for nr <= j < GD_NR. */
+typedef void (*gd_pack_bt_fn)(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
+
+void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_gemm_pack_bt_avx2(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
+#endif
+
 /* Returns 0, or -1 when a packing buffer could not be allocated. */
 int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,

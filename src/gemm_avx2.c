@@ -139,10 +139,10 @@ enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
 /* The k loop alone, its 12 accumulators handed back through memory: kept
  * apart from the write-back so the compiler never spills an accumulator
  * (all 16 ymm registers: 12 accumulators, 2 rows of B, 1 broadcast of A). */
-GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd_index k,
-                          const float *a, gd_index rsa, gd_index csa, const float *b,
-                          gd_index rsb, int nr, __m256 *acc, int mode, float *c,
-                          gd_index ldc) {
+GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, const int COPY,
+                          gd_index k, const float *a, gd_index rsa, gd_index csa,
+                          const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc,
+                          int mode, float *c, gd_index ldc) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     __m256i m0 = _mm256_setzero_si256(), m1 = m0;
@@ -164,6 +164,11 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd
             b0 = _mm256_loadu_ps(b);
             b1 = _mm256_loadu_ps(b + 8);
         }
+        if (COPY) {
+            _mm256_store_ps(bcopy, b0);
+            _mm256_store_ps(bcopy + 8, b1);
+            bcopy += GD_NR;
+        }
         GD_ROW(0) GD_ROW(1) GD_ROW(2) GD_ROW(3) GD_ROW(4) GD_ROW(5)
         ap += csa;
         b += rsb;
@@ -178,25 +183,21 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, gd
 #endif
 
 typedef void (*accum_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                         const float *b, gd_index rsb, int nr, __m256 *acc, int mode,
-                         float *c, gd_index ldc);
+                         const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc,
+                         int mode, float *c, gd_index ldc);
 
-#define GD_ACCUM(R)                                                                \
-    static GD_NOINLINE void accum_packed_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
-        float *c, gd_index ldc) {                                                  \
-        accumulate(R, 0, 1, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
-    }                                                                              \
-    static GD_NOINLINE void accum_strided_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
-        float *c, gd_index ldc) {                                                  \
-        accumulate(R, 0, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
-    }                                                                              \
-    static GD_NOINLINE void accum_masked_##R(gd_index k, const float *a, gd_index rsa, \
-        gd_index csa, const float *b, gd_index rsb, int nr, __m256 *acc, int mode,   \
-        float *c, gd_index ldc) {                                                  \
-        accumulate(R, 1, 0, k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);        \
+#define GD_ACCUM_ONE(NAME, R, MASKED, PACKED_A, COPY)                              \
+    static GD_NOINLINE void NAME##_##R(gd_index k, const float *a, gd_index rsa,      \
+        gd_index csa, const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc, \
+        int mode, float *c, gd_index ldc) {                                         \
+        accumulate(R, MASKED, PACKED_A, COPY, k, a, rsa, csa, b, rsb, bcopy, nr, acc,  \
+                   mode, c, ldc);                                                   \
     }
+#define GD_ACCUM(R)                                                                 \
+    GD_ACCUM_ONE(accum_packed, R, 0, 1, 0)                                          \
+    GD_ACCUM_ONE(accum_strided, R, 0, 0, 0)                                         \
+    GD_ACCUM_ONE(accum_masked, R, 1, 0, 0)                                          \
+    GD_ACCUM_ONE(accum_copy, R, 0, 0, 1)
 
 GD_ACCUM(1) GD_ACCUM(2) GD_ACCUM(3) GD_ACCUM(4) GD_ACCUM(5) GD_ACCUM(6)
 
@@ -206,21 +207,25 @@ static const accum_fn accum_packed[GD_MR + 1] = {
 static const accum_fn accum_strided[GD_MR + 1] = {
     NULL, accum_strided_1, accum_strided_2, accum_strided_3, accum_strided_4, accum_strided_5,
     accum_strided_6};
+static const accum_fn accum_copy[GD_MR + 1] = {
+    NULL, accum_copy_1, accum_copy_2, accum_copy_3, accum_copy_4, accum_copy_5, accum_copy_6};
 static const accum_fn accum_masked[GD_MR + 1] = {
     NULL, accum_masked_1, accum_masked_2, accum_masked_3, accum_masked_4, accum_masked_5,
     accum_masked_6};
 
-void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                           const float *b, gd_index rsb, int b_full, int mr, int nr,
-                           float alpha, float beta, float *c, gd_index ldc,
-                           const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+/* The tile; with COPY, B is unpacked and full width, and copied to bcopy. */
+GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd_index csa,
+                    const float *b, gd_index rsb, float *bcopy, int b_full, int mr, int nr,
+                    float alpha, float beta, float *c, gd_index ldc, const gd_epilogue *ep,
+                    gd_index i0, gd_index j0, int last) {
     __m256 acc[2 * GD_MR];
     int mode = GD_RETURN;
     if (nr == GD_NR && alpha == 1.0f && !(last && ep))
         mode = beta == 0.0f ? GD_STORE : beta == 1.0f ? GD_ADD : GD_RETURN;
-    if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
-    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
-    else accum_strided[mr](k, a, rsa, csa, b, rsb, nr, acc, mode, c, ldc);
+    if (COPY) accum_copy[mr](k, a, rsa, csa, b, rsb, bcopy, nr, acc, mode, c, ldc);
+    else if (!b_full && nr < GD_NR) accum_masked[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
+    else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
+    else accum_strided[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
     if (mode != GD_RETURN) return;
     __m256 valpha = _mm256_set1_ps(alpha);
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
@@ -231,4 +236,181 @@ void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index cs
             write_back(acc[2 * r + 1], c + r * ldc + 8, full1, m1, valpha, beta, ep, i0 + r,
                        j0 + 8, last);
     }
+}
+
+void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                           const float *b, gd_index rsb, int b_full, int mr, int nr,
+                           float alpha, float beta, float *c, gd_index ldc,
+                           const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    tile(0, k, a, rsa, csa, b, rsb, NULL, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
+}
+
+void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
+                                  int nr, float alpha, float beta, float *c, gd_index ldc,
+                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    tile(1, k, a, rsa, csa, b, rsb, bcopy, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
+}
+
+/* Wide tile: MR = 1 row x 64 columns or 2 rows x 32, 8 accumulators either
+ * way, so the FMAs are bound by the loads of B, not by their latency. Each
+ * accumulator is the same FMA chain over k as in the 6x16 tile, and the
+ * write-back is the same, so a row gets the same bits alone or in a batch. */
+#define GD_WIDE 64
+/* Fetch B 4 steps of k ahead: on the MLP's 0.5-1 KB row strides the hardware
+ * prefetchers lag (1x784 @ 784x256, 1 thread: 13.3 -> 11.3 us). */
+#define GD_PF 4
+
+/* Named accumulators, not an array: GCC kept an array of them in memory and
+ * stored all 8 on every step of k. Row r, vector v of the result is
+ * acc[r * 8 / MR + v]. */
+GD_INLINE void wide_accumulate(const int MR, gd_index k, const float *a, gd_index rsa,
+                               gd_index csa, const float *b, gd_index rsb, __m256 *acc) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    for (gd_index p = 0; p < k; p++) {
+        __m256 a0 = _mm256_broadcast_ss(a);
+        for (int l = 0; l < GD_WIDE / MR; l += 16) /* one cache line each */
+            _mm_prefetch((const char *)(b + GD_PF * rsb + l), _MM_HINT_T0);
+        if (MR == 1) {
+            s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b), s0);
+            s1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 8), s1);
+            s2 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 16), s2);
+            s3 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 24), s3);
+            s4 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 32), s4);
+            s5 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 40), s5);
+            s6 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 48), s6);
+            s7 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 56), s7);
+        } else {
+            __m256 a1 = _mm256_broadcast_ss(a + rsa), bv;
+            bv = _mm256_loadu_ps(b);
+            s0 = _mm256_fmadd_ps(a0, bv, s0);
+            s4 = _mm256_fmadd_ps(a1, bv, s4);
+            bv = _mm256_loadu_ps(b + 8);
+            s1 = _mm256_fmadd_ps(a0, bv, s1);
+            s5 = _mm256_fmadd_ps(a1, bv, s5);
+            bv = _mm256_loadu_ps(b + 16);
+            s2 = _mm256_fmadd_ps(a0, bv, s2);
+            s6 = _mm256_fmadd_ps(a1, bv, s6);
+            bv = _mm256_loadu_ps(b + 24);
+            s3 = _mm256_fmadd_ps(a0, bv, s3);
+            s7 = _mm256_fmadd_ps(a1, bv, s7);
+        }
+        a += csa;
+        b += rsb;
+    }
+    acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
+    acc[4] = s4, acc[5] = s5, acc[6] = s6, acc[7] = s7;
+}
+
+static GD_NOINLINE void wide_accumulate_1(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                          const float *b, gd_index rsb, __m256 *acc) {
+    wide_accumulate(1, k, a, rsa, csa, b, rsb, acc);
+}
+
+static GD_NOINLINE void wide_accumulate_2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                          const float *b, gd_index rsb, __m256 *acc) {
+    wide_accumulate(2, k, a, rsa, csa, b, rsb, acc);
+}
+
+gd_index gdfast_gemm_wide_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                               const float *b, gd_index rsb, int mr, gd_index nr,
+                               float alpha, float beta, float *c, gd_index ldc,
+                               const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    const gd_index width = GD_WIDE / mr;
+    const __m256 valpha = _mm256_set1_ps(alpha);
+    const __m256i none = _mm256_setzero_si256(); /* unused: every store is full */
+    gd_index j = 0;
+    for (; j + width <= nr; j += width) {
+        __m256 acc[8];
+        if (mr == 1) wide_accumulate_1(k, a, rsa, csa, b + j, rsb, acc);
+        else wide_accumulate_2(k, a, rsa, csa, b + j, rsb, acc);
+        for (int r = 0; r < mr; r++)
+            for (gd_index v = 0; v < width / 8; v++)
+                write_back(acc[r * (width / 8) + v], c + r * ldc + j + 8 * v, 1, none, valpha,
+                           beta, ep, i0 + r, j0 + j + 8 * v, last);
+    }
+    return j;
+}
+
+/* Sum of each of 8 vectors: lane q of the result is, for s[q],
+ * ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)). */
+GD_INLINE __m256 hsum8(const __m256 *s) {
+    __m256 h01 = _mm256_hadd_ps(s[0], s[1]), h23 = _mm256_hadd_ps(s[2], s[3]);
+    __m256 h45 = _mm256_hadd_ps(s[4], s[5]), h67 = _mm256_hadd_ps(s[6], s[7]);
+    __m256 lo4 = _mm256_hadd_ps(h01, h23), hi4 = _mm256_hadd_ps(h45, h67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo4, hi4, 0x20),
+                         _mm256_permute2f128_ps(lo4, hi4, 0x31));
+}
+
+/* 8 elements of a(p) from p, zero past `left` (a strided A: a(p) = a[p*csa]). */
+GD_INLINE __m256 load_a(const float *a, gd_index csa, gd_index left, __m256i m) {
+    if (csa == 1) return left >= 8 ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, m);
+    float t[8];
+    for (int q = 0; q < 8; q++) t[q] = q < left ? a[q * csa] : 0.0f;
+    return _mm256_loadu_ps(t);
+}
+
+/* Dot products 8 columns at a time: per column one 8-lane FMA chain over k
+ * (the tail masked to zero), then hsum8, which also puts the 8 results in one
+ * vector for the vector write-back. Columns past nr repeat the last one and
+ * are not stored, so a column's bits never depend on its neighbours. */
+void gdfast_gemm_dot_avx2(gd_index k, const float *a, gd_index csa, const float *b,
+                          gd_index ldb, gd_index nr, float alpha, float beta, float *c,
+                          const gd_epilogue *ep, gd_index i, gd_index j0) {
+    const __m256 valpha = _mm256_set1_ps(alpha);
+    const __m256i tail = lane_mask((int)(k % 8));
+    const gd_index kfull = k - k % 8;
+    for (gd_index j = 0; j < nr; j += 8) {
+        const float *rows[8];
+        for (int q = 0; q < 8; q++) rows[q] = b + (j + q < nr ? j + q : nr - 1) * ldb;
+        __m256 s[8];
+        for (int q = 0; q < 8; q++) s[q] = _mm256_setzero_ps();
+        for (gd_index p = 0; p < kfull; p += 8) {
+            __m256 av = load_a(a + p * csa, csa, 8, tail);
+            for (int q = 0; q < 8; q++) s[q] = _mm256_fmadd_ps(av, _mm256_loadu_ps(rows[q] + p), s[q]);
+        }
+        if (kfull < k) {
+            __m256 av = load_a(a + kfull * csa, csa, k - kfull, tail);
+            for (int q = 0; q < 8; q++)
+                s[q] = _mm256_fmadd_ps(av, _mm256_maskload_ps(rows[q] + kfull, tail), s[q]);
+        }
+        int w = nr - j < 8 ? (int)(nr - j) : 8;
+        write_back(hsum8(s), c + j, w == 8, lane_mask(w), valpha, beta, ep, i, j0 + j, 1);
+    }
+}
+
+/* b[q*ldb + l] for q, l < 8 stored transposed at dst[l*GD_NR + q]. */
+GD_INLINE void transpose8(const float *b, gd_index ldb, float *dst) {
+    __m256 r[8], t[8], u[8];
+    for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(b + q * ldb);
+    for (int q = 0; q < 8; q += 2) {
+        t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+        t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+    }
+    for (int q = 0; q < 8; q += 4) {
+        u[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+        u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+        u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+        u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+    }
+    for (int l = 0; l < 4; l++) {
+        _mm256_storeu_ps(dst + l * GD_NR, _mm256_permute2f128_ps(u[l], u[l + 4], 0x20));
+        _mm256_storeu_ps(dst + (l + 4) * GD_NR, _mm256_permute2f128_ps(u[l], u[l + 4], 0x31));
+    }
+}
+
+/* 8x8 blocks transposed in registers: one scalar store per element, each to
+ * another cache line, cost more than the products at batch 32. */
+void gdfast_gemm_pack_bt_avx2(gd_index kc, const float *b, gd_index ldb, int nr, float *dst) {
+    if (nr < GD_NR) { /* the last panel, at most one per call */
+        gdfast_gemm_pack_bt_scalar(kc, b, ldb, nr, dst);
+        return;
+    }
+    gd_index p = 0;
+    for (; p + 8 <= kc; p += 8) {
+        transpose8(b + p, ldb, dst + p * GD_NR);
+        transpose8(b + 8 * ldb + p, ldb, dst + p * GD_NR + 8);
+    }
+    for (; p < kc; p++)
+        for (int j = 0; j < GD_NR; j++) dst[p * GD_NR + j] = b[j * ldb + p];
 }
