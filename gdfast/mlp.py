@@ -100,7 +100,11 @@ class MLP:
         """One step of training on a mini-batch; returns the mean loss before the update.
 
         Forward, backward and the update of `optimizer` (a gdfast optimizer
-        built over ``self.params``) run in one GIL-free call."""
+        built over ``self.params``) run in one GIL-free call. The result is
+        bit for bit that of loss_and_grad() then optimizer.step(), but
+        ``params.grad`` is scratch space afterwards: for one example the
+        weight gradients are formed inside the update and never stored. Use
+        loss_and_grad() + step() when you need the gradients."""
         return self._core.train_step(x, y, optimizer, self.params)
 
     def evaluate(self, x, y, batch_size=1000):

@@ -379,14 +379,6 @@ static gemm_job make_job(int trans_a, int trans_b, gd_index m, gd_index n, gd_in
     return g;
 }
 
-int gdfast_sgemm_serial(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
-                        float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
-                        float beta, float *c, gd_index ldc, const gd_epilogue *ep) {
-    if (m <= 0 || n <= 0) return 0;
-    gemm_job g = make_job(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
-    return gemm_range(&g, 0, m, 0, n);
-}
-
 int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
                  float beta, float *c, gd_index ldc, const gd_epilogue *ep) {

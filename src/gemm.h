@@ -121,12 +121,6 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
                  float beta, float *c, gd_index ldc, const gd_epilogue *ep);
 
-/* The same on the calling thread only, in the caller's floating-point mode
- * (for callers that run their own parallel region). Same bits as gdfast_sgemm. */
-int gdfast_sgemm_serial(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
-                        float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,
-                        float beta, float *c, gd_index ldc, const gd_epilogue *ep);
-
 /* Scalar activation and its derivative from the output y = act(z). */
 float gdfast_act_scalar(int act, float z);
 float gdfast_dact_scalar(int act, float y);

@@ -9,10 +9,10 @@
  * the loss pass, which is small (n x n_out).
  *
  * A training step on one example fuses the weight gradients with the
- * optimizer: once every dZ is known, one parallel pass over the arena forms a
- * few rows of dW_l at a time and updates them (and the biases) while they are
- * in L1, instead of writing all of dW to memory and reading it back in a
- * second pass.
+ * optimizer: once every dZ is known, one parallel pass over the arena updates
+ * each row of W_l with its gradient a_i * dZ_l formed inside the update
+ * kernel, so dW is never written to memory (params.grad is left holding
+ * only the biases' gradients).
  */
 #include <math.h>
 #include <string.h>
@@ -190,56 +190,58 @@ static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
     return status;
 }
 
-/* Floats of dW formed and updated at a time: the block is still in L1 when
- * the update reads it back. */
-#define FUSE_FLOATS 4096
-
-/* Arena positions [lo, hi): dW rows formed by blocks, each updated at once;
- * biases (whose gradients the backward pass left in the arena) updated. */
-static int fused_range(const gd_mlp *net, float *params, float *grads, const float *x,
-                       gd_index n, float *ws, const gd_plan *plan, gd_index lo, gd_index hi) {
+/* Arena positions [lo, hi) of a one-example step: each W_l row i gets the
+ * update with gradient in_i * dZ_l (an outer product, formed in registers by
+ * the kernel and never stored); biases, whose gradients the backward pass
+ * left in the arena, get the plain update. */
+static void fused_range(const gd_mlp *net, float *params, const float *x, float *ws,
+                        const gd_plan *plan, gd_index lo, gd_index hi) {
     for (int l = 1; l <= net->n_layers; l++) {
-        gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
-        gd_index w0 = w_offset(net, l), b0 = b_offset(net, l);
-        const float *in = layer_input(net, x, ws, n, l), *dz = dz_buf(net, ws, n, l);
+        gd_index fo = net->sizes[l], w0 = w_offset(net, l), b0 = b_offset(net, l);
+        const float *in = layer_input(net, x, ws, 1, l), *dz = dz_buf(net, ws, 1, l);
         gd_index a = lo > w0 ? lo : w0, end = hi < b0 ? hi : b0;
         while (a < end) {
-            gd_index row = (a - w0) / fo, col = (a - w0) % fo, len;
-            int status;
-            if (col != 0 || end - a < fo) { /* part of one row */
-                len = fo - col < end - a ? fo - col : end - a;
-                status = gdfast_sgemm_serial(1, 0, 1, len, n, 1.0f, in + row, fi, dz + col, fo,
-                                             0.0f, grads + a, fo, NULL);
+            gd_index row = (a - w0) / fo, col = (a - w0) % fo;
+            if (col != 0 || end - a < fo) { /* part of one row (a thread's range ends there) */
+                gd_index len = fo - col < end - a ? fo - col : end - a;
+                gdfast_optim_update_outer(plan, params, a, 1, len, in + row, dz + col);
+                a += len;
             } else {
-                gd_index rows = (end - a) / fo, most = FUSE_FLOATS / fo > 1 ? FUSE_FLOATS / fo : 1;
-                if (rows > most) rows = most;
-                len = rows * fo;
-                status = gdfast_sgemm_serial(1, 0, rows, fo, n, 1.0f, in + row, fi, dz, fo,
-                                             0.0f, grads + a, fo, NULL);
+                gd_index rows = (end - a) / fo;
+                gdfast_optim_update_outer(plan, params, a, rows, fo, in + row, dz);
+                a += rows * fo;
             }
-            if (status != 0) return status;
-            gdfast_optim_update_piece(plan, params, a, a + len);
-            a += len;
         }
         a = lo > b0 ? lo : b0;
         end = hi < b0 + fo ? hi : b0 + fo;
         if (a < end) gdfast_optim_update_piece(plan, params, a, end);
     }
+}
+
+/* Whether position pos of the arena starts a tensor (or ends the last). */
+static int tensor_edge(const gd_mlp *net, gd_index pos) {
+    for (int l = 1; l <= net->n_layers + 1; l++)
+        if (pos == w_offset(net, l) || (l <= net->n_layers && pos == b_offset(net, l)))
+            return 1;
     return 0;
 }
 
-/* The fused pass is for one example (true SGD): its dW is an outer product,
- * cut anywhere without cost. From two rows on, a block of dW is a GEMM that
- * has to repack dZ for every block or read it unpacked; both lose more than
- * the second pass over dW costs (measured: 5-15% slower steps at batches
- * 2-64). It also needs no clipping (the norm needs every gradient before
- * any update) and a plan whose segments are views of this arena and grads. */
-static int fusable(const float *params, const float *grads, gd_index total, gd_index n,
-                   const gd_plan *plan) {
-    if (n != 1 || plan->max_norm > 0.0) return 0;
+/* The fused pass is for one example (true SGD), whose dW is an outer product
+ * the update kernels form themselves, so dW is never written to memory and
+ * read back (a third of a batch-1 Adam step). From two examples on, dW is a
+ * real GEMM that has to be written (tried a block at a time inside the
+ * update: 5-15% slower steps at batches 2-64). It also needs no clipping
+ * (the norm needs every gradient first), update kernels with an outer-product
+ * form (not Lookahead's sync), and a plan whose segments are views of this
+ * arena and its grads covering whole tensors. */
+static int fusable(const gd_mlp *net, const float *params, const float *grads, gd_index total,
+                   gd_index n, const gd_plan *plan) {
+    if (n != 1 || plan->max_norm > 0.0 || !gdfast_optim_outer_ok(plan)) return 0;
     for (int k = 0; k < plan->nseg; k++) {
         const gd_segment *s = &plan->seg[k];
-        if (s->p < params || s->p + s->n > params + total || s->g != grads + (s->p - params))
+        gd_index off = s->p - params;
+        if (s->p < params || s->p + s->n > params + total || s->g != grads + off ||
+            !tensor_edge(net, off) || !tensor_edge(net, off + s->n))
             return 0;
     }
     return 1;
@@ -248,8 +250,8 @@ static int fusable(const float *params, const float *grads, gd_index total, gd_i
 static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, const float *x,
                                gd_index n, const int64_t *labels, const float *targets,
                                float *ws, gd_plan *plan, double *loss) {
-    gd_index total = b_offset(net, net->n_layers) + net->sizes[net->n_layers];
-    if (!fusable(params, grads, total, n, plan)) {
+    gd_index total = w_offset(net, net->n_layers + 1);
+    if (!fusable(net, params, grads, total, n, plan)) {
         gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss);
         if (status == 0) gdfast_optim_run(plan);
         return status;
@@ -258,19 +260,21 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
     if (status != 0) return status;
     gdfast_optim_begin_pieces(plan);
     int nt = gdfast_threads_for(total, gdfast_optim_grain(plan));
-    if (nt <= 1) return fused_range(net, params, grads, x, n, ws, plan, 0, total);
-    int failed = 0;
+    if (nt <= 1) {
+        fused_range(net, params, x, ws, plan, 0, total);
+        return 0;
+    }
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt) reduction(| : failed)
+#pragma omp parallel num_threads(nt)
     {
         unsigned fp = gd_fpmode_enter();
         gd_index lo, hi;
         gdfast_optim_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-        failed |= fused_range(net, params, grads, x, n, ws, plan, lo, hi) != 0;
+        fused_range(net, params, x, ws, plan, lo, hi);
         gd_fpmode_leave(fp);
     }
 #endif
-    return failed ? -1 : 0;
+    return 0;
 }
 
 /* Entry points: the serial parts (activations, softmax, loss) run in the

@@ -44,12 +44,13 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss);
 
-/* loss_grad followed by one optimizer step of `plan` (built over this
- * arena). For one example (n = 1) the weight gradients are formed block by
- * block inside the update's parallel pass (bit for bit the same result);
- * other batches, plans that clip by the gradient norm, or whose segments are
- * not views of params/grads run the two steps one after the other. Returns
- * as gdfast_mlp_loss_grad; the update is skipped when that fails. */
+/* Forward, backward and one optimizer step of `plan` (built over this
+ * arena); the same parameters and optimizer state, bit for bit, as loss_grad
+ * followed by the step, but `grads` is left unspecified: for one example
+ * (n = 1) the weight gradients are formed inside the update kernels and
+ * never stored. Other batches, plans that clip by the gradient norm, and
+ * plans the fused pass cannot run (see fusable) take the two steps one after
+ * the other. Returns as gdfast_mlp_loss_grad; no update when that fails. */
 gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads, const float *x,
                                gd_index n, const int64_t *labels, const float *targets,
                                float *ws, gd_plan *plan, double *loss);

@@ -169,6 +169,27 @@ int gdfast_optim_run(gd_plan *pl) {
 
 void gdfast_optim_begin_pieces(gd_plan *pl) { set_gscale(pl, 1.0f); }
 
+int gdfast_optim_outer_ok(const gd_plan *pl) {
+    for (int k = 0; k < pl->ngroups; k++)
+        if (!gd_optim_k.update_outer[pl->hyper[k].kind]) return 0;
+    return 1;
+}
+
+void gdfast_optim_update_outer(const gd_plan *pl, const float *base, gd_index lo,
+                               gd_index rows, gd_index cols, const float *ga, const float *b) {
+    gd_index hi = lo + rows * cols;
+    for (int k = 0; k < pl->nseg; k++) {
+        const gd_segment *s = &pl->seg[k];
+        gd_index off = s->p - base, from = lo - off;
+        if (from < 0 || off + s->n < hi) continue;
+        const gd_hyper *h = &pl->hyper[s->group];
+        gd_optim_k.update_outer[h->kind](h, s->p + from, ga, b, s->s[0] ? s->s[0] + from : NULL,
+                                         s->s[1] ? s->s[1] + from : NULL,
+                                         s->s[2] ? s->s[2] + from : NULL, rows, cols);
+        return;
+    }
+}
+
 void gdfast_optim_update_piece(const gd_plan *pl, const float *base, gd_index lo, gd_index hi) {
     for (int k = 0; k < pl->nseg; k++) {
         const gd_segment *s = &pl->seg[k];

@@ -72,8 +72,13 @@ typedef struct {
 /* Kernels of one instruction set (optim_scalar.c, optim_avx2.c). */
 typedef void (*gd_update_fn)(const gd_hyper *h, float *p, const float *g, float *s0, float *s1,
                              float *s2, gd_index n);
+/* The same update for rows x cols floats whose gradient is ga[r] * b[c]. */
+typedef void (*gd_update_outer_fn)(const gd_hyper *h, float *p, const float *ga, const float *b,
+                                   float *s0, float *s1, float *s2, gd_index rows,
+                                   gd_index cols);
 typedef struct {
     gd_update_fn update[GD_NKINDS];
+    gd_update_outer_fn update_outer[GD_NKINDS]; /* NULL where there is no gradient */
     double (*sumsq)(const float *x, gd_index n);
     void (*scale)(float *x, float c, gd_index n);
     void (*clamp)(float *x, float lo, float hi, gd_index n);
@@ -92,13 +97,19 @@ int gdfast_optim_run(gd_plan *plan);
 /* Floats per thread below which the plan's update stays on one thread. */
 gd_index gdfast_optim_grain(const gd_plan *plan);
 /* A step in pieces, for callers that form the gradients piece by piece in
- * their own parallel region (the fused MLP step): begin_pieces once (no
- * clipping), then update_piece on disjoint ranges [lo, hi) of positions
- * relative to `base`, the buffer every segment's p points into (a Params
- * arena). Elementwise, so any cut gives the bits of gdfast_optim_run. Runs in
- * the caller's thread and floating-point mode. */
+ * their own parallel region (the fused one-example MLP step): begin_pieces
+ * once (no clipping), then on disjoint ranges of positions relative to
+ * `base`, the buffer every segment's p points into (a Params arena):
+ *   update_piece   [lo, hi), gradients read from the segments' g;
+ *   update_outer   rows x cols floats from lo, each segment whole rows, with
+ *                  gradient ga[r] * b[c] (never stored); needs outer_ok.
+ * Elementwise, so any cut gives the bits of gdfast_optim_run. Runs in the
+ * caller's thread and floating-point mode. */
 void gdfast_optim_begin_pieces(gd_plan *plan);
 void gdfast_optim_update_piece(const gd_plan *plan, const float *base, gd_index lo, gd_index hi);
+int gdfast_optim_outer_ok(const gd_plan *plan);
+void gdfast_optim_update_outer(const gd_plan *plan, const float *base, gd_index lo,
+                               gd_index rows, gd_index cols, const float *ga, const float *b);
 /* Global L2 norm of the segments' g (deterministic for any thread count). */
 double gdfast_optim_grad_norm(gd_plan *plan);
 /* In place on the segments' p: scale by c, or clamp to [lo, hi]. */

@@ -140,9 +140,10 @@ def make_optimizer(name, hyper, params):
 @pytest.mark.parametrize("n", [1, 7, 40])
 @pytest.mark.parametrize("name,hyper", FUSED_OPTIMIZERS + [("Lookahead", {"lr": 0.1})])
 def test_fused_train_step_equals_loss_and_grad_then_step(simd, name, hyper, n, threads):
-    """train_step (for one example: dW formed a few rows at a time inside the
-    optimizer's pass) gives bit for bit what loss_and_grad followed by step()
-    gives, with param groups, for odd layer widths and any thread count."""
+    """train_step (for one example: dW formed inside the update kernels, never
+    stored) gives the parameters and optimizer state, bit for bit, of
+    loss_and_grad followed by step(), with param groups, for odd layer widths
+    and any thread count."""
     before = gdfast.get_num_threads()
     gdfast.set_num_threads(threads)
     try:
@@ -158,7 +159,6 @@ def test_fused_train_step_equals_loss_and_grad_then_step(simd, name, hyper, n, t
             opt_s.step()
             assert loss_f == loss_s
         np.testing.assert_array_equal(fused.params.data, split.params.data)
-        np.testing.assert_array_equal(fused.params.grad, split.params.grad)
         sf, ss = opt_f.state_dict()["state"], opt_s.state_dict()["state"]
         for key in ss:
             for slot in ss[key]:
