@@ -3,6 +3,7 @@
 Timings are not checked here (they belong to benchmarks, not tests)."""
 import json
 import math
+import time
 
 import pytest
 
@@ -71,6 +72,16 @@ def test_median_time_takes_the_median():
     calls = []
     assert bench.median_time(lambda: calls.append(1), repeats=3) > 0
     assert len(calls) >= 4  # one warm-up call, then at least three timed batches
+
+
+def test_median_time_warms_up_for_the_given_time():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.01)
+    bench.median_time(slow, repeats=3, min_batch_seconds=0.001, warmup_seconds=0.05)
+    assert len(calls) >= 5 + 3  # ~0.05 s of 0.01 s warm-up calls, then three timed ones
 
 
 def test_markdown_page_is_a_benchmarks_file(tmp_path):
