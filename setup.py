@@ -29,6 +29,9 @@ IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64", "x64")
 # Flags for the files of each instruction set, by compiler family.
 ISA_FLAGS = {
     "avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
+    # GCC may otherwise keep loops at 256 bits on AVX-512 targets.
+    "avx512": {"unix": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl",
+                        "-mprefer-vector-width=512"], "msvc": ["/arch:AVX512"]},
 }
 
 
@@ -132,11 +135,11 @@ def kernel_extension():
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     for src in sorted(glob("src/*.c")):
         isa = isa_of(src)
-        if isa == "avx2" and not IS_X86_64:
+        if isa and not IS_X86_64:
             continue
         sources.append(src)
     if IS_X86_64:
-        macros.append(("GDFAST_BUILD_AVX2", "1"))
+        macros += [("GDFAST_BUILD_AVX2", "1"), ("GDFAST_BUILD_AVX512", "1")]
     return Extension(
         "gdfast._kernels",
         sources=sources,

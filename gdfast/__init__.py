@@ -54,7 +54,7 @@ def build_info():
 
 
 def set_simd(name):
-    """Force a SIMD path ('scalar', 'avx2'); GDFAST_SIMD does the same at import."""
+    """Force a SIMD path ('scalar', 'avx2', 'avx512'); GDFAST_SIMD does the same at import."""
     _kernels.set_simd(name)
 
 

@@ -37,6 +37,16 @@ static int cpu_has_avx2_fma(void) {
     cpuid(7, 0, r);
     return (r[1] >> 5) & 1; /* AVX2 */
 }
+
+static int cpu_has_avx512(void) {
+    if (!cpu_has_avx2_fma()) return 0;
+    /* opmask, upper halves of ZMM0-15 and ZMM16-31 enabled by the OS */
+    if ((xgetbv0() & 0xE6) != 0xE6) return 0;
+    unsigned r[4];
+    cpuid(7, 0, r);
+    int f = (r[1] >> 16) & 1, dq = (r[1] >> 17) & 1, vl = (r[1] >> 31) & 1;
+    return f && dq && vl;
+}
 #endif
 
 static int active_isa = -1;
@@ -46,6 +56,9 @@ int gdfast_isa_supported(int isa) {
     case GDFAST_ISA_SCALAR: return 1;
 #if defined(GDFAST_X86) && defined(GDFAST_BUILD_AVX2)
     case GDFAST_ISA_AVX2: return cpu_has_avx2_fma();
+#endif
+#if defined(GDFAST_X86) && defined(GDFAST_BUILD_AVX512)
+    case GDFAST_ISA_AVX512: return cpu_has_avx512();
 #endif
     default: return 0;
     }
@@ -63,6 +76,7 @@ const char *gdfast_isa_name(int isa) {
     switch (isa) {
     case GDFAST_ISA_SCALAR: return "scalar";
     case GDFAST_ISA_AVX2: return "avx2";
+    case GDFAST_ISA_AVX512: return "avx512";
     default: return "unknown";
     }
 }

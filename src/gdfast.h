@@ -17,6 +17,7 @@ typedef int64_t gd_index;
 enum {
     GDFAST_ISA_SCALAR = 0, /* portable C, any CPU */
     GDFAST_ISA_AVX2 = 1,   /* x86-64 with AVX2 + FMA, OS saves YMM state */
+    GDFAST_ISA_AVX512 = 2, /* AVX2 + FMA + AVX-512 F/DQ/VL, OS saves ZMM and mask state */
     GDFAST_ISA_COUNT
 };
 

@@ -3,7 +3,7 @@
  *   for jc (NC columns of C)          B block  kc x nc  packed, lives in L3/L2
  *     for pc (KC steps of k)
  *       for ic (MC rows of C)         A block  mc x kc  packed, lives in L2
- *         for jr (NR columns)         B micro-panel kc x NR stays in L1
+ *         for jr (NR columns)         B micro-panel kc x NR stays in L1 (2 on AVX-512)
  *           for ir (MR rows)          register tile (gemm_<isa>.c)
  *
  * Packing lays A out as MR-row panels (a(i,p) at [p*MR + i]) and B as
@@ -43,30 +43,42 @@
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
 
-static gd_tile_fn tile_fn = gdfast_gemm_tile_scalar;
-/* NULL: the portable path has no wide tile, its tile does all columns. */
-static gd_wide_fn wide_fn = NULL;
-static gd_dot_fn dot_fn = gdfast_gemm_dot_scalar;
-static gd_pack_bt_fn pack_bt_fn = gdfast_gemm_pack_bt_scalar;
-static gd_tile_copy_b_fn tile_copy_b_fn = gdfast_gemm_tile_copy_b_scalar;
+/* One instruction set's GEMM pieces. */
+typedef struct {
+    gd_tile_fn tile;
+    gd_tile_copy_b_fn tile_copy_b;
+    gd_wide_fn wide; /* NULL: the portable tile does all columns itself */
+    gd_dot_fn dot;
+    gd_pack_bt_fn pack_bt;
+    /* Columns per tile: one panel, or two on AVX-512, whose 32 registers
+     * hold 6 x 32 accumulators (it reuses the AVX2 helpers). */
+    int tile_cols;
+} gemm_kernels;
+
+static const gemm_kernels scalar_kernels = {
+    gdfast_gemm_tile_scalar, gdfast_gemm_tile_copy_b_scalar, NULL, gdfast_gemm_dot_scalar,
+    gdfast_gemm_pack_bt_scalar, GD_NR};
+#if defined(GDFAST_BUILD_AVX2)
+static const gemm_kernels avx2_kernels = {
+    gdfast_gemm_tile_avx2, gdfast_gemm_tile_copy_b_avx2, gdfast_gemm_wide_avx2,
+    gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, GD_NR};
+#endif
+#if defined(GDFAST_BUILD_AVX512)
+static const gemm_kernels avx512_kernels = {
+    gdfast_gemm_tile_avx512, gdfast_gemm_tile_copy_b_avx512, gdfast_gemm_wide_avx2,
+    gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, 2 * GD_NR};
+#endif
+
+static const gemm_kernels *gk = &scalar_kernels;
 
 void gdfast_gemm_select(int isa) {
+    gk = &scalar_kernels;
 #if defined(GDFAST_BUILD_AVX2)
-    if (isa == GDFAST_ISA_AVX2) {
-        tile_fn = gdfast_gemm_tile_avx2;
-        wide_fn = gdfast_gemm_wide_avx2;
-        dot_fn = gdfast_gemm_dot_avx2;
-        pack_bt_fn = gdfast_gemm_pack_bt_avx2;
-        tile_copy_b_fn = gdfast_gemm_tile_copy_b_avx2;
-        return;
-    }
+    if (isa == GDFAST_ISA_AVX2) gk = &avx2_kernels;
 #endif
-    (void)isa;
-    tile_fn = gdfast_gemm_tile_scalar;
-    wide_fn = NULL;
-    dot_fn = gdfast_gemm_dot_scalar;
-    pack_bt_fn = gdfast_gemm_pack_bt_scalar;
-    tile_copy_b_fn = gdfast_gemm_tile_copy_b_scalar;
+#if defined(GDFAST_BUILD_AVX512)
+    if (isa == GDFAST_ISA_AVX512) gk = &avx512_kernels;
+#endif
 }
 
 /* Packing buffers: a fixed pool of slots, each allocated on first use and
@@ -176,7 +188,7 @@ static void pack_b(const gemm_job *g, gd_index p0, gd_index kc, gd_index j0, gd_
                 dst += GD_NR;
             }
         } else {
-            pack_bt_fn(kc, g->b + j * g->ldb + p0, g->ldb, nr, dst); /* op(B)(p, j) = B[j, p] */
+            gk->pack_bt(kc, g->b + j * g->ldb + p0, g->ldb, nr, dst); /* op(B)(p, j) = B[j, p] */
             dst += kc * GD_NR;
         }
     }
@@ -206,8 +218,8 @@ static void rows_dot_bt(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
     for (gd_index i = i0; i < i1; i++)
-        dot_fn(g->k, g->a + i * rsa, csa, g->b + j0 * g->ldb, g->ldb, j1 - j0, g->alpha,
-               g->beta, g->c + i * g->ldc + j0, g->ep, i, j0);
+        gk->dot(g->k, g->a + i * rsa, csa, g->b + j0 * g->ldb, g->ldb, j1 - j0, g->alpha,
+                g->beta, g->c + i * g->ldc + j0, g->ep, i, j0);
 }
 
 /* Blocks of k: the fewest of at most GD_KC, of nearly equal size. Every path
@@ -236,13 +248,13 @@ static void few_rows(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, g
         float beta = kb == 0 ? g->beta : 1.0f;
         const float *ap = a + pc * csa, *bp = g->b + pc * g->ldb;
         gd_index j = j0;
-        if (wide_fn)
-            j += wide_fn(kc, ap, rsa, csa, bp + j0, g->ldb, mr, j1 - j0, g->alpha, beta,
-                         c + j0, g->ldc, g->ep, i0, j0, last);
-        for (; j < j1; j += GD_NR) {
-            int nr = (int)(j1 - j < GD_NR ? j1 - j : GD_NR);
-            tile_fn(kc, ap, rsa, csa, bp + j, g->ldb, 0, mr, nr, g->alpha, beta, c + j, g->ldc,
-                    g->ep, i0, j, last);
+        if (gk->wide)
+            j += gk->wide(kc, ap, rsa, csa, bp + j0, g->ldb, mr, j1 - j0, g->alpha, beta,
+                          c + j0, g->ldc, g->ep, i0, j0, last);
+        for (; j < j1; j += gk->tile_cols) {
+            int nr = (int)(j1 - j < gk->tile_cols ? j1 - j : gk->tile_cols);
+            gk->tile(kc, ap, rsa, csa, bp + j, g->ldb, GD_NR, 0, mr, nr, g->alpha, beta, c + j,
+                     g->ldc, g->ep, i0, j, last);
         }
     }
 }
@@ -266,21 +278,21 @@ static void panel_by_panel(const gemm_job *g, float *bbuf, gd_index pc, gd_index
                            int last) {
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
-    for (gd_index jr = 0; jr < nc; jr += GD_NR) {
-        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+    for (gd_index jr = 0; jr < nc; jr += gk->tile_cols) {
+        int nr = (int)(nc - jr < gk->tile_cols ? nc - jr : gk->tile_cols);
         gd_index j = jc + jr;
-        int copy = !g->trans_b && nr == GD_NR;
+        int copy = !g->trans_b && nr == gk->tile_cols;
         if (!copy) pack_b(g, pc, kc, j, nr, bbuf);
         for (gd_index i = i0, mr; i < i1; i += mr) {
             mr = panel_rows(i1 - i, 1);
             const float *ap = g->a + i * rsa + pc * csa;
             float *cp = g->c + i * g->ldc + j;
             if (copy && i == i0)
-                tile_copy_b_fn(kc, ap, rsa, csa, g->b + pc * g->ldb + j, g->ldb, bbuf, 0, (int)mr,
-                               nr, g->alpha, beta, cp, g->ldc, g->ep, i, j, last);
+                gk->tile_copy_b(kc, ap, rsa, csa, g->b + pc * g->ldb + j, g->ldb, GD_NR, bbuf,
+                                0, (int)mr, nr, g->alpha, beta, cp, g->ldc, g->ep, i, j, last);
             else
-                tile_fn(kc, ap, rsa, csa, bbuf, GD_NR, 1, (int)mr, nr, g->alpha, beta, cp, g->ldc,
-                        g->ep, i, j, last);
+                gk->tile(kc, ap, rsa, csa, bbuf, GD_NR, GD_NR * kc, 1, (int)mr, nr, g->alpha,
+                         beta, cp, g->ldc, g->ep, i, j, last);
         }
     }
 }
@@ -331,21 +343,20 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
                 int rows_outer = kc < GD_SHORT_K;
                 gd_index outer_n = rows_outer ? mc : nc, inner_n = rows_outer ? nc : mc;
                 for (gd_index o = 0, os; o < outer_n; o += os) {
-                    os = rows_outer ? panel_rows(mc - o, !g->pack_a) : GD_NR;
+                    os = rows_outer ? panel_rows(mc - o, !g->pack_a) : gk->tile_cols;
                     for (gd_index q = 0, qs; q < inner_n; q += qs) {
-                        qs = rows_outer ? GD_NR : panel_rows(mc - q, !g->pack_a);
+                        qs = rows_outer ? gk->tile_cols : panel_rows(mc - q, !g->pack_a);
                         gd_index ir = rows_outer ? o : q, jr = rows_outer ? q : o;
                         int mr = (int)(rows_outer ? os : qs);
-                        int nr = (int)(nc - jr < GD_NR ? nc - jr : GD_NR);
+                        int nr = (int)(nc - jr < gk->tile_cols ? nc - jr : gk->tile_cols);
                         const float *bp = g->pack_b ? bbuf + jr * kc : g->b + pc * g->ldb + jc + jr;
                         gd_index rsb = g->pack_b ? GD_NR : g->ldb;
+                        gd_index b_hi = g->pack_b ? GD_NR * kc : GD_NR;
                         gd_index i = ic + ir, j = jc + jr;
-                        if (g->pack_a)
-                            tile_fn(kc, abuf + ir * kc, 1, GD_MR, bp, rsb, g->pack_b, mr, nr,
-                                    g->alpha, beta, g->c + i * g->ldc + j, g->ldc, g->ep, i, j, last);
-                        else
-                            tile_fn(kc, g->a + i * rsa + pc * csa, rsa, csa, bp, rsb, g->pack_b, mr, nr,
-                                    g->alpha, beta, g->c + i * g->ldc + j, g->ldc, g->ep, i, j, last);
+                        const float *ap = g->pack_a ? abuf + ir * kc : g->a + i * rsa + pc * csa;
+                        gk->tile(kc, ap, g->pack_a ? 1 : rsa, g->pack_a ? GD_MR : csa, bp, rsb,
+                                 b_hi, g->pack_b, mr, nr, g->alpha, beta, g->c + i * g->ldc + j,
+                                 g->ldc, g->ep, i, j, last);
                     }
                 }
             }
@@ -388,7 +399,7 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
 
     /* Column sums add rows in order, so their columns must stay on one thread. */
     int by_cols = (ep && ep->colsum) || n >= m;
-    gd_index tiles = by_cols ? (n + GD_NR - 1) / GD_NR : (m + GD_MR - 1) / GD_MR;
+    gd_index tiles = by_cols ? (n + gk->tile_cols - 1) / gk->tile_cols : (m + GD_MR - 1) / GD_MR;
     gd_index grain = GD_THREAD_GRAIN;
     int nt = gdfast_threads_for((gd_index)(flops / (double)grain) + 1, 1);
     if (nt > tiles) nt = (int)tiles;
@@ -407,7 +418,7 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
         int t = omp_get_thread_num(), nth = omp_get_num_threads();
         gd_index lo, hi;
         if (by_cols) {
-            split(n, GD_NR, t, nth, &lo, &hi);
+            split(n, gk->tile_cols, t, nth, &lo, &hi);
             if (lo < hi) status |= gemm_range(&g, 0, m, lo, hi);
         } else {
             split(m, GD_MR, t, nth, &lo, &hi);

@@ -30,49 +30,57 @@ typedef struct {
     float *colsum;
 } gd_epilogue;
 
-/* Register tile shared by every ISA (packing format): MR rows x NR columns. */
+/* Packing format shared by every ISA: A in MR-row panels, B in NR-column
+ * panels. A register tile covers MR rows and one NR-column panel, or two
+ * adjacent ones on AVX-512. */
 #define GD_MR 6
 #define GD_NR 16
 
 /* One register tile: acc = sum_p a(i,p) * b(p,j) for i < mr, j < nr, then
  * write-back of alpha*acc + beta*C (+ epilogue when `last`).
- *   a(i,p) = a[i*rsa + p*csa]     b(p,j) = b[p*rsb + j]
- * `b_full` says 16 columns may be loaded from b even when nr < 16 (a packed,
- * zero-padded panel); otherwise columns >= nr are never touched.
+ *   a(i,p) = a[i*rsa + p*csa]     b(p,j) = b[p*rsb + j]  (j < GD_NR)
+ *                                 b(p,j) = b[b_hi + p*rsb + j - GD_NR]  (j >= GD_NR)
+ * nr is at most the path's tile width; the second panel, at offset b_hi (the
+ * next packed panel, or GD_NR in an unpacked B), is read only when nr > GD_NR.
+ * `b_full` says whole panels may be loaded from b even when nr is short (packed,
+ * zero-padded panels); otherwise columns >= nr are never touched.
  * (i0, j0) locate the tile in C for the epilogue's bias/dact/colsum. */
 typedef void (*gd_tile_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                           const float *b, gd_index rsb, int b_full, int mr, int nr,
-                           float alpha, float beta, float *c, gd_index ldc,
+                           const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                           int nr, float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
 
 void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                             const float *b, gd_index rsb, int b_full, int mr, int nr,
-                             float alpha, float beta, float *c, gd_index ldc,
+                             const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                             int nr, float alpha, float beta, float *c, gd_index ldc,
                              const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
 #if defined(GDFAST_BUILD_AVX2)
 void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                           const float *b, gd_index rsb, int b_full, int mr, int nr,
-                           float alpha, float beta, float *c, gd_index ldc,
+                           const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                           int nr, float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
 #endif
 
-/* The tile above on a full-width (nr = GD_NR), unpacked B that also copies
- * the k x GD_NR panel of B it reads to bcopy (64-byte aligned), packed as
- * bcopy[p*GD_NR + j]: the first tile of a panel packs it for the others. */
+/* The tile above on a full-width (nr = tile width), unpacked B that also
+ * copies the k x nr block of B it reads to bcopy (64-byte aligned) in packed
+ * panels, bcopy[p*GD_NR + j] and bcopy[k*GD_NR + p*GD_NR + j - GD_NR] for
+ * j >= GD_NR: the first tile of a block packs it for the others. */
 typedef void (*gd_tile_copy_b_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
-                                  int nr, float alpha, float beta, float *c, gd_index ldc,
-                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+                                  const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                  int b_full, int mr, int nr, float alpha, float beta, float *c,
+                                  gd_index ldc, const gd_epilogue *ep, gd_index i0, gd_index j0,
+                                  int last);
 void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                    const float *b, gd_index rsb, float *bcopy, int b_full,
-                                    int mr, int nr, float alpha, float beta, float *c,
+                                    const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                    int b_full, int mr, int nr, float alpha, float beta, float *c,
                                     gd_index ldc, const gd_epilogue *ep, gd_index i0,
                                     gd_index j0, int last);
 #if defined(GDFAST_BUILD_AVX2)
 void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
-                                  int nr, float alpha, float beta, float *c, gd_index ldc,
-                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+                                  const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                  int b_full, int mr, int nr, float alpha, float beta, float *c,
+                                  gd_index ldc, const gd_epilogue *ep, gd_index i0, gd_index j0,
+                                  int last);
 #endif
 
 /* One or two rows of A against an unpacked B (the GEMV of a batch-1 forward):
@@ -97,6 +105,18 @@ typedef void (*gd_dot_fn)(gd_index k, const float *a, gd_index csa, const float 
 void gdfast_gemm_dot_scalar(gd_index k, const float *a, gd_index csa, const float *b,
                             gd_index ldb, gd_index nr, float alpha, float beta, float *c,
                             const gd_epilogue *ep, gd_index i, gd_index j0);
+#if defined(GDFAST_BUILD_AVX512)
+void gdfast_gemm_tile_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                             const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                             int nr, float alpha, float beta, float *c, gd_index ldc,
+                             const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+void gdfast_gemm_tile_copy_b_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                    const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                    int b_full, int mr, int nr, float alpha, float beta, float *c,
+                                    gd_index ldc, const gd_epilogue *ep, gd_index i0,
+                                    gd_index j0, int last);
+#endif
+
 #if defined(GDFAST_BUILD_AVX2)
 gd_index gdfast_gemm_wide_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
                                const float *b, gd_index rsb, int mr, gd_index nr,

@@ -4,110 +4,7 @@
  * masked loads of B when an unpacked B has fewer than 16 columns left.
  * The epilogue (bias, activation, activation derivative, column sums) runs on
  * the registers before they are stored. */
-#include <immintrin.h>
-#include "gemm.h"
-
-#if defined(__GNUC__)
-#define GD_INLINE static inline __attribute__((always_inline))
-#else
-#define GD_INLINE static __forceinline
-#endif
-
-/* exp(x) for x in float range: 2^n * p(r), r = x - n ln2, |r| <= ln2/2.
- * Degree-6 minimax polynomial (Cephes expf coefficients), ~1 ulp. */
-GD_INLINE __m256 exp256(__m256 x) {
-    /* max/min return their second operand when either is NaN: x goes second
-     * so a NaN input gives a NaN result instead of being clamped to a number */
-    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-GD_INLINE __m256 sigmoid256(__m256 x) {
-    __m256 one = _mm256_set1_ps(1.0f);
-    return _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-}
-
-/* tanh: an odd polynomial near 0 (Cephes tanhf) where 1 - 2/(e^2x + 1)
- * would cancel, that formula elsewhere; the sign is restored at the end. */
-GD_INLINE __m256 tanh256(__m256 x) {
-    __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f));
-    __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
-    __m256 one = _mm256_set1_ps(1.0f);
-    __m256 big = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f),
-                     _mm256_add_ps(exp256(_mm256_add_ps(ax, ax)), one)));
-    __m256 z = _mm256_mul_ps(ax, ax);
-    __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
-    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), ax, ax);
-    __m256 y = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
-    return _mm256_or_ps(y, sign);
-}
-
-GD_INLINE __m256 act256(int act, __m256 v) {
-    switch (act) {
-    case GD_ACT_RELU: return _mm256_max_ps(_mm256_setzero_ps(), v); /* NaN stays NaN */
-    case GD_ACT_SIGMOID: return sigmoid256(v);
-    case GD_ACT_TANH: return tanh256(v);
-    default: return v;
-    }
-}
-
-/* v * act'(y) from the activation's output y. */
-GD_INLINE __m256 dact256(int act, __m256 v, __m256 y) {
-    __m256 one = _mm256_set1_ps(1.0f);
-    switch (act) {
-    case GD_ACT_RELU: return _mm256_and_ps(v, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ));
-    case GD_ACT_SIGMOID: return _mm256_mul_ps(v, _mm256_mul_ps(y, _mm256_sub_ps(one, y)));
-    case GD_ACT_TANH: return _mm256_mul_ps(v, _mm256_fnmadd_ps(y, y, one));
-    default: return v;
-    }
-}
-
-/* Mask selecting the first `n` (0..8) lanes. */
-GD_INLINE __m256i lane_mask(int n) {
-    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
-}
-
-GD_INLINE __m256 load_part(const float *p, int full, __m256i m) {
-    return full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
-}
-
-GD_INLINE void store_part(float *p, int full, __m256i m, __m256 v) {
-    if (full) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, m, v);
-}
-
-/* Write one 8-wide half-row of a finished tile back to C. */
-GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valpha, float beta,
-                          const gd_epilogue *ep, gd_index i, gd_index j, int last) {
-    __m256 v = _mm256_mul_ps(acc, valpha);
-    if (beta == 1.0f) v = _mm256_add_ps(v, load_part(c, full, m));
-    else if (beta != 0.0f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), load_part(c, full, m), v);
-    if (last && ep) {
-        if (ep->bias) v = _mm256_add_ps(v, load_part(ep->bias + j, full, m));
-        v = act256(ep->act, v);
-        if (ep->dact) v = dact256(ep->dact_kind, v, load_part(ep->dact + i * ep->ld_dact + j, full, m));
-        if (ep->colsum) store_part(ep->colsum + j, full, m,
-                                   _mm256_add_ps(load_part(ep->colsum + j, full, m), v));
-    }
-    store_part(c, full, m, v);
-}
+#include "gemm_writeback_avx2.h"
 
 #define GD_ROW(r)                                                                  \
     if (MR > r) {                                                                  \
@@ -238,17 +135,21 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
     }
 }
 
+/* nr <= GD_NR: b_hi is never used. */
 void gdfast_gemm_tile_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                           const float *b, gd_index rsb, int b_full, int mr, int nr,
-                           float alpha, float beta, float *c, gd_index ldc,
+                           const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                           int nr, float alpha, float beta, float *c, gd_index ldc,
                            const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    (void)b_hi;
     tile(0, k, a, rsa, csa, b, rsb, NULL, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
 }
 
 void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                  const float *b, gd_index rsb, float *bcopy, int b_full, int mr,
-                                  int nr, float alpha, float beta, float *c, gd_index ldc,
-                                  const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+                                  const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                  int b_full, int mr, int nr, float alpha, float beta, float *c,
+                                  gd_index ldc, const gd_epilogue *ep, gd_index i0, gd_index j0,
+                                  int last) {
+    (void)b_hi;
     tile(1, k, a, rsa, csa, b, rsb, bcopy, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
 }
 

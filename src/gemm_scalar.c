@@ -41,14 +41,16 @@ static inline void tile_half(const int MR, gd_index k, const float *a, gd_index 
         for (int j = 0; j < GD_NR / 2; j++) acc[i][jh + j] = blk[i][j];
 }
 
+/* nr <= GD_NR: b_hi is never used. */
 void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                             const float *b, gd_index rsb, int b_full, int mr, int nr,
-                             float alpha, float beta, float *c, gd_index ldc,
+                             const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                             int nr, float alpha, float beta, float *c, gd_index ldc,
                              const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
     /* Two passes of 8 columns: a 6 x 8 accumulator block fits the 16 vector
      * registers of SSE2/NEON, so the compiler keeps it out of memory. */
     float acc[GD_MR][GD_NR];
     (void)b_full;
+    (void)b_hi;
     for (int jh = 0; jh < nr; jh += GD_NR / 2) {
         int w = nr - jh < GD_NR / 2 ? nr - jh : GD_NR / 2;
         switch (mr) {
@@ -115,13 +117,13 @@ void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int n
 
 /* Copy, then the tile on the copy: the same products in the same order. */
 void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                    const float *b, gd_index rsb, float *bcopy, int b_full,
-                                    int mr, int nr, float alpha, float beta, float *c,
+                                    const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                    int b_full, int mr, int nr, float alpha, float beta, float *c,
                                     gd_index ldc, const gd_epilogue *ep, gd_index i0,
                                     gd_index j0, int last) {
     (void)b_full;
     for (gd_index p = 0; p < k; p++)
         for (int j = 0; j < GD_NR; j++) bcopy[p * GD_NR + j] = b[p * rsb + j];
-    gdfast_gemm_tile_scalar(k, a, rsa, csa, bcopy, GD_NR, 1, mr, nr, alpha, beta, c, ldc, ep, i0,
+    gdfast_gemm_tile_scalar(k, a, rsa, csa, bcopy, GD_NR, b_hi, 1, mr, nr, alpha, beta, c, ldc, ep, i0,
                             j0, last);
 }

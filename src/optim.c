@@ -25,6 +25,12 @@
 gd_optim_kernels gd_optim_k;
 
 void gdfast_optim_select(int isa) {
+#if defined(GDFAST_BUILD_AVX512) && (defined(__x86_64__) || defined(_M_X64))
+    if (isa == GDFAST_ISA_AVX512) {
+        gdfast_optim_kernels_avx512(&gd_optim_k);
+        return;
+    }
+#endif
 #if defined(GDFAST_BUILD_AVX2) && (defined(__x86_64__) || defined(_M_X64))
     if (isa == GDFAST_ISA_AVX2) {
         gdfast_optim_kernels_avx2(&gd_optim_k);

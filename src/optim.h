@@ -69,7 +69,7 @@ typedef struct {
 #define GD_NORM_BLOCK 4096
 #define GD_SPLIT 64
 
-/* Kernels of one instruction set (optim_scalar.c, optim_avx2.c). */
+/* Kernels of one instruction set (optim_scalar.c, optim_avx2.c, optim_avx512.c). */
 typedef void (*gd_update_fn)(const gd_hyper *h, float *p, const float *g, float *s0, float *s1,
                              float *s2, gd_index n);
 /* The same update for rows x cols floats whose gradient is ga[r] * b[c]. */
@@ -90,6 +90,9 @@ extern gd_optim_kernels gd_optim_k;
 void gdfast_optim_kernels_scalar(gd_optim_kernels *k);
 #if defined(GDFAST_BUILD_AVX2)
 void gdfast_optim_kernels_avx2(gd_optim_kernels *k);
+#endif
+#if defined(GDFAST_BUILD_AVX512)
+void gdfast_optim_kernels_avx512(gd_optim_kernels *k);
 #endif
 
 /* Driver (optim.c). Both return 0. */

@@ -14,17 +14,20 @@ double gdfast_fma_loop_scalar(gd_index iters) {
 
 double gdfast_fma_peak(gd_index iters, int threads) {
     double flops = 0.0;
-    int avx2 = gdfast_isa_active() == GDFAST_ISA_AVX2;
+    const int isa = gdfast_isa_active();
     if (threads < 1) threads = 1;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) reduction(+ : flops) schedule(static, 1)
 #endif
     for (int t = 0; t < threads; t++) {
+#ifdef GDFAST_BUILD_AVX512
+        if (isa == GDFAST_ISA_AVX512) { flops += gdfast_fma_loop_avx512(iters); continue; }
+#endif
 #ifdef GDFAST_BUILD_AVX2
-        if (avx2) { flops += gdfast_fma_loop_avx2(iters); continue; }
+        if (isa == GDFAST_ISA_AVX2) { flops += gdfast_fma_loop_avx2(iters); continue; }
 #endif
         flops += gdfast_fma_loop_scalar(iters);
     }
-    (void)avx2;
+    (void)isa;
     return flops;
 }

@@ -9,4 +9,5 @@ double gdfast_fma_peak(gd_index iters, int threads);
 
 double gdfast_fma_loop_scalar(gd_index iters);
 double gdfast_fma_loop_avx2(gd_index iters);
+double gdfast_fma_loop_avx512(gd_index iters);
 #endif

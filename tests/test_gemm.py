@@ -35,7 +35,9 @@ def check(got, want, k):
 
 SHAPES = [(1, 1, 1), (2, 3, 5), (7, 13, 29), (31, 37, 41), (6, 16, 1), (5, 17, 300),
           (97, 1, 53), (1, 101, 89), (64, 256, 784), (784, 256, 64), (130, 70, 700),
-          (3, 2, 1500), (500, 4, 7), (257, 263, 269)]
+          (3, 2, 1500), (500, 4, 7), (257, 263, 269),
+          # AVX-512 tiles span two 16-column panels: partial second panels
+          (9, 45, 33), (40, 60, 500), (13, 20, 77)]
 
 
 @pytest.mark.parametrize("trans_b", [False, True])
@@ -109,6 +111,33 @@ def test_simd_paths_agree_within_rounding():
         gdfast.set_simd(before)
     for r in results[1:]:
         check(r, results[0], 300)
+
+
+@pytest.mark.skipif("avx512" not in SIMD, reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("m,n,k,ta,tb", [
+    (64, 256, 784, False, False), (784, 256, 64, True, False), (64, 256, 128, False, True),
+    (1, 256, 784, False, False), (2, 45, 300, False, False), (13, 20, 77, True, True),
+    (40, 60, 500, False, False), (31, 37, 41, False, True), (700, 100, 3000, False, False)])
+@pytest.mark.parametrize("threads_n", [1, 2])
+def test_avx512_gives_the_avx2_bits(threads, m, n, k, ta, tb, threads_n):
+    # Both run every element of C as the same FMA chain with the same
+    # write-back, so wider registers change the speed, not the result; the
+    # last shape is large enough to pack A and B.
+    rng = np.random.default_rng(11)
+    a, b = operands(rng, m, n, k, ta, tb)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    threads(threads_n)
+    before = gdfast.build_info()["simd"]
+    try:
+        out = {}
+        for name in ("avx2", "avx512"):
+            gdfast.set_simd(name)
+            out[name] = (gdfast.matmul(a, b, ta, tb),
+                         gdfast.matmul(a, b, ta, tb, out=c0.copy(), alpha=0.5, beta=-2.0))
+    finally:
+        gdfast.set_simd(before)
+    for x, y in zip(out["avx2"], out["avx512"]):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_bad_input_is_refused():

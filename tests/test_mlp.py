@@ -97,6 +97,34 @@ def test_one_and_two_threads_agree_bitwise():
     np.testing.assert_array_equal(g1, g2)
 
 
+@pytest.mark.skipif("avx512" not in gdfast.build_info()["simd_available"],
+                    reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("act,loss", [("relu", "cross_entropy"), ("sigmoid", "mse"),
+                                      ("tanh", "cross_entropy")])
+@pytest.mark.parametrize("n", [1, 32])
+def test_avx512_trains_to_the_avx2_bits(act, loss, n):
+    # GEMM and optimizer kernels give every path's bits on AVX-512 (the same
+    # FMA chains and write-back as AVX2, the same separately rounded updates).
+    rng = np.random.default_rng(7)
+    sizes = [784, 100, 37, 10]
+    data = [batch(rng, n, sizes, targets=loss == "mse") for _ in range(4)]
+    before = gdfast.build_info()["simd"]
+    nets = []
+    try:
+        for name in ("avx2", "avx512"):
+            gdfast.set_simd(name)
+            net = gdfast.MLP(sizes, activation=act, loss=loss, seed=2)
+            opt = gdfast.Adam(net.params, lr=1e-2)
+            losses = [net.train_step(x, y, opt) for x, y in data]
+            nets.append((losses, net.params.data.copy(), net.forward(data[0][0])))
+    finally:
+        gdfast.set_simd(before)
+    (l0, p0, f0), (l1, p1, f1) = nets
+    assert l0 == l1
+    np.testing.assert_array_equal(p0, p1)
+    np.testing.assert_array_equal(f0, f1)
+
+
 @pytest.mark.parametrize("act,loss,opt", [("relu", "cross_entropy", "Adam"),
                                             ("sigmoid", "mse", "SGD"),
                                             ("tanh", "cross_entropy", "AdamW")])

@@ -71,7 +71,17 @@ def test_avx2_is_offered_exactly_when_the_cpu_has_it():
         assert info["simd"] == info["simd_available"][-1]
 
 
-@pytest.mark.parametrize("path", ["scalar", "avx2"])
+def test_avx512_is_offered_exactly_when_the_cpu_has_it():
+    features = numpy_cpu_features()
+    if features is None:
+        pytest.skip("this NumPy does not report CPU features")
+    x86_64 = platform.machine().lower() in ("x86_64", "amd64")
+    needs = ("AVX2", "FMA3", "AVX512F", "AVX512DQ", "AVX512VL")
+    cpu_has = x86_64 and all(features.get(f, False) for f in needs)
+    assert ("avx512" in gdfast.build_info()["simd_available"]) == cpu_has, features
+
+
+@pytest.mark.parametrize("path", ["scalar", "avx2", "avx512"])
 def test_gdfast_simd_env_forces_a_path(path):
     if path not in gdfast.build_info()["simd_available"]:
         pytest.skip(f"{path} is not available on this CPU")

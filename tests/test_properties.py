@@ -5,7 +5,7 @@ exactly where the reference has NaN, or raises a clear Python exception
 naming the argument; after an exception nothing has changed (parameters,
 state buffers, step count, gradients, `out`).
 
-Inputs: random sizes and shapes, both SIMD paths, 1 or 2 threads, values
+Inputs: random sizes and shapes, every SIMD path, 1 or 2 threads, values
 drawn from all of float32 (NaN, +-Inf, subnormals, +-0, the largest and
 smallest normals), wrong dtypes (float64, float16, integers), non-contiguous
 views, read-only arrays and every aliasing the kernels must refuse.

@@ -1,0 +1,164 @@
+/* AVX-512 register tile for the GEMM: 6 rows x 32 columns (two packed
+ * panels of B), 12 zmm accumulators, 2 loads of B and 6 broadcasts of A per
+ * step of k: twice the AVX2 tile's work per instruction. Each element of C is
+ * the same FMA chain over k as on the AVX2 path, and the write-back is the
+ * AVX2 one on 8-lane quarters, so both paths give C the same bits.
+ * Specialised for each row count 1..6 and for one or two panels; masked
+ * loads (which never fault on masked-off lanes) cover an unpacked B's last
+ * columns. */
+#include "gemm_writeback_avx2.h"
+
+#if defined(__GNUC__)
+#define GD_NOINLINE __attribute__((noinline))
+#else
+#define GD_NOINLINE __declspec(noinline)
+#endif
+
+/* First n (may be <= 0 or >= 16) lanes of a 16-lane register. */
+GD_INLINE __mmask16 lanes16(int n) {
+    return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+#define GD_ROW512(r)                                                               \
+    if (MR > r) {                                                                  \
+        __m512 ar = _mm512_set1_ps(ap[r * rsa]);                                   \
+        c##r##0 = _mm512_fmadd_ps(ar, b0, c##r##0);                                \
+        if (NH == 2) c##r##1 = _mm512_fmadd_ps(ar, b1, c##r##1);                   \
+    }
+
+#define GD_OUT512(r)                                                               \
+    if (MR > r) {                                                                  \
+        float *cr = c + r * ldc;                                                   \
+        if (mode == GD_STORE) {                                                    \
+            _mm512_storeu_ps(cr, c##r##0);                                         \
+            if (NH == 2) _mm512_storeu_ps(cr + 16, c##r##1);                       \
+        } else if (mode == GD_ADD) {                                               \
+            _mm512_storeu_ps(cr, _mm512_add_ps(c##r##0, _mm512_loadu_ps(cr)));     \
+            if (NH == 2)                                                           \
+                _mm512_storeu_ps(cr + 16, _mm512_add_ps(c##r##1, _mm512_loadu_ps(cr + 16))); \
+        } else {                                                                   \
+            acc[2 * r] = c##r##0;                                                  \
+            acc[2 * r + 1] = c##r##1;                                              \
+        }                                                                          \
+    }
+
+/* What the k loop does with its sums (as in gemm_avx2.c). */
+enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
+
+/* The k loop alone over NH panels (16 columns each); sums handed back
+ * through memory, or stored / added to C straight from the registers. */
+GD_INLINE void accumulate(const int MR, const int NH, const int MASKED, const int PACKED_A,
+                          const int COPY, gd_index k, const float *a, gd_index rsa,
+                          gd_index csa, const float *b, gd_index rsb, gd_index b_hi,
+                          float *bcopy, int nr, __m512 *acc, int mode, float *c, gd_index ldc) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const __mmask16 m0 = lanes16(nr), m1 = lanes16(nr - 16);
+    if (PACKED_A) { /* constant strides: the broadcasts use immediate offsets */
+        rsa = 1;
+        csa = GD_MR;
+    }
+    const float *ap = a, *bh = NH == 2 ? b + b_hi : b;
+    float *bcopy_hi = COPY && NH == 2 ? bcopy + k * GD_NR : NULL;
+    for (gd_index p = 0; p < k; p++) {
+        __m512 b0, b1 = _mm512_setzero_ps();
+        if (MASKED) {
+            b0 = _mm512_maskz_loadu_ps(m0, b);
+            if (NH == 2) b1 = _mm512_maskz_loadu_ps(m1, bh);
+        } else {
+            b0 = _mm512_loadu_ps(b);
+            if (NH == 2) b1 = _mm512_loadu_ps(bh);
+        }
+        if (COPY) {
+            _mm512_store_ps(bcopy, b0);
+            bcopy += GD_NR;
+            if (NH == 2) {
+                _mm512_store_ps(bcopy_hi, b1);
+                bcopy_hi += GD_NR;
+            }
+        }
+        GD_ROW512(0) GD_ROW512(1) GD_ROW512(2) GD_ROW512(3) GD_ROW512(4) GD_ROW512(5)
+        ap += csa;
+        b += rsb;
+        bh += rsb;
+    }
+    GD_OUT512(0) GD_OUT512(1) GD_OUT512(2) GD_OUT512(3) GD_OUT512(4) GD_OUT512(5)
+}
+
+typedef void (*accum_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                         const float *b, gd_index rsb, gd_index b_hi, float *bcopy, int nr,
+                         __m512 *acc, int mode, float *c, gd_index ldc);
+
+#define GD_ACCUM_ONE(NAME, R, NH, MASKED, PACKED_A, COPY)                          \
+    static GD_NOINLINE void NAME##_##NH##_##R(gd_index k, const float *a, gd_index rsa, \
+        gd_index csa, const float *b, gd_index rsb, gd_index b_hi, float *bcopy, int nr, \
+        __m512 *acc, int mode, float *c, gd_index ldc) {                            \
+        accumulate(R, NH, MASKED, PACKED_A, COPY, k, a, rsa, csa, b, rsb, b_hi, bcopy, nr, \
+                   acc, mode, c, ldc);                                              \
+    }
+#define GD_ACCUM_NH(R, NH)                                                          \
+    GD_ACCUM_ONE(accum_packed, R, NH, 0, 1, 0)                                      \
+    GD_ACCUM_ONE(accum_strided, R, NH, 0, 0, 0)                                     \
+    GD_ACCUM_ONE(accum_masked, R, NH, 1, 0, 0)                                      \
+    GD_ACCUM_ONE(accum_copy, R, NH, 0, 0, 1)
+#define GD_ACCUM(R) GD_ACCUM_NH(R, 1) GD_ACCUM_NH(R, 2)
+
+GD_ACCUM(1) GD_ACCUM(2) GD_ACCUM(3) GD_ACCUM(4) GD_ACCUM(5) GD_ACCUM(6)
+
+#define GD_TABLE(NAME)                                                              \
+    static const accum_fn NAME[2][GD_MR + 1] = {                                    \
+        {NULL, NAME##_1_1, NAME##_1_2, NAME##_1_3, NAME##_1_4, NAME##_1_5, NAME##_1_6}, \
+        {NULL, NAME##_2_1, NAME##_2_2, NAME##_2_3, NAME##_2_4, NAME##_2_5, NAME##_2_6}};
+GD_TABLE(accum_packed)
+GD_TABLE(accum_strided)
+GD_TABLE(accum_masked)
+GD_TABLE(accum_copy)
+
+/* 8 lanes q*8 .. q*8+7 of a tile row held in two 16-lane registers. */
+GD_INLINE __m256 quarter(const __m512 *row, int q) {
+    __m512 v = row[q / 2];
+    return (q & 1) ? _mm512_extractf32x8_ps(v, 1) : _mm512_castps512_ps256(v);
+}
+
+/* The tile; with COPY, B is unpacked and full width, and copied to bcopy. */
+GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd_index csa,
+                    const float *b, gd_index rsb, gd_index b_hi, float *bcopy, int b_full,
+                    int mr, int nr, float alpha, float beta, float *c, gd_index ldc,
+                    const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    __m512 acc[2 * GD_MR];
+    const int nh = nr > GD_NR ? 2 : 1;
+    int mode = GD_RETURN;
+    if (nr == nh * GD_NR && alpha == 1.0f && !(last && ep))
+        mode = beta == 0.0f ? GD_STORE : beta == 1.0f ? GD_ADD : GD_RETURN;
+    const accum_fn *table = COPY ? accum_copy[nh - 1]
+                            : (!b_full && nr < nh * GD_NR) ? accum_masked[nh - 1]
+                            : (rsa == 1 && csa == GD_MR) ? accum_packed[nh - 1]
+                                                         : accum_strided[nh - 1];
+    table[mr](k, a, rsa, csa, b, rsb, b_hi, bcopy, nr, acc, mode, c, ldc);
+    if (mode != GD_RETURN) return;
+    const __m256 valpha = _mm256_set1_ps(alpha);
+    for (int q = 0; 8 * q < nr; q++) {
+        const int full = nr >= 8 * (q + 1);
+        const __m256i m = lane_mask(nr - 8 * q);
+        for (int r = 0; r < mr; r++)
+            write_back(quarter(acc + 2 * r, q), c + r * ldc + 8 * q, full, m, valpha, beta, ep,
+                       i0 + r, j0 + 8 * q, last);
+    }
+}
+
+void gdfast_gemm_tile_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                             const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
+                             int nr, float alpha, float beta, float *c, gd_index ldc,
+                             const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
+    tile(0, k, a, rsa, csa, b, rsb, b_hi, NULL, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0,
+         last);
+}
+
+void gdfast_gemm_tile_copy_b_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                    const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
+                                    int b_full, int mr, int nr, float alpha, float beta, float *c,
+                                    gd_index ldc, const gd_epilogue *ep, gd_index i0,
+                                    gd_index j0, int last) {
+    tile(1, k, a, rsa, csa, b, rsb, b_hi, bcopy, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0,
+         last);
+}
