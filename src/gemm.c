@@ -51,7 +51,7 @@ typedef struct {
     gd_dot_fn dot;
     gd_pack_bt_fn pack_bt;
     /* Columns per tile: one panel, or two on AVX-512, whose 32 registers
-     * hold 6 x 32 accumulators (it reuses the AVX2 helpers). */
+     * hold 6 x 32 accumulators (its dot products and packing are AVX2's). */
     int tile_cols;
 } gemm_kernels;
 
@@ -65,7 +65,7 @@ static const gemm_kernels avx2_kernels = {
 #endif
 #if defined(GDFAST_BUILD_AVX512)
 static const gemm_kernels avx512_kernels = {
-    gdfast_gemm_tile_avx512, gdfast_gemm_tile_copy_b_avx512, gdfast_gemm_wide_avx2,
+    gdfast_gemm_tile_avx512, gdfast_gemm_tile_copy_b_avx512, gdfast_gemm_wide_avx512,
     gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, 2 * GD_NR};
 #endif
 

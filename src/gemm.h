@@ -110,6 +110,10 @@ void gdfast_gemm_tile_avx512(gd_index k, const float *a, gd_index rsa, gd_index 
                              const float *b, gd_index rsb, gd_index b_hi, int b_full, int mr,
                              int nr, float alpha, float beta, float *c, gd_index ldc,
                              const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
+gd_index gdfast_gemm_wide_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,
+                                 const float *b, gd_index rsb, int mr, gd_index nr,
+                                 float alpha, float beta, float *c, gd_index ldc,
+                                 const gd_epilogue *ep, gd_index i0, gd_index j0, int last);
 void gdfast_gemm_tile_copy_b_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,
                                     const float *b, gd_index rsb, gd_index b_hi, float *bcopy,
                                     int b_full, int mr, int nr, float alpha, float beta, float *c,

@@ -153,85 +153,15 @@ void gdfast_gemm_tile_copy_b_avx2(gd_index k, const float *a, gd_index rsa, gd_i
     tile(1, k, a, rsa, csa, b, rsb, bcopy, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0, last);
 }
 
-/* Wide tile: MR = 1 row x 64 columns or 2 rows x 32, 8 accumulators either
- * way, so the FMAs are bound by the loads of B, not by their latency. Each
- * accumulator is the same FMA chain over k as in the 6x16 tile, and the
- * write-back is the same, so a row gets the same bits alone or in a batch. */
-#define GD_WIDE 64
-/* Fetch B 4 steps of k ahead: on the MLP's 0.5-1 KB row strides the hardware
- * prefetchers lag (1x784 @ 784x256, 1 thread: 13.3 -> 11.3 us). */
-#define GD_PF 4
-
-/* Named accumulators, not an array: GCC kept an array of them in memory and
- * stored all 8 on every step of k. Row r, vector v of the result is
- * acc[r * 8 / MR + v]. */
-GD_INLINE void wide_accumulate(const int MR, gd_index k, const float *a, gd_index rsa,
-                               gd_index csa, const float *b, gd_index rsb, __m256 *acc) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-    for (gd_index p = 0; p < k; p++) {
-        __m256 a0 = _mm256_broadcast_ss(a);
-        for (int l = 0; l < GD_WIDE / MR; l += 16) /* one cache line each */
-            _mm_prefetch((const char *)(b + GD_PF * rsb + l), _MM_HINT_T0);
-        if (MR == 1) {
-            s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b), s0);
-            s1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 8), s1);
-            s2 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 16), s2);
-            s3 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 24), s3);
-            s4 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 32), s4);
-            s5 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 40), s5);
-            s6 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 48), s6);
-            s7 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 56), s7);
-        } else {
-            __m256 a1 = _mm256_broadcast_ss(a + rsa), bv;
-            bv = _mm256_loadu_ps(b);
-            s0 = _mm256_fmadd_ps(a0, bv, s0);
-            s4 = _mm256_fmadd_ps(a1, bv, s4);
-            bv = _mm256_loadu_ps(b + 8);
-            s1 = _mm256_fmadd_ps(a0, bv, s1);
-            s5 = _mm256_fmadd_ps(a1, bv, s5);
-            bv = _mm256_loadu_ps(b + 16);
-            s2 = _mm256_fmadd_ps(a0, bv, s2);
-            s6 = _mm256_fmadd_ps(a1, bv, s6);
-            bv = _mm256_loadu_ps(b + 24);
-            s3 = _mm256_fmadd_ps(a0, bv, s3);
-            s7 = _mm256_fmadd_ps(a1, bv, s7);
-        }
-        a += csa;
-        b += rsb;
-    }
-    acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
-    acc[4] = s4, acc[5] = s5, acc[6] = s6, acc[7] = s7;
-}
-
-static GD_NOINLINE void wide_accumulate_1(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                          const float *b, gd_index rsb, __m256 *acc) {
-    wide_accumulate(1, k, a, rsa, csa, b, rsb, acc);
-}
-
-static GD_NOINLINE void wide_accumulate_2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                                          const float *b, gd_index rsb, __m256 *acc) {
-    wide_accumulate(2, k, a, rsa, csa, b, rsb, acc);
-}
-
-gd_index gdfast_gemm_wide_avx2(gd_index k, const float *a, gd_index rsa, gd_index csa,
-                               const float *b, gd_index rsb, int mr, gd_index nr,
-                               float alpha, float beta, float *c, gd_index ldc,
-                               const gd_epilogue *ep, gd_index i0, gd_index j0, int last) {
-    const gd_index width = GD_WIDE / mr;
-    const __m256 valpha = _mm256_set1_ps(alpha);
-    const __m256i none = _mm256_setzero_si256(); /* unused: every store is full */
-    gd_index j = 0;
-    for (; j + width <= nr; j += width) {
-        __m256 acc[8];
-        if (mr == 1) wide_accumulate_1(k, a, rsa, csa, b + j, rsb, acc);
-        else wide_accumulate_2(k, a, rsa, csa, b + j, rsb, acc);
-        for (int r = 0; r < mr; r++)
-            for (gd_index v = 0; v < width / 8; v++)
-                write_back(acc[r * (width / 8) + v], c + r * ldc + j + 8 * v, 1, none, valpha,
-                           beta, ep, i0 + r, j0 + j + 8 * v, last);
-    }
-    return j;
-}
+#define GD_V __m256
+#define GD_LANES 8
+#define GD_ZERO() _mm256_setzero_ps()
+#define GD_SET1(x) _mm256_set1_ps(x)
+#define GD_LOADU(p) _mm256_loadu_ps(p)
+#define GD_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define GD_LANES8(v, h) (v)
+#define GD_WIDE_FN gdfast_gemm_wide_avx2
+#include "gemm_wide.inc"
 
 /* Sum of each of 8 vectors: lane q of the result is, for s[q],
  * ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)). */

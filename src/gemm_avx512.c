@@ -1,11 +1,11 @@
-/* AVX-512 register tile for the GEMM: 6 rows x 32 columns (two packed
+/* AVX-512 register tiles for the GEMM. The main one: 6 rows x 32 columns (two packed
  * panels of B), 12 zmm accumulators, 2 loads of B and 6 broadcasts of A per
  * step of k: twice the AVX2 tile's work per instruction. Each element of C is
  * the same FMA chain over k as on the AVX2 path, and the write-back is the
- * AVX2 one on 8-lane quarters, so both paths give C the same bits.
+ * AVX2 one on 8-lane parts, so both paths give C the same bits.
  * Specialised for each row count 1..6 and for one or two panels; masked
  * loads (which never fault on masked-off lanes) cover an unpacked B's last
- * columns. */
+ * columns. A wide tile of 1-2 rows serves the batch-1 forward (at the end). */
 #include "gemm_writeback_avx2.h"
 
 #if defined(__GNUC__)
@@ -114,10 +114,9 @@ GD_TABLE(accum_strided)
 GD_TABLE(accum_masked)
 GD_TABLE(accum_copy)
 
-/* 8 lanes q*8 .. q*8+7 of a tile row held in two 16-lane registers. */
-GD_INLINE __m256 quarter(const __m512 *row, int q) {
-    __m512 v = row[q / 2];
-    return (q & 1) ? _mm512_extractf32x8_ps(v, 1) : _mm512_castps512_ps256(v);
+/* Lanes 8h .. 8h+7 (h = 0, 1) of a 16-lane register. */
+GD_INLINE __m256 lanes8(__m512 v, int h) {
+    return h ? _mm512_extractf32x8_ps(v, 1) : _mm512_castps512_ps256(v);
 }
 
 /* The tile; with COPY, B is unpacked and full width, and copied to bcopy. */
@@ -141,8 +140,8 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
         const int full = nr >= 8 * (q + 1);
         const __m256i m = lane_mask(nr - 8 * q);
         for (int r = 0; r < mr; r++)
-            write_back(quarter(acc + 2 * r, q), c + r * ldc + 8 * q, full, m, valpha, beta, ep,
-                       i0 + r, j0 + 8 * q, last);
+            write_back(lanes8(acc[2 * r + q / 2], q & 1), c + r * ldc + 8 * q, full, m, valpha,
+                       beta, ep, i0 + r, j0 + 8 * q, last);
     }
 }
 
@@ -162,3 +161,13 @@ void gdfast_gemm_tile_copy_b_avx512(gd_index k, const float *a, gd_index rsa, gd
     tile(1, k, a, rsa, csa, b, rsb, b_hi, bcopy, b_full, mr, nr, alpha, beta, c, ldc, ep, i0, j0,
          last);
 }
+
+#define GD_V __m512
+#define GD_LANES 16
+#define GD_ZERO() _mm512_setzero_ps()
+#define GD_SET1(x) _mm512_set1_ps(x)
+#define GD_LOADU(p) _mm512_loadu_ps(p)
+#define GD_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define GD_LANES8(v, h) lanes8(v, h)
+#define GD_WIDE_FN gdfast_gemm_wide_avx512
+#include "gemm_wide.inc"

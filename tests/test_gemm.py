@@ -116,7 +116,8 @@ def test_simd_paths_agree_within_rounding():
 @pytest.mark.skipif("avx512" not in SIMD, reason="this CPU has no AVX-512")
 @pytest.mark.parametrize("m,n,k,ta,tb", [
     (64, 256, 784, False, False), (784, 256, 64, True, False), (64, 256, 128, False, True),
-    (1, 256, 784, False, False), (2, 45, 300, False, False), (13, 20, 77, True, True),
+    (1, 256, 784, False, False), (2, 45, 300, False, False), (2, 200, 300, True, False),
+    (13, 20, 77, True, True),
     (40, 60, 500, False, False), (31, 37, 41, False, True), (700, 100, 3000, False, False)])
 @pytest.mark.parametrize("threads_n", [1, 2])
 def test_avx512_gives_the_avx2_bits(threads, m, n, k, ta, tb, threads_n):
