@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 cdef extern from "mlp.h" nogil:
-    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE
+    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE, GD_MLP_SKIPPED
     ctypedef struct gd_mlp:
         int n_layers
         const gd_index *sizes
@@ -20,7 +20,8 @@ cdef extern from "mlp.h" nogil:
                                   const float *targets, float *ws, double *loss)
     gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads,
                                    const float *x, gd_index n, const int64_t *labels,
-                                   const float *targets, float *ws, gd_plan *plan, double *loss)
+                                   const float *targets, float *ws, gd_plan *plan,
+                                   int skip_nonfinite, double *loss)
 
 ACTIVATIONS = {"identity": GD_ACT_IDENTITY, "relu": GD_ACT_RELU,
                "sigmoid": GD_ACT_SIGMOID, "tanh": GD_ACT_TANH}
@@ -172,15 +173,21 @@ cdef class MLPCore:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
         return loss
 
-    def train_step(self, x, y, optimizer, params):
-        """Forward, backward and the optimizer's update in one GIL-free stretch."""
+    def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False):
+        """Forward, backward and the optimizer's update in one GIL-free stretch.
+        Returns (loss, gradient norm or None); see MLP.train_step."""
+        cdef double mx = 0.0
+        if max_grad_norm is not None:
+            mx = max_grad_norm
+            if not mx > 0:
+                raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
         self._enter()
         try:
-            return self._train_step(x, y, optimizer, params)
+            return self._train_step(x, y, optimizer, params, mx, skip_nonfinite)
         finally:
             self.busy = False
 
-    cdef _train_step(self, x, y, optimizer, params):
+    cdef _train_step(self, x, y, optimizer, params, double mx, bint skip):
         keep = self._prepare(x, y)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
@@ -190,14 +197,18 @@ cdef class MLPCore:
             raise TypeError(f"optimizer must be a gdfast optimizer over this MLP's params, "
                             f"got {type(optimizer).__name__}")
         cdef StepPlan plan = begin(params)
+        plan.plan.max_norm = mx
         try:
             with nogil:
                 status = gdfast_mlp_train_step(
                     &self.net, <float *>cnp.PyArray_DATA(self.data),
                     <float *>cnp.PyArray_DATA(self.grad), px, self._n, self._labels,
-                    self._targets, <float *>cnp.PyArray_DATA(self.ws), &plan.plan, &loss)
+                    self._targets, <float *>cnp.PyArray_DATA(self.ws), &plan.plan, skip, &loss)
         finally:
-            optimizer._end_step()
+            # a skipped update is no step: the optimizer's count stays
+            optimizer._end_step(status != GD_MLP_SKIPPED)
+        if status == GD_MLP_SKIPPED:
+            return loss, (float("nan") if mx > 0 else None)
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
-        return loss
+        return loss, (plan.plan.norm if mx > 0 else None)

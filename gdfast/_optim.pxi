@@ -439,8 +439,11 @@ cdef class _OptimCore:
         self._plan.plan.max_norm = 0.0
         return self._plan
 
-    def _end_step(self):
-        """After the GIL-free step: the optimizer may step again."""
+    def _end_step(self, stepped=True):
+        """After the GIL-free step: the optimizer may step again. stepped=False:
+        the update was not applied (a skipped step), so it is not counted."""
+        if not stepped:
+            self._step -= 1
         self._busy = False
 
 

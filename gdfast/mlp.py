@@ -96,16 +96,31 @@ class MLP:
         """Mean loss over the batch; the gradients overwrite params.grad."""
         return self._core.loss_and_grad(x, y)
 
-    def train_step(self, x, y, optimizer):
+    def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False):
         """One step of training on a mini-batch; returns the mean loss before the update.
 
         Forward, backward and the update of `optimizer` (a gdfast optimizer
         built over ``self.params``) run in one GIL-free call. The result is
-        bit for bit that of loss_and_grad() then optimizer.step(), but
-        ``params.grad`` is scratch space afterwards: for one example the
-        weight gradients are formed inside the update and never stored. Use
-        loss_and_grad() + step() when you need the gradients."""
-        return self._core.train_step(x, y, optimizer, self.params)
+        bit for bit that of loss_and_grad() then
+        optimizer.step(max_grad_norm=max_grad_norm), but ``params.grad`` is
+        scratch space afterwards: for one example the weight gradients are
+        formed inside the update and never stored. Use loss_and_grad() +
+        step() when you need the gradients.
+
+        max_grad_norm: clip by the global gradient norm, as optimizer.step
+            does, and return ``(loss, norm before clipping)``. ``math.inf``
+            only measures the norm; for one example it then comes from the
+            outer products' factors (equal up to rounding), so the fused
+            path still applies. A finite value at batch 1 stores the
+            gradients to measure them exactly.
+        skip_nonfinite: when the loss is NaN or infinite, apply no update
+            (parameters, optimizer state and its step count unchanged) and
+            return that loss (norm NaN), so the caller can stop training
+            with parameters that are still good.
+        """
+        loss, norm = self._core.train_step(x, y, optimizer, self.params, max_grad_norm,
+                                           skip_nonfinite)
+        return loss if max_grad_norm is None else (loss, norm)
 
     def evaluate(self, x, y, batch_size=1000):
         """(mean loss, accuracy) over a data set, without touching gradients."""

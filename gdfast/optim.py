@@ -488,11 +488,12 @@ class Lookahead:
     def _begin_step(self, params):
         return self.optimizer._begin_step(params)
 
-    def _end_step(self):
+    def _end_step(self, stepped=True):
         try:
-            self._after_step()  # while the inner optimizer still counts as stepping
+            if stepped:
+                self._after_step()  # while the inner optimizer still counts as stepping
         finally:
-            self.optimizer._end_step()
+            self.optimizer._end_step(stepped)
 
     def _after_step(self):
         self._count += 1

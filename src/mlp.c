@@ -231,12 +231,15 @@ static int tensor_edge(const gd_mlp *net, gd_index pos) {
  * read back (a third of a batch-1 Adam step). From two examples on, dW is a
  * real GEMM that has to be written (tried a block at a time inside the
  * update: 5-15% slower steps at batches 2-64). It also needs no clipping
- * (the norm needs every gradient first), update kernels with an outer-product
+ * (the norm needs every gradient first; an infinite max_norm only asks for
+ * the norm, see outer_grad_norm), update kernels with an outer-product
  * form (not Lookahead's sync), and a plan whose segments are views of this
  * arena and its grads covering whole tensors. */
 static int fusable(const gd_mlp *net, const float *params, const float *grads, gd_index total,
                    gd_index n, const gd_plan *plan) {
-    if (n != 1 || plan->max_norm > 0.0 || !gdfast_optim_outer_ok(plan)) return 0;
+    if (n != 1 || (plan->max_norm > 0.0 && plan->max_norm < INFINITY) ||
+        !gdfast_optim_outer_ok(plan))
+        return 0;
     for (int k = 0; k < plan->nseg; k++) {
         const gd_segment *s = &plan->seg[k];
         gd_index off = s->p - params;
@@ -247,17 +250,37 @@ static int fusable(const gd_mlp *net, const float *params, const float *grads, g
     return 1;
 }
 
+/* The global gradient norm of a one-example step from its factors: layer l's
+ * dW is the outer product of its input a and dZ, so ||dW||^2 = ||a||^2 ||dZ||^2,
+ * and db = dZ. The same value as the norm of the stored gradients up to
+ * rounding (double sums either way). */
+static double outer_grad_norm(const gd_mlp *net, const float *x, float *ws) {
+    double total = 0.0;
+    for (int l = 1; l <= net->n_layers; l++) {
+        const float *in = layer_input(net, x, ws, 1, l), *dz = dz_buf(net, ws, 1, l);
+        double sa = 0.0, sz = 0.0;
+        for (gd_index i = 0; i < net->sizes[l - 1]; i++) sa += (double)in[i] * in[i];
+        for (gd_index j = 0; j < net->sizes[l]; j++) sz += (double)dz[j] * dz[j];
+        total += sa * sz + sz;
+    }
+    return sqrt(total);
+}
+
 static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, const float *x,
                                gd_index n, const int64_t *labels, const float *targets,
-                               float *ws, gd_plan *plan, double *loss) {
+                               float *ws, gd_plan *plan, int skip_nonfinite, double *loss) {
     gd_index total = w_offset(net, net->n_layers + 1);
     if (!fusable(net, params, grads, total, n, plan)) {
         gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss);
-        if (status == 0) gdfast_optim_run(plan);
-        return status;
+        if (status != 0) return status;
+        if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
+        gdfast_optim_run(plan);
+        return 0;
     }
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss);
     if (status != 0) return status;
+    if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
+    if (plan->max_norm > 0.0) plan->norm = outer_grad_norm(net, x, ws);
     gdfast_optim_begin_pieces(plan);
     int nt = gdfast_threads_for(total, gdfast_optim_grain(plan));
     if (nt <= 1) {
@@ -298,9 +321,10 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
 
 gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads, const float *x,
                                gd_index n, const int64_t *labels, const float *targets,
-                               float *ws, gd_plan *plan, double *loss) {
+                               float *ws, gd_plan *plan, int skip_nonfinite, double *loss) {
     unsigned fp = gd_fpmode_enter();
-    gd_index status = mlp_train_step(net, params, grads, x, n, labels, targets, ws, plan, loss);
+    gd_index status = mlp_train_step(net, params, grads, x, n, labels, targets, ws, plan,
+                                     skip_nonfinite, loss);
     gd_fpmode_leave(fp);
     return status;
 }

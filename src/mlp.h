@@ -48,11 +48,16 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
  * arena); the same parameters and optimizer state, bit for bit, as loss_grad
  * followed by the step, but `grads` is left unspecified: for one example
  * (n = 1) the weight gradients are formed inside the update kernels and
- * never stored. Other batches, plans that clip by the gradient norm, and
- * plans the fused pass cannot run (see fusable) take the two steps one after
- * the other. Returns as gdfast_mlp_loss_grad; no update when that fails. */
+ * never stored. Other batches, plans that clip by a finite gradient norm,
+ * and plans the fused pass cannot run (see fusable) take the two steps one
+ * after the other. With plan->max_norm > 0, plan->norm gets the gradient
+ * norm (for one example and an infinite max_norm, from the outer products'
+ * factors: equal up to rounding). Returns as gdfast_mlp_loss_grad, no update
+ * when that fails; or GD_MLP_SKIPPED, with no update, when skip_nonfinite is
+ * set and the loss is NaN or infinite. */
+#define GD_MLP_SKIPPED (-2)
 gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads, const float *x,
                                gd_index n, const int64_t *labels, const float *targets,
-                               float *ws, gd_plan *plan, double *loss);
+                               float *ws, gd_plan *plan, int skip_nonfinite, double *loss);
 
 #endif

@@ -159,21 +159,22 @@ gd_index gdfast_optim_grain(const gd_plan *pl) {
     return kind == GD_SGD || kind == GD_LOOKAHEAD ? GD_GRAIN_LIGHT : GD_GRAIN_HEAVY;
 }
 
+/* PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when below 1;
+ * a NaN norm gives a NaN scale, which propagates. 1 without clipping. */
+static float clip_factor(const gd_plan *pl) {
+    if (!(pl->max_norm > 0.0)) return 1.0f;
+    double coef = pl->max_norm / (pl->norm + 1e-6);
+    return coef >= 1.0 ? 1.0f : (float)coef;
+}
+
 int gdfast_optim_run(gd_plan *pl) {
-    float clip = 1.0f;
-    if (pl->max_norm > 0.0) {
-        /* PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when
-         * below 1; a NaN norm gives a NaN scale, which propagates. */
-        pl->norm = gdfast_optim_grad_norm(pl);
-        double coef = pl->max_norm / (pl->norm + 1e-6);
-        if (!(coef >= 1.0)) clip = (float)coef;
-    }
-    set_gscale(pl, clip);
+    if (pl->max_norm > 0.0) pl->norm = gdfast_optim_grad_norm(pl);
+    set_gscale(pl, clip_factor(pl));
     apply(pl, OP_UPDATE, 0.0f, 0.0f, gdfast_optim_grain(pl));
     return 0;
 }
 
-void gdfast_optim_begin_pieces(gd_plan *pl) { set_gscale(pl, 1.0f); }
+void gdfast_optim_begin_pieces(gd_plan *pl) { set_gscale(pl, clip_factor(pl)); }
 
 int gdfast_optim_outer_ok(const gd_plan *pl) {
     for (int k = 0; k < pl->ngroups; k++)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -193,6 +195,69 @@ def test_fused_train_step_equals_loss_and_grad_then_step(simd, name, hyper, n, t
                 np.testing.assert_array_equal(sf[key][slot], ss[key][slot], err_msg=key + slot)
     finally:
         gdfast.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("max_norm", [math.inf, 0.05])
+def test_train_step_clips_and_measures_the_norm_like_step(simd, n, max_norm):
+    # batch 1 with an infinite max_norm stays fused (norm from the outer
+    # products' factors); a finite one stores the gradients, as n = 7 does
+    rng = np.random.default_rng(9)
+    sizes = [150, 70, 33, 10]
+    fused, split = gdfast.MLP(sizes, seed=3), gdfast.MLP(sizes, seed=3)
+    opt_f, opt_s = gdfast.Adam(fused.params, lr=1e-2), gdfast.Adam(split.params, lr=1e-2)
+    for _ in range(3):
+        x, y = batch(rng, n, sizes)
+        loss_f, norm_f = fused.train_step(x, y, opt_f, max_grad_norm=max_norm)
+        loss_s = split.loss_and_grad(x, y)
+        norm_s = opt_s.step(max_grad_norm=max_norm)
+        assert loss_f == loss_s
+        assert norm_f == pytest.approx(norm_s, rel=1e-6)  # dW rounded to float32 or not
+        if max_norm < 1:
+            assert norm_s > max_norm  # the clip really scaled the step
+    np.testing.assert_array_equal(fused.params.data, split.params.data)
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
+        fused.train_step(x, y, opt_f, max_grad_norm=0.0)
+
+
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("opt_name", ["Adam", "Lookahead"])
+def test_train_step_skips_an_update_on_a_nonfinite_loss(n, opt_name):
+    rng = np.random.default_rng(10)
+    sizes = [30, 20, 5]
+    nets, opts = [], []
+    for _ in range(2):
+        net = gdfast.MLP(sizes, seed=1)
+        opt = (gdfast.Lookahead(gdfast.SGD(net.params, lr=0.1, momentum=0.9), k=2)
+               if opt_name == "Lookahead" else gdfast.Adam(net.params, lr=1e-2))
+        nets.append(net)
+        opts.append(opt)
+    good = [batch(rng, n, sizes) for _ in range(3)]
+    bad_x = good[0][0].copy()
+    bad_x[0, 4] = np.nan
+    # the first model also meets a batch with NaN in it, which must change nothing
+    for i, (x, y) in enumerate(good):
+        if i == 1:
+            before = nets[0].params.data.copy()
+            loss, norm = nets[0].train_step(bad_x, y, opts[0], max_grad_norm=math.inf,
+                                            skip_nonfinite=True)
+            assert math.isnan(loss) and math.isnan(norm)
+            np.testing.assert_array_equal(nets[0].params.data, before)
+        for net, opt in zip(nets, opts):
+            net.train_step(x, y, opt, skip_nonfinite=True)
+    np.testing.assert_array_equal(nets[0].params.data, nets[1].params.data)
+    a, b = opts[0].state_dict(), opts[1].state_dict()
+    assert a["step"] == b["step"] == 3
+    if opt_name == "Lookahead":  # its count and slow weights too
+        assert a["lookahead"] == b["lookahead"]
+        for key, value in b["slow"].items():
+            np.testing.assert_array_equal(a["slow"][key], value)
+    for key, slots in b["state"].items():
+        for slot, value in slots.items():
+            np.testing.assert_array_equal(a["state"][key][slot], value)
+    # without skip_nonfinite the NaN goes into the parameters, as in PyTorch
+    nets[1].train_step(bad_x, good[0][1], opts[1])
+    assert np.isnan(nets[1].params.data).any()
 
 
 def test_train_step_refuses_bad_input_before_touching_the_optimizer():

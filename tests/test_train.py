@@ -1,5 +1,6 @@
 """The training loop with the real gdfast.MLP and optimizers."""
 import json
+import math
 import os
 
 import numpy as np
@@ -210,6 +211,34 @@ def test_reference_trainer_matches_gdfast():
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.01)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_trainer_steps_in_one_call_as_two_calls_would(batch_size):
+    # gdfast's MLP and optimizer go through MLP.train_step (fused at batch 1):
+    # the same parameters as loss_and_grad + step, the same norms up to rounding
+    x, y = blobs(48)
+    model, opt = make(seed=2)
+    trainer = Trainer(model, opt, (x, y), batch_size=batch_size, shuffle=False, acc_every=0)
+    trainer.fit(1)
+    twin, twin_opt = make(seed=2)
+    norms = []
+    for start in range(0, 48, batch_size):
+        twin.loss_and_grad(x[start:start + batch_size], y[start:start + batch_size])
+        norms.append(twin_opt.step(max_grad_norm=math.inf))
+    np.testing.assert_array_equal(model.params.data, twin.params.data)
+    assert trainer.history[0]["grad_norm"] == pytest.approx(np.mean(norms), rel=1e-6)
+
+
+def test_nan_at_batch_1_stops_before_the_update(tmp_path):
+    x, y = blobs(20)
+    x[13, 2] = np.nan
+    model, opt = make()
+    trainer = Trainer(model, opt, (x, y), batch_size=1, shuffle=False)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 13 "):
+        trainer.fit(1)
+    assert np.isfinite(model.params.data).all()
+    assert opt.state_dict()["step"] == 13
 
 
 def test_untracked_grad_norm_is_none_in_strict_json(tmp_path):
