@@ -178,7 +178,7 @@ def test_fused_train_step_equals_loss_and_grad_then_step(simd, name, hyper, n, t
     gdfast.set_num_threads(threads)
     try:
         rng = np.random.default_rng(n)
-        sizes = [150, 70, 33, 10]  # 13k params: the pass splits over 2 threads
+        sizes = [450, 70, 33, 10]  # 34k params: 2 threads for every optimizer and ISA
         fused, split = gdfast.MLP(sizes, seed=3), gdfast.MLP(sizes, seed=3)
         opt_f = make_optimizer(name, hyper, fused.params)
         opt_s = make_optimizer(name, hyper, split.params)
