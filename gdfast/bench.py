@@ -494,7 +494,9 @@ def markdown_file(result, argv):
             f"machine (`pip install \".[bench]\"` first for threadpoolctl, and install "
             f"PyTorch for its columns). Timings on shared or virtual machines vary "
             f"between runs (by up to about 30% on the 2-core VM this project is built on, "
-            f"most for memory- and thread-bound rows): compare the ratios within one run."
+            f"most for memory- and thread-bound rows; 2-thread rows of small batches by "
+            f"up to 3x when the host moves the vCPUs apart, see README, Threads and "
+            f"SIMD): compare the ratios within one run."
             f"\n\n" + report(result, markdown=True))
 
 
