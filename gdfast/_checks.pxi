@@ -27,6 +27,16 @@ cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b):
     return pa < pb + nb and pb < pa + na
 
 
+cdef double max_norm_arg(object max_grad_norm) except -1.0:
+    """max_grad_norm as the plan's max_norm: 0 (no clipping) for None, else > 0."""
+    if max_grad_norm is None:
+        return 0.0
+    cdef double mx = max_grad_norm
+    if not mx > 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+    return mx
+
+
 def check_float32(a, str name, bint writeable=False):
     """check_f32 for the Python layer: the same checks and messages."""
     return check_f32(a, name, writeable)

@@ -176,11 +176,7 @@ cdef class MLPCore:
     def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False):
         """Forward, backward and the optimizer's update in one GIL-free stretch.
         Returns (loss, gradient norm or None); see MLP.train_step."""
-        cdef double mx = 0.0
-        if max_grad_norm is not None:
-            mx = max_grad_norm
-            if not mx > 0:
-                raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+        cdef double mx = max_norm_arg(max_grad_norm)
         self._enter()
         try:
             return self._train_step(x, y, optimizer, params, mx, skip_nonfinite)

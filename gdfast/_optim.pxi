@@ -397,11 +397,7 @@ cdef class _OptimCore:
         them); then the norm before clipping is returned, else None.
         NaN/Inf in gradients propagate into the parameters, as in PyTorch.
         """
-        cdef double mx = 0.0
-        if max_grad_norm is not None:
-            mx = max_grad_norm
-            if not mx > 0:
-                raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+        cdef double mx = max_norm_arg(max_grad_norm)
         self._enter()
         try:
             if self._arena is not None:
