@@ -104,10 +104,12 @@ class Trainer:
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         self.clip_norm = clip_norm
+        # what steps that clip or measure inside are asked for (None: neither)
+        self._max_norm = clip_norm or (math.inf if track_grad_norm else None)
         step_args = inspect.signature(optimizer.step).parameters
-        self._fused_norm = "max_grad_norm" in step_args and (track_grad_norm or clip_norm)
+        self._fused_norm = "max_grad_norm" in step_args and self._max_norm is not None
         # gdfast's MLP and optimizers: forward, backward and update in one call
-        # (at batch 1 about twice the steps per second: dW is never stored)
+        # (dW is never stored at batch 1; MNIST, 2 threads: 15.8k -> 21.3k examples/s)
         self._one_call = isinstance(model, MLP) and hasattr(optimizer, "_begin_step")
         self.params = model.params
         self.step = 0            # optimizer steps taken: the schedule's position
@@ -140,19 +142,16 @@ class Trainer:
 
     def _train_step(self, xb, yb, lr):
         """One update; returns (loss, gradient norm before clipping, or nan)."""
-        if self._one_call:
-            mx = self.clip_norm or (math.inf if self.track_grad_norm else None)
-            out = self.model.train_step(xb, yb, self.optimizer, max_grad_norm=mx,
+        if self._one_call:              # no update when the loss is not finite
+            out = self.model.train_step(xb, yb, self.optimizer, max_grad_norm=self._max_norm,
                                         skip_nonfinite=True)
-            loss, norm = out if mx is not None else (out, math.nan)
-            if not math.isfinite(loss):     # the update was skipped: the parameters stay good
-                self._diverged(f"loss became {loss} at step {self.step}", lr)
+            loss, norm = out if self._max_norm is not None else (out, math.nan)
+            self._check_loss(loss, lr)
             return loss, norm
         loss = self.model.loss_and_grad(xb, yb)
-        if not math.isfinite(loss):     # before the update: the parameters stay good
-            self._diverged(f"loss became {loss} at step {self.step}", lr)
+        self._check_loss(loss, lr)
         if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
-            return loss, self.optimizer.step(max_grad_norm=self.clip_norm or math.inf)
+            return loss, self.optimizer.step(max_grad_norm=self._max_norm)
         if self.clip_norm:
             norm = clip_grad_norm(self.params.grad, self.clip_norm)
         elif self.track_grad_norm:
@@ -227,6 +226,11 @@ class Trainer:
             self.bad_epochs += 1
             if self.early_stopping and self.bad_epochs >= self.early_stopping:
                 self.stopped_early = True
+
+    def _check_loss(self, loss, lr):
+        """Stop on a NaN or Inf loss; no update has used it, so the parameters stay good."""
+        if not math.isfinite(loss):
+            self._diverged(f"loss became {loss} at step {self.step}", lr)
 
     def _diverged(self, what, lr):
         where = self.last_checkpoint or (

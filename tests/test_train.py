@@ -230,7 +230,7 @@ def test_trainer_steps_in_one_call_as_two_calls_would(batch_size):
     assert trainer.history[0]["grad_norm"] == pytest.approx(np.mean(norms), rel=1e-6)
 
 
-def test_nan_at_batch_1_stops_before_the_update(tmp_path):
+def test_nan_at_batch_1_stops_before_the_update():
     x, y = blobs(20)
     x[13, 2] = np.nan
     model, opt = make()
