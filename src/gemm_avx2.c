@@ -28,11 +28,6 @@
         }                                                                          \
     }
 
-/* What the k loop does with its sums: hand them back, or for a full-width
- * tile with alpha = 1 and no epilogue, store them (beta = 0) or add them to
- * C (beta = 1) straight from the registers. */
-enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
-
 /* The k loop alone, its 12 accumulators handed back through memory: kept
  * apart from the write-back so the compiler never spills an accumulator
  * (all 16 ymm registers: 12 accumulators, 2 rows of B, 1 broadcast of A). */
@@ -72,12 +67,6 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, co
     }
     GD_OUT(0) GD_OUT(1) GD_OUT(2) GD_OUT(3) GD_OUT(4) GD_OUT(5)
 }
-
-#if defined(__GNUC__)
-#define GD_NOINLINE __attribute__((noinline))
-#else
-#define GD_NOINLINE __declspec(noinline)
-#endif
 
 typedef void (*accum_fn)(gd_index k, const float *a, gd_index rsa, gd_index csa,
                          const float *b, gd_index rsb, float *bcopy, int nr, __m256 *acc,

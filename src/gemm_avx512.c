@@ -8,12 +8,6 @@
  * columns. A wide tile of 1-2 rows serves the batch-1 forward (at the end). */
 #include "gemm_writeback_avx2.h"
 
-#if defined(__GNUC__)
-#define GD_NOINLINE __attribute__((noinline))
-#else
-#define GD_NOINLINE __declspec(noinline)
-#endif
-
 /* First n (may be <= 0 or >= 16) lanes of a 16-lane register. */
 GD_INLINE __mmask16 lanes16(int n) {
     return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
@@ -41,9 +35,6 @@ GD_INLINE __mmask16 lanes16(int n) {
             acc[2 * r + 1] = c##r##1;                                              \
         }                                                                          \
     }
-
-/* What the k loop does with its sums (as in gemm_avx2.c). */
-enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
 
 /* The k loop alone over NH panels (16 columns each); sums handed back
  * through memory, or stored / added to C straight from the registers. */

@@ -124,6 +124,6 @@ void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd
     (void)b_full;
     for (gd_index p = 0; p < k; p++)
         for (int j = 0; j < GD_NR; j++) bcopy[p * GD_NR + j] = b[p * rsb + j];
-    gdfast_gemm_tile_scalar(k, a, rsa, csa, bcopy, GD_NR, b_hi, 1, mr, nr, alpha, beta, c, ldc, ep, i0,
-                            j0, last);
+    gdfast_gemm_tile_scalar(k, a, rsa, csa, bcopy, GD_NR, b_hi, 1, mr, nr, alpha, beta, c, ldc,
+                            ep, i0, j0, last);
 }

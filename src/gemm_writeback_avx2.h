@@ -1,7 +1,8 @@
 /* The AVX2 write-back of the GEMM tiles: alpha, beta and the fused epilogue
  * (bias, activation, activation derivative, column sums) on 8-lane registers.
  * Shared by gemm_avx2.c and gemm_avx512.c, so both paths round every element
- * of C the same way. Include only from files built with AVX2 + FMA. */
+ * of C the same way, with the few definitions their tiles have in common.
+ * Include only from files built with AVX2 + FMA. */
 #ifndef GDFAST_GEMM_WRITEBACK_AVX2_H
 #define GDFAST_GEMM_WRITEBACK_AVX2_H
 
@@ -10,9 +11,16 @@
 
 #if defined(__GNUC__)
 #define GD_INLINE static inline __attribute__((always_inline))
+#define GD_NOINLINE __attribute__((noinline))
 #else
 #define GD_INLINE static __forceinline
+#define GD_NOINLINE __declspec(noinline)
 #endif
+
+/* What a tile's k loop does with its sums: hand them back for the
+ * write-back, or for a full-width tile with alpha = 1 and no epilogue, store
+ * them (beta = 0) or add them to C (beta = 1) straight from the registers. */
+enum { GD_RETURN = 0, GD_STORE = 1, GD_ADD = 2 };
 
 /* exp(x) for x in float range: 2^n * p(r), r = x - n ln2, |r| <= ln2/2.
  * Degree-6 minimax polynomial (Cephes expf coefficients), ~1 ulp. */

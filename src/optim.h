@@ -101,8 +101,8 @@ int gdfast_optim_run(gd_plan *plan);
 gd_index gdfast_optim_grain(const gd_plan *plan);
 /* A step in pieces, for callers that form the gradients piece by piece in
  * their own parallel region (the fused one-example MLP step), on disjoint
- * ranges of positions relative to
- * `base`, the buffer every segment's p points into (a Params arena):
+ * ranges of positions relative to `base`, the buffer every segment's p
+ * points into (a Params arena):
  *   begin_pieces   once; when max_norm > 0, the caller has put the gradient
  *                  norm in plan->norm and gets gdfast_optim_run's clipping;
  *   update_piece   [lo, hi), gradients read from the segments' g;
