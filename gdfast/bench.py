@@ -392,13 +392,22 @@ def mnist_trainers(x, y, batch_size=128, shift=0):
     return trainers
 
 
+MNIST_MISSING = ("MNIST epoch skipped: MNIST files not found (set GDFAST_DATA=DIR with the "
+                 "IDX files in DIR/mnist/, or run `gdfast train` once with network access "
+                 "to download them)")
+
+
 def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
     """One shuffled mini-batch epoch over the MNIST training set, data handling included."""
     from gdfast.datasets import DatasetError, load_mnist
     try:
         data = load_mnist(progress=False)
+    except FileNotFoundError:
+        log(MNIST_MISSING)
+        return []
     except (DatasetError, OSError) as exc:
-        log(f"MNIST epoch skipped: {str(exc).splitlines()[0]}")
+        # The loader's messages span lines (a list of paths or mirrors): one line here.
+        log(f"MNIST epoch skipped: MNIST files unusable: {' '.join(str(exc).split())}")
         return []
     x, y = data.x_train, data.y_train
     if quick:

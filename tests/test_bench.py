@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gdfast import bench
+from gdfast import bench, datasets
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -95,3 +95,27 @@ def test_markdown_page_is_a_benchmarks_file(tmp_path):
     assert "### optimizer step" in text
     assert "| case | threads | gdfast | numpy | speed-up | rate | of ceiling |" in text
     assert text.count("| adam n=1e+02 | 1 |") == 1
+
+
+@pytest.mark.parametrize("error", [
+    FileNotFoundError("mnist not found. Looked for train-images-idx3-ubyte[.gz] in:\n"
+                      "  /nowhere/mnist\nProvide the files by one of: ..."),
+    datasets.DatasetError("could not download train-images-idx3-ubyte.gz for mnist:\n"
+                          "  https://mirror/x: timed out")])
+def test_mnist_skip_says_why_and_how_in_one_line(error, tmp_path, monkeypatch):
+    monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def no_mnist(*args, **kwargs):    # no files, and never a download
+        raise error
+    monkeypatch.setattr(datasets, "load_mnist", no_mnist)
+    lines = []
+    assert bench.bench_mnist_epoch(1, True, 100.0, lines.append) == []
+    assert len(lines) == 1 and "\n" not in lines[0]
+    if isinstance(error, FileNotFoundError):
+        assert lines[0] == ("MNIST epoch skipped: MNIST files not found (set GDFAST_DATA=DIR "
+                            "with the IDX files in DIR/mnist/, or run `gdfast train` once "
+                            "with network access to download them)")
+    else:
+        assert lines[0].startswith("MNIST epoch skipped: MNIST files unusable: could not")
+        assert lines[0].endswith("https://mirror/x: timed out")
