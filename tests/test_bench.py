@@ -119,3 +119,34 @@ def test_mnist_skip_says_why_and_how_in_one_line(error, tmp_path, monkeypatch):
     else:
         assert lines[0].startswith("MNIST epoch skipped: MNIST files unusable: could not")
         assert lines[0].endswith("https://mirror/x: timed out")
+
+
+def test_no_row_shows_more_than_its_ceiling():
+    # 28 MB in 0.14 ms is 200 GB/s: a 150 GB/s probe was no bound, a 400 GB/s one is.
+    beaten = bench.Row("optimizer step", "adam n=1e+06", 1, gdfast_s=1.4e-4, unit="GB/s",
+                       work=0.028, ceiling=150.0)
+    bounded = bench.Row("optimizer step", "adam n=1e+07", 1, gdfast_s=1.4e-4, unit="GB/s",
+                        work=0.028, ceiling=400.0)
+    assert math.isnan(beaten.fraction) and beaten.as_dict()["fraction_of_ceiling"] is None
+    assert math.isclose(bounded.fraction, 0.5)
+    rows = {line.split()[1]: line.split()[-1] for line in bench.table([beaten, bounded]).splitlines()
+            if line.startswith("adam")}
+    assert rows == {"n=1e+06": "-", "n=1e+07": "50%"}
+
+
+def test_n_thread_fma_ceiling_is_never_below_the_1_thread_one():
+    measured = {1: 113.0, 2: 79.0, 4: 300.0}     # a neighbour held a core at 2 threads
+    assert bench.fma_ceilings([2, 4], measured.get) == {2: 113.0, 4: 300.0}
+    assert bench.fma_ceilings([1, 2], measured.get) == {1: 113.0, 2: 113.0}
+
+
+def test_rmw_ceiling_is_measured_again_while_the_step_beats_it(monkeypatch):
+    def probes(*gbs):     # bytes/s per call; the first call only sizes the passes
+        calls = iter([10e9, *(g * 1e9 for g in gbs)])
+        monkeypatch.setattr(bench._kernels, "bandwidth_rmw", lambda n, rw, ro, reps: next(calls))
+    probes(20, 30, 40)
+    assert bench.rmw_ceiling(1_000_000, 3, 1, rate=25.0) == 30.0
+    probes(50)
+    assert bench.rmw_ceiling(1_000_000, 3, 1, rate=5.0) == 50.0
+    probes(20, 40, 30)    # never a bound: the best of three tries, which fraction then drops
+    assert bench.rmw_ceiling(1_000_000, 3, 1, rate=100.0) == 40.0
