@@ -205,25 +205,73 @@ def _fmt_extra(value):
     return value if isinstance(value, str) else _fmt_time(value)
 
 
+PLOT_MAX_INCHES = (16.0, 9.0)   # at PLOT_DPI: fits a 1600x900 screen
+PLOT_DPI = 100
+
+
+def plot_layout(rows):
+    """How the speed-up chart is laid out: one panel per section, one label per
+    case with a bar per thread count, in a figure no larger than PLOT_MAX_INCHES
+    whose label font shrinks with the number of labels (but stays >= 7 pt).
+
+    Returns {"figsize", "fontsize", "threads", "panels": [(section, cases, rows)]}."""
+    rows = [r for r in rows if not math.isnan(r.speedup)]
+    panels = []
+    for section in dict.fromkeys(r.section for r in rows):
+        section_rows = [r for r in rows if r.section == section]
+        panels.append((section, list(dict.fromkeys(r.case for r in section_rows)), section_rows))
+    labels = sum(len(cases) for _, cases, _ in panels)
+    width, max_height = PLOT_MAX_INCHES
+    # Each label needs about 0.22 in; each panel a title and axis ~0.6 in more.
+    height = min(max_height, 0.22 * labels + 0.6 * len(panels) + 0.6)
+    per_label = (height - 0.6 * len(panels) - 0.6) / max(labels, 1)
+    return {"figsize": (min(width, 12.0), height),
+            "fontsize": max(7.0, min(10.0, 0.6 * 72 * per_label)),
+            "threads": sorted({r.threads for r in rows}),
+            "panels": panels}
+
+
 def plot(rows, path):
-    """A bar chart of the speed-ups over NumPy, one bar per case and thread count."""
+    """A bar chart of the speed-ups over NumPy: a panel per section, a bar per
+    case and thread count, sized to fit a screen (plot_layout)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'gdfast[plot]'") from None
-    rows = [r for r in rows if not math.isnan(r.speedup)]
-    labels = [f"{r.section}: {r.case} ({r.threads}t)" for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.5))
-    ax.barh(range(len(rows)), [r.speedup for r in rows], color="tab:blue")
-    ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("speed-up over the NumPy reference (median times, same run)")
+    layout = plot_layout(rows)
+    panels, threads, fontsize = layout["panels"], layout["threads"], layout["fontsize"]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=layout["figsize"], sharex=True,
+                             squeeze=False,
+                             gridspec_kw={"height_ratios": [len(c) + 1 for _, c, _ in panels]})
+    bar = 0.8 / len(threads)
+    colors = plt.get_cmap("tab10")
+    for ax, (section, cases, section_rows) in zip(axes[:, 0], panels):
+        for j, nt in enumerate(threads):
+            bars = [(cases.index(r.case) + (j - (len(threads) - 1) / 2) * bar, r.speedup)
+                    for r in section_rows if r.threads == nt]
+            if bars:
+                ax.barh(*zip(*bars), height=bar, color=colors(j),
+                        label=f"{nt} thread{'s' if nt > 1 else ''}")
+        ax.set_yticks(range(len(cases)), cases, fontsize=fontsize)
+        ax.set_ylim(len(cases) - 0.5, -0.5)
+        ax.set_title(section, fontsize=fontsize + 1, loc="left")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(axis="x", labelsize=fontsize)
+        ax.grid(axis="x", which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=fontsize, loc="lower right")
+    axes[-1, 0].set_xlabel("speed-up over the NumPy reference (median times, same run)",
+                           fontsize=fontsize + 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
 
 

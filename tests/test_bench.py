@@ -150,3 +150,27 @@ def test_rmw_ceiling_is_measured_again_while_the_step_beats_it(monkeypatch):
     assert bench.rmw_ceiling(1_000_000, 3, 1, rate=5.0) == 50.0
     probes(20, 40, 30)    # never a bound: the best of three tries, which fraction then drops
     assert bench.rmw_ceiling(1_000_000, 3, 1, rate=100.0) == 40.0
+
+
+def full_run_rows(threads=(1, 2)):
+    """Fake rows shaped like a full `gdfast bench` run (74 rows on 2 cores)."""
+    cases = [("optimizer step", f"{name} n={n:.0e}")
+             for n in bench.OPTIMIZER_SIZES for name in bench.OPTIMIZERS]
+    cases += [("GEMM", name) for name in bench.GEMM_SHAPES]
+    cases += [("MLP", f"batch {bs}, {opt}") for bs, opt, _ in bench.mlp_cases(bench.MLP_BATCHES)]
+    cases += [("MNIST epoch", "784-256-128-10")]
+    return [bench.Row(section, case, nt, gdfast_s=1e-3, numpy_s=5e-3)
+            for nt in threads for section, case in cases]
+
+
+def test_plot_fits_a_screen_with_readable_labels():
+    rows = full_run_rows()
+    layout = bench.plot_layout(rows)
+    width, height = layout["figsize"]
+    assert width * bench.PLOT_DPI <= 1600 and height * bench.PLOT_DPI <= 900
+    assert layout["fontsize"] >= 7
+    assert layout["threads"] == [1, 2]                  # a bar per thread count ...
+    assert sum(len(cases) for _, cases, _ in layout["panels"]) == len(rows) // 2  # ... per label
+    assert [p[0] for p in layout["panels"]] == ["optimizer step", "GEMM", "MLP", "MNIST epoch"]
+    small = bench.plot_layout(full_run_rows(threads=(1,))[:3])
+    assert small["figsize"][1] < 3 and small["fontsize"] > 9     # few rows: a small figure
