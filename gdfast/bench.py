@@ -205,13 +205,13 @@ def _fmt_extra(value):
     return value if isinstance(value, str) else _fmt_time(value)
 
 
-PLOT_MAX_INCHES = (16.0, 9.0)   # at PLOT_DPI: fits a 1600x900 screen
+PLOT_INCHES = (12.0, 9.0)   # width and largest height: 1200x900 px at PLOT_DPI fits a screen
 PLOT_DPI = 100
 
 
 def plot_layout(rows):
     """How the speed-up chart is laid out: one panel per section, one label per
-    case with a bar per thread count, in a figure no larger than PLOT_MAX_INCHES
+    case with a bar per thread count, in a figure no larger than PLOT_INCHES
     whose label font shrinks with the number of labels (but stays >= 7 pt).
 
     Returns {"figsize", "fontsize", "threads", "panels": [(section, cases, rows)]}."""
@@ -221,11 +221,11 @@ def plot_layout(rows):
         section_rows = [r for r in rows if r.section == section]
         panels.append((section, list(dict.fromkeys(r.case for r in section_rows)), section_rows))
     labels = sum(len(cases) for _, cases, _ in panels)
-    width, max_height = PLOT_MAX_INCHES
+    width, max_height = PLOT_INCHES
     # Each label needs about 0.22 in; each panel a title and axis ~0.6 in more.
     height = min(max_height, 0.22 * labels + 0.6 * len(panels) + 0.6)
     per_label = (height - 0.6 * len(panels) - 0.6) / max(labels, 1)
-    return {"figsize": (min(width, 12.0), height),
+    return {"figsize": (width, height),
             "fontsize": max(7.0, min(10.0, 0.6 * 72 * per_label)),
             "threads": sorted({r.threads for r in rows}),
             "panels": panels}
@@ -244,7 +244,7 @@ def plot(rows, path):
     layout = plot_layout(rows)
     panels, threads, fontsize = layout["panels"], layout["threads"], layout["fontsize"]
     if not panels:
-        return
+        raise SystemExit("--plot: no row has a NumPy time to compare with")
     fig, axes = plt.subplots(len(panels), 1, figsize=layout["figsize"], sharex=True,
                              squeeze=False,
                              gridspec_kw={"height_ratios": [len(c) + 1 for _, c, _ in panels]})
