@@ -3,7 +3,8 @@
 Every figure is a median over repeated timed runs after a warm-up, and every
 ratio compares numbers measured in the same run: the speed-up over the NumPy
 reference, and the fraction of a ceiling measured here (memory bandwidth for
-optimizer steps, the FMA loop for GEMM).
+optimizer steps, the FMA loop for GEMM), each ceiling the best of repeated
+measurements and never shown as beaten (no row prints more than 100%).
 """
 import argparse
 import itertools

@@ -93,6 +93,7 @@ def test_markdown_page_is_a_benchmarks_file(tmp_path):
     assert text.startswith("# Benchmarks")
     assert "gdfast bench " + " ".join(argv) in text     # how to reproduce it
     assert "### optimizer step" in text
+    assert "Ceilings are the best of repeated measurements" in text
     assert "| case | threads | gdfast | numpy | speed-up | rate | of ceiling |" in text
     assert text.count("| adam n=1e+02 | 1 |") == 1
 
