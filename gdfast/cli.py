@@ -160,6 +160,10 @@ def _run_train(args, argv):
         data = datasets.load(args.dataset, args.data, download=args.download, validation=validation)
     except (FileNotFoundError, datasets.DatasetError) as e:
         sys.exit(f"gdfast train: {e}")
+    if data.source == "bundled sample":
+        print(f"using the MNIST sample bundled with gdfast ({len(data.x_train) + n_val(data):,} train / "
+              f"{len(data.x_test):,} test images); the full 60,000-image set downloads when the "
+              "network allows", flush=True)
     sizes = [data.x_train.shape[1]] + list(args.hidden) + [10]
     model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
                        seed=args.seed)
