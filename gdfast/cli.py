@@ -161,7 +161,8 @@ def _run_train(args, argv):
     except (FileNotFoundError, datasets.DatasetError) as e:
         sys.exit(f"gdfast train: {e}")
     if data.source == "bundled sample":
-        print(f"using the MNIST sample bundled with gdfast ({len(data.x_train) + n_val(data):,} train / "
+        n_val = 0 if data.x_val is None else len(data.x_val)
+        print(f"using the MNIST sample bundled with gdfast ({len(data.x_train) + n_val:,} train / "
               f"{len(data.x_test):,} test images); the full 60,000-image set downloads when the "
               "network allows", flush=True)
     sizes = [data.x_train.shape[1]] + list(args.hidden) + [10]

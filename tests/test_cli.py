@@ -110,9 +110,24 @@ def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "none"))
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--no-download", "--no-progress"])
+        cli.main(["train", "--dataset", "fashion-mnist", "--no-download", "--no-progress"])
     msg = str(e.value)
-    assert "mnist not found" in msg and str(tmp_path / "none" / "mnist") in msg
+    assert "fashion-mnist not found" in msg and str(tmp_path / "none" / "fashion-mnist") in msg
+
+
+def test_train_offline_uses_the_bundled_sample(tmp_path):
+    """A fresh machine, no network: `gdfast train` still trains, on the sample."""
+    (tmp_path / "empty").mkdir()
+    env, cwd = child_python(HOME=str(tmp_path), GDFAST_DATA=str(tmp_path / "empty"),
+                            no_proxy="", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, "-m", "gdfast", "train", "--epochs", "1", "--hidden", "16",
+                           "--no-progress"], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "using the MNIST sample bundled with gdfast (17,196 train / 10,000 test images)" in proc.stdout
+    assert "from bundled sample" in proc.stdout
+    acc = float(proc.stdout.split("final test accuracy ")[1].split("%")[0])
+    assert acc > 80
 
 
 def test_bad_flags_are_refused(capsys):
