@@ -135,8 +135,89 @@ def test_bad_flags_are_refused(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
-    with pytest.raises(SystemExit, match="--resume needs --checkpoint-dir"):
-        cli.main(["train", "--resume"])
+    refused(capsys, ["train", "--resume"], "--resume needs --checkpoint-dir")
+
+
+def refused(capsys, argv, message):
+    """`gdfast argv` exits with status 2 and one line on stderr holding `message`."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("gdfast") and message in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr: expected a number > 0"),
+    (["--lr", "-0.1"], "--lr: expected a number > 0"),
+    (["--betas", "0.9", "1.5"], "--betas: expected a number >= 0 and < 1, got '1.5'"),
+    (["--eps", "-1"], "--eps: expected a number > 0"),
+    (["--batch-size", "-5"], "--batch-size: expected an integer >= 0"),
+    (["--init", "foo"], "--init: invalid choice: 'foo'"),
+    (["--shift", "30"], "--shift: expected an integer >= 0 and < 28"),
+    (["--shift", "-1"], "--shift: expected an integer >= 0 and < 28"),
+    (["--threads", "-1"], "--threads: expected an integer >= 1"),
+    (["--threads", "0"], "--threads: expected an integer >= 1"),
+    (["--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["--epochs", "-1"], "--epochs: expected an integer >= 1"),
+    (["--momentum", "-1"], "--momentum: expected a number >= 0 and < 1"),
+    (["--weight-decay", "-1"], "--weight-decay: expected a number >= 0"),
+    (["--clip-norm", "0"], "--clip-norm: expected a number > 0"),
+    (["--warmup", "-1"], "--warmup: expected a number >= 0"),
+    (["--validation", "-1"], "--validation: expected a number >= 0"),
+    (["--validation", "2.5"], "--validation: expected a fraction in (0, 1) or a whole count"),
+    (["--validation", "inf"], "--validation: expected a number >= 0"),
+    (["--plot", "no-such-folder/curves.png"], "--plot: folder 'no-such-folder' does not exist"),
+])
+def test_bad_values_are_one_line_usage_errors(capsys, flags, message):
+    refused(capsys, ["train", *flags], message)
+
+
+def test_init_choices_match_the_model():
+    assert cli.INITS == gdfast.mlp.INITS
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad"])
+def test_momentum_is_refused_where_it_does_nothing(capsys, optimizer):
+    refused(capsys, ["train", "--optimizer", optimizer, "--momentum", "0.5"],
+            "--momentum applies to momentum, nesterov and rmsprop")
+
+
+def test_momentum_reaches_rmsprop_only_when_given():
+    import argparse
+    params = gdfast.MLP(sizes=(4, 3), seed=0).params
+    args = argparse.Namespace(lr=0.01, weight_decay=0.0, eps=None, momentum=None, betas=(0.9, 0.999))
+    assert cli._make_optimizer("rmsprop", params, args).defaults["momentum"] == 0.0
+    assert cli._make_optimizer("momentum", params, args).defaults["momentum"] == 0.9
+    args.momentum = 0.5
+    assert cli._make_optimizer("rmsprop", params, args).defaults["momentum"] == 0.5
+
+
+def test_validation_count_or_fraction():
+    assert cli._validation("2") == 2 and cli._validation("2.0") == 2
+    assert isinstance(cli._validation("2.0"), int) and cli._validation("0.25") == 0.25
+
+
+def test_plot_name_without_suffix_is_reported_as_written(tmp_path):
+    assert cli._png_path(str(tmp_path / "curves")) == tmp_path / "curves.png"
+    assert cli._png_path(str(tmp_path / "curves.svg")) == tmp_path / "curves.svg"
+
+
+def train_argv(data_dir, *flags):
+    return ["train", "--data", str(data_dir), "--no-download", "--no-progress", "--epochs", "1",
+            "--hidden", "8", "--batch-size", "50", *flags]
+
+
+def test_checkpoint_dir_with_a_run_needs_resume(data_dir, tmp_path, capsys):
+    ckpt = tmp_path / "run"
+    assert cli.main(train_argv(data_dir, "--checkpoint-dir", str(ckpt))) == 0
+    before = (ckpt / "history.json").read_text()
+    refused(capsys, train_argv(data_dir, "--checkpoint-dir", str(ckpt)),
+            f"{ckpt} holds a run; pass --resume to continue it or choose another directory")
+    assert (ckpt / "history.json").read_text() == before          # nothing overwritten
+    refused(capsys, train_argv(data_dir, "--checkpoint-dir", str(ckpt), "--resume", "--hidden", "9"),
+            f"cannot resume from {ckpt / 'last.npz'}: checkpoint is for a model")
 
 
 def test_subcommands_are_a_table():
