@@ -213,6 +213,8 @@ def _run_train(args, argv):
     if args.checkpoint_dir and not args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
         _fail("train", f"{args.checkpoint_dir} holds a run; pass --resume to continue it "
               "or choose another directory")
+    if args.plot:
+        _pyplot()       # a missing matplotlib is said before training, not after
     import gdfast
     from gdfast import datasets, schedules
     from gdfast.train import Trainer, TrainingDiverged
@@ -241,11 +243,12 @@ def _run_train(args, argv):
     warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
     schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
                               steps_per_epoch=steps_per_epoch)
+    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} "
+                f"lr {args.lr:g} {args.schedule}, batch {batch or 'full'}, shift {args.shift if batch else 0}, "
+                f"{args.epochs} epochs")
     print(f"gdfast {gdfast.__version__}: {args.dataset} {n} train / {len(data.x_test)} test"
           f"{f' / {len(data.x_val)} val' if data.x_val is not None else ''} from {data.source}; "
-          f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} lr {args.lr:g} "
-          f"{args.schedule}, batch {batch or 'full'}, {args.epochs} epochs, "
-          f"{gdfast.get_num_threads()} threads", flush=True)
+          f"{settings}, {gdfast.get_num_threads()} threads", flush=True)
     if args.resume and not (Path(args.checkpoint_dir) / "last.npz").exists():
         print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
     progress = _ProgressBar(args.epochs, enabled=args.progress)
@@ -279,7 +282,7 @@ def _run_train(args, argv):
     print(f"final test accuracy {100 * acc:.2f}%  |  training throughput {rate:,.0f} samples/s  |  "
           f"total {time.perf_counter() - t_start:.1f} s")
     if args.plot:
-        _plot_history(history, args.plot)
+        _plot_history(history, args.plot, f"{args.dataset}: {settings}")
     return 0
 
 
@@ -293,7 +296,7 @@ def _pyplot():
     return plt
 
 
-def _plot_history(history, path):
+def _plot_history(history, path, title):
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
@@ -301,8 +304,9 @@ def _plot_history(history, path):
         if key in history[0]:
             ax_loss.plot(epochs, [r[key] for r in history], marker=".", label=label)
     ax_loss.set(title="loss", xlabel="epoch", yscale="log")
-    for key, label in (("val_acc", "validation"), ("test_acc", "test")):
-        if key in history[0]:
+    for key, label in (("train_acc", "train (estimate)"), ("val_acc", "validation"),
+                       ("test_acc", "test")):
+        if history[0].get(key) is not None:
             ax_acc.plot(epochs, [100 * r[key] for r in history], marker=".", label=label)
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
     ax_lr.plot(epochs, [r["lr"] for r in history], marker=".")
@@ -311,6 +315,7 @@ def _plot_history(history, path):
         ax.legend()
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -387,9 +392,14 @@ def _plot_trajectories(results, functions, path):
         levels = np.logspace(-1, np.log10(Z.max()), 25) if func.log_contours else 25
         ax.contour(X, Y, Z, levels=levels, cmap="Greys", linewidths=0.6,
                    norm=plt.matplotlib.colors.LogNorm() if func.log_contours else None)
-        for opt in TRAJECTORY_LRS[fname]:
+        # Paths often overlap: each gets its own marker every ~10th of the way
+        # and a large one at its end, and the legend says its learning rate.
+        for opt, marker in zip(TRAJECTORY_LRS[fname], "os^Dvp*"):
             traj = results[fname, opt]
-            ax.plot(traj[:, 0], traj[:, 1], lw=1.3, label=opt)
+            line, = ax.plot(traj[:, 0], traj[:, 1], lw=1.3, marker=marker, ms=3.5,
+                            markevery=max(1, len(traj) // 10),
+                            label=f"{opt} (lr {TRAJECTORY_LRS[fname][opt]:g})")
+            ax.plot(*traj[-1], marker=marker, ms=9, color=line.get_color(), mec="k")
         ax.plot(*func.start, "ko", ms=5)
         ax.plot(*func.minimum, "r*", ms=12)
         ax.set(xlim=func.xlim, ylim=func.ylim, title=fname)

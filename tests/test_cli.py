@@ -65,12 +65,38 @@ def test_train_checkpoints_and_resume(data_dir, tmp_path, capsys):
     assert len(json.loads((ck / "history.json").read_text())) == 5
 
 
-def test_train_plots_curves(data_dir, tmp_path):
-    pytest.importorskip("matplotlib")     # the optional 'plot' extra
-    png = tmp_path / "curves.png"
+def captured_figures(monkeypatch):
+    """The figures the CLI draws, kept when it closes them."""
+    plt = pytest.importorskip("matplotlib.pyplot")     # the optional 'plot' extra
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    return figures
+
+
+def test_train_plots_curves(data_dir, tmp_path, capsys, monkeypatch):
+    figures = captured_figures(monkeypatch)
     assert cli.main(["train", "--data", str(data_dir), "--hidden", "8", "--epochs", "2",
-                     "--plot", str(png), "--no-progress", "--threads", "1"]) == 0
+                     "--plot", str(tmp_path / "curves"), "--no-progress", "--threads", "1"]) == 0
+    png = tmp_path / "curves.png"                      # the name reported is the file written
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"curves saved to {png}\n" in capsys.readouterr().out
+    fig, = figures
+    assert "mnist: 784-8-10 relu cross_entropy, adam lr 0.002 cosine, batch 128" in fig._suptitle.get_text()
+    acc_axis = fig.axes[1]
+    assert [line.get_label() for line in acc_axis.get_lines()] == ["train (estimate)", "test"]
+
+
+def test_optimizer_paths_are_told_apart(tmp_path, capsys, monkeypatch):
+    figures = captured_figures(monkeypatch)
+    assert cli.main(["optimizers", "--steps", "50", "--functions", "beale",
+                     "--plot", str(tmp_path / "paths.png")]) == 0
+    fig, = figures
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"{o} (lr {lr:g})" for o, lr in cli.TRAJECTORY_LRS["beale"].items()]
+    paths = [ln for ln in ax.get_lines() if ln.get_label() in labels]
+    assert len({ln.get_marker() for ln in paths}) == len(paths)           # a marker each
+    assert all(ln.get_markevery() == 5 for ln in paths)                   # every 10th of the way
 
 
 def test_progress_bar_shows_live_loss_and_accuracy(data_dir, capsys):
@@ -92,7 +118,7 @@ def test_progress_bar_shows_live_loss_and_accuracy(data_dir, capsys):
 def test_plot_without_matplotlib_says_how_to_get_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)     # import fails
     with pytest.raises(SystemExit) as e:
-        cli._plot_history([{"epoch": 1, "train_loss": 1.0, "lr": 0.1}], "x.png")
+        cli._plot_history([{"epoch": 1, "train_loss": 1.0, "lr": 0.1}], "x.png", "title")
     assert "pip install 'gdfast[plot]'" in str(e.value)
 
 

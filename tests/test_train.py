@@ -277,3 +277,8 @@ def test_best_checkpoint_written_on_every_improvement_without_early_stopping(tmp
                                           model.params["w1"])
     assert trainer.best == min(r["train_loss"] for r in trainer.history)
     assert trainer.best_params is None                  # nothing extra kept in memory
+
+
+def test_mlp_documents_its_arguments():
+    for word in ("sizes", "activation", "loss", "init", "output_activation", "params"):
+        assert word in gdfast.MLP.__doc__
