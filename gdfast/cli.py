@@ -394,7 +394,7 @@ def _plot_trajectories(results, functions, path):
                    norm=plt.matplotlib.colors.LogNorm() if func.log_contours else None)
         # Paths often overlap: each gets its own marker every ~10th of the way
         # and a large one at its end, and the legend says its learning rate.
-        for opt, marker in zip(TRAJECTORY_LRS[fname], "os^Dvph")  # "*" marks the minimum:
+        for opt, marker in zip(TRAJECTORY_LRS[fname], "os^Dvph"):    # "*" marks the minimum
             traj = results[fname, opt]
             line, = ax.plot(traj[:, 0], traj[:, 1], lw=1.3, marker=marker, ms=3.5,
                             markevery=max(1, len(traj) // 10),
