@@ -110,6 +110,8 @@ def test_bundled_mnist_sample_when_nothing_else(tmp_path, monkeypatch, download)
     assert d.x_test.shape == (10000, 784) and d.y_test.shape == (10000,)
     assert set(np.unique(d.y_test)) == set(range(10)) and d.x_train.max() == 1.0
     assert not list((tmp_path / "home").rglob("*.gz"))       # the failed download left nothing
+    about = (datasets.BUNDLED_DIR / "mnist" / "README.md").read_text()
+    assert "17,196" in about and "10,000" in about and "CC BY-SA 3.0" in about and "LeCun" in about
 
 
 def test_found_files_come_before_the_bundled_sample(tmp_path, monkeypatch):
