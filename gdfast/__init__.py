@@ -5,7 +5,20 @@ behind one Cython module, with a small NumPy-first Python API.
 """
 import os as _os
 
-from . import _kernels
+try:
+    from . import _kernels
+except ImportError as _e:
+    # A source checkout before any build: Python's own message blames a circular import.
+    import glob as _glob
+    import importlib.machinery as _machinery
+    _here = _os.path.dirname(__file__)
+    if not any(_glob.glob(_os.path.join(_here, "_kernels*" + suffix))
+               for suffix in _machinery.EXTENSION_SUFFIXES):
+        raise ImportError(
+            f"gdfast's C extension (gdfast._kernels) is not built in {_here}: install the package "
+            "with `pip install .`, or build it in place with "
+            "`python setup.py build_ext --inplace`") from _e
+    raise
 from ._version import __version__
 from ._kernels import (get_flush_denormal, get_num_threads, matmul, set_flush_denormal,
                        set_num_threads)

@@ -4,12 +4,15 @@ Each subcommand is one entry in COMMANDS: a function adding its arguments
 and a function running it, so a new one is a few lines.
 """
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 __all__ = ["main", "COMMANDS"]
 
+_IMAGE_SIDE = 28    # MNIST and Fashion-MNIST images are 28x28: a shift must stay inside
+INITS = ("he", "xavier", "glorot", "normal")    # gdfast.mlp.INITS, without importing the extension
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "plateau")
 
@@ -31,6 +34,32 @@ def _sizes(text):
     return sizes
 
 
+def _number(kind=float, low=None, high=None, low_open=False, high_open=True):
+    """An argparse type: a finite `kind` in [low, high) (open/closed ends as given)."""
+    bounds = (f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
+              f"{'<' if high_open else '<='} {high:g}" if high is not None else "")
+    expected = f"{'an integer' if kind is int else 'a number'} {' and '.join(b for b in bounds if b)}".strip()
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) \
+                or (high is not None and (value >= high if high_open else value > high)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def _validation(text):
+    """A fraction in (0, 1), or a whole count (2 or 2.0); not 2.5."""
+    value = _number(float, 0)(text)
+    if value >= 1 and value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) or a whole count, got {text!r}")
+    return int(value) if value >= 1 else value
+
+
 def _add_train(p):
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
@@ -38,39 +67,67 @@ def _add_train(p):
                    "(default: $GDFAST_DATA/<dataset>, ~/.cache/gdfast/<dataset>, ...)")
     d.add_argument("--no-download", dest="download", action="store_false",
                    help="never try to download missing files")
-    d.add_argument("--validation", type=float, default=0,
-                   help="held-out validation examples: a count or a fraction (default 0)")
-    d.add_argument("--shift", type=int, default=1,
-                   help="augment by random translations of up to this many pixels (default 1)")
+    d.add_argument("--validation", type=_validation, default=0,
+                   help="held-out validation examples: below 1 a fraction of the training set "
+                        "(0.1), else a count (5000 or 5000.0; 2.5 is refused) (default 0)")
+    d.add_argument("--shift", type=_number(int, 0, _IMAGE_SIDE), default=1,
+                   help="augment by random translations of up to this many pixels, "
+                        f"0 to {_IMAGE_SIDE - 1} (default 1)")
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS),
                    help="nielsen: 784-30-10 sigmoid, quadratic cost, SGD batch 10, lr 3.0, 30 epochs")
     m.add_argument("--hidden", type=_sizes, default=[256, 128], help="hidden sizes (default 256,128)")
     m.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
     m.add_argument("--loss", choices=["cross_entropy", "mse"], default="cross_entropy")
-    m.add_argument("--init", default="he", help="weight initialisation (default he)")
+    m.add_argument("--init", choices=INITS, default="he", help="weight initialisation (default he)")
     o = p.add_argument_group("optimizer")
     o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    o.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    o.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov/rmsprop")
-    o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"))
-    o.add_argument("--eps", type=float, default=None, help="optimizer epsilon (default: its own)")
-    o.add_argument("--weight-decay", type=float, default=0.0)
-    o.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this")
+    o.add_argument("--lr", type=_number(float, 0, low_open=True), default=2e-3,
+                   help="peak learning rate (default 2e-3)")
+    o.add_argument("--momentum", type=_number(float, 0, 1),
+                   help="for momentum and nesterov (default 0.9) and rmsprop (default 0)")
+    o.add_argument("--betas", type=_number(float, 0, 1), nargs=2, default=(0.9, 0.999),
+                   metavar=("B1", "B2"))
+    o.add_argument("--eps", type=_number(float, 0, low_open=True), default=None,
+                   help="optimizer epsilon (default: its own)")
+    o.add_argument("--weight-decay", type=_number(float, 0), default=0.0)
+    o.add_argument("--clip-norm", type=_number(float, 0, low_open=True),
+                   help="clip the global gradient norm to this")
     o.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    o.add_argument("--warmup", type=float, default=1.0, help="linear warmup in epochs (default 1)")
+    o.add_argument("--warmup", type=_number(float, 0), default=1.0,
+                   help="linear warmup in epochs (default 1)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=15)
-    t.add_argument("--batch-size", type=int, default=128, help="0 for full-batch gradient descent")
-    t.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+    t.add_argument("--epochs", type=_number(int, 1), default=15)
+    t.add_argument("--batch-size", type=_number(int, 0), default=128,
+                   help="0 for full-batch gradient descent (default 128)")
+    t.add_argument("--early-stopping", type=_number(int, 1), metavar="PATIENCE",
                    help="stop after this many epochs without improvement (needs --validation)")
-    t.add_argument("--threads", type=int, help="worker threads (default: OMP_NUM_THREADS or all cores)")
+    t.add_argument("--threads", type=_number(int, 1), help="worker threads (default: OMP_NUM_THREADS or all cores)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-dir", metavar="DIR",
-                   help="write last.npz, best.npz and history.json/.csv here every epoch")
+                   help="write last.npz and history.json/.csv here every epoch, and best.npz "
+                        "whenever the monitored metric improves")
     t.add_argument("--resume", action="store_true", help="continue from DIR/last.npz")
-    t.add_argument("--plot", metavar="PNG", help="save loss, accuracy and lr curves (needs matplotlib)")
+    t.add_argument("--plot", metavar="PNG", type=_png_path,
+                   help="save loss, accuracy and lr curves (needs matplotlib); .png is added "
+                        "when the name has no suffix")
     t.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _png_path(text):
+    """The path the plot is written to: matplotlib adds .png to a name without a suffix."""
+    path = Path(text)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def _fail(command, message):
+    """A usage error: one line and exit status 2, as argparse's own."""
+    print(f"gdfast {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _apply_preset(args, argv):
@@ -89,9 +146,10 @@ def _make_optimizer(name, params, args):
     if name == "sgd":
         return gdfast.SGD(params, **kw)
     if name in ("momentum", "nesterov"):
-        return gdfast.SGD(params, momentum=args.momentum, nesterov=name == "nesterov", **kw)
+        momentum = 0.9 if args.momentum is None else args.momentum
+        return gdfast.SGD(params, momentum=momentum, nesterov=name == "nesterov", **kw)
     if name == "rmsprop":
-        return gdfast.RMSprop(params, **kw)
+        return gdfast.RMSprop(params, momentum=args.momentum or 0.0, **kw)
     if name in ("adam", "adamw"):
         return (gdfast.Adam if name == "adam" else gdfast.AdamW)(params, betas=tuple(args.betas), **kw)
     return gdfast.Adagrad(params, **kw)
@@ -147,19 +205,33 @@ def _run_train(args, argv):
     if args.preset:
         _apply_preset(args, argv)
     if args.resume and not args.checkpoint_dir:
-        sys.exit("gdfast train: --resume needs --checkpoint-dir")
+        _fail("train", "--resume needs --checkpoint-dir")
     if args.early_stopping and not args.validation:
-        sys.exit("gdfast train: --early-stopping needs --validation (a held-out split to watch)")
+        _fail("train", "--early-stopping needs --validation (a held-out split to watch)")
+    if args.momentum is not None and args.optimizer not in ("momentum", "nesterov", "rmsprop"):
+        _fail("train", f"--momentum applies to momentum, nesterov and rmsprop, not {args.optimizer}")
+    if args.checkpoint_dir and not args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
+        _fail("train", f"{args.checkpoint_dir} holds a run; pass --resume to continue it "
+              "or choose another directory")
+    if args.plot:
+        _pyplot()       # a missing matplotlib is said before training, not after
     import gdfast
     from gdfast import datasets, schedules
     from gdfast.train import Trainer, TrainingDiverged
     if args.threads:
         gdfast.set_num_threads(args.threads)
     try:
-        validation = int(args.validation) if args.validation >= 1 else args.validation
-        data = datasets.load(args.dataset, args.data, download=args.download, validation=validation)
+        data = datasets.load(args.dataset, args.data, download=args.download,
+                             validation=args.validation)
     except (FileNotFoundError, datasets.DatasetError) as e:
         sys.exit(f"gdfast train: {e}")
+    except ValueError as e:         # a --validation count as large as the training set
+        _fail("train", f"--validation: {e}")
+    if data.source == "bundled sample":
+        n_val = 0 if data.x_val is None else len(data.x_val)
+        print(f"using the MNIST sample bundled with gdfast ({len(data.x_train) + n_val:,} train / "
+              f"{len(data.x_test):,} test images); the full 60,000-image set downloads when the "
+              "network allows", flush=True)
     sizes = [data.x_train.shape[1]] + list(args.hidden) + [10]
     model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
                        seed=args.seed)
@@ -171,11 +243,12 @@ def _run_train(args, argv):
     warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
     schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
                               steps_per_epoch=steps_per_epoch)
+    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} "
+                f"lr {args.lr:g} {args.schedule}, batch {batch or 'full'}, shift {args.shift if batch else 0}, "
+                f"{args.epochs} epochs")
     print(f"gdfast {gdfast.__version__}: {args.dataset} {n} train / {len(data.x_test)} test"
           f"{f' / {len(data.x_val)} val' if data.x_val is not None else ''} from {data.source}; "
-          f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} lr {args.lr:g} "
-          f"{args.schedule}, batch {batch or 'full'}, {args.epochs} epochs, "
-          f"{gdfast.get_num_threads()} threads", flush=True)
+          f"{settings}, {gdfast.get_num_threads()} threads", flush=True)
     if args.resume and not (Path(args.checkpoint_dir) / "last.npz").exists():
         print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
     progress = _ProgressBar(args.epochs, enabled=args.progress)
@@ -185,8 +258,13 @@ def _run_train(args, argv):
                       test=(data.x_test, data.y_test), early_stopping=args.early_stopping,
                       checkpoint_dir=args.checkpoint_dir, progress=progress,
                       clip_norm=args.clip_norm)
+    if args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
+        try:
+            trainer.load_checkpoint(Path(args.checkpoint_dir) / "last.npz")
+        except (ValueError, OSError) as e:     # CheckpointError is a ValueError
+            _fail("train", f"cannot resume from {Path(args.checkpoint_dir) / 'last.npz'}: {e}")
     try:
-        history = trainer.fit(args.epochs, resume=args.resume)
+        history = trainer.fit(args.epochs)
     except TrainingDiverged as e:
         sys.exit(f"gdfast train: {e}")
     if not history:
@@ -204,7 +282,7 @@ def _run_train(args, argv):
     print(f"final test accuracy {100 * acc:.2f}%  |  training throughput {rate:,.0f} samples/s  |  "
           f"total {time.perf_counter() - t_start:.1f} s")
     if args.plot:
-        _plot_history(history, args.plot)
+        _plot_history(history, args.plot, f"{args.dataset}: {settings}")
     return 0
 
 
@@ -218,7 +296,7 @@ def _pyplot():
     return plt
 
 
-def _plot_history(history, path):
+def _plot_history(history, path, title):
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
@@ -226,8 +304,9 @@ def _plot_history(history, path):
         if key in history[0]:
             ax_loss.plot(epochs, [r[key] for r in history], marker=".", label=label)
     ax_loss.set(title="loss", xlabel="epoch", yscale="log")
-    for key, label in (("val_acc", "validation"), ("test_acc", "test")):
-        if key in history[0]:
+    for key, label in (("train_acc", "train (estimate)"), ("val_acc", "validation"),
+                       ("test_acc", "test")):
+        if history[0].get(key) is not None:
             ax_acc.plot(epochs, [100 * r[key] for r in history], marker=".", label=label)
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
     ax_lr.plot(epochs, [r["lr"] for r in history], marker=".")
@@ -236,6 +315,7 @@ def _plot_history(history, path):
         ax.legend()
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -271,8 +351,10 @@ def optimizer_factory(name, lr):
 
 
 def _add_optimizers(p):
-    p.add_argument("--plot", metavar="PNG", help="draw the trajectories over contour plots")
-    p.add_argument("--steps", type=int, default=1000, help="steps per optimizer (default 1000)")
+    p.add_argument("--plot", metavar="PNG", type=_png_path,
+                   help="draw the trajectories over contour plots (.png added when no suffix)")
+    p.add_argument("--steps", type=_number(int, 1), default=1000,
+                   help="steps per optimizer (default 1000)")
     p.add_argument("--functions", nargs="+", choices=list(TRAJECTORY_LRS), default=list(TRAJECTORY_LRS))
     p.add_argument("--seed", type=int, default=0, help="seed of the noisy bowl's gradient noise")
 
@@ -310,9 +392,14 @@ def _plot_trajectories(results, functions, path):
         levels = np.logspace(-1, np.log10(Z.max()), 25) if func.log_contours else 25
         ax.contour(X, Y, Z, levels=levels, cmap="Greys", linewidths=0.6,
                    norm=plt.matplotlib.colors.LogNorm() if func.log_contours else None)
-        for opt in TRAJECTORY_LRS[fname]:
+        # Paths often overlap: each gets its own marker every ~10th of the way
+        # and a large one at its end, and the legend says its learning rate.
+        for opt, marker in zip(TRAJECTORY_LRS[fname], "os^Dvph"):    # "*" marks the minimum
             traj = results[fname, opt]
-            ax.plot(traj[:, 0], traj[:, 1], lw=1.3, label=opt)
+            line, = ax.plot(traj[:, 0], traj[:, 1], lw=1.3, marker=marker, ms=3.5,
+                            markevery=max(1, len(traj) // 10),
+                            label=f"{opt} (lr {TRAJECTORY_LRS[fname][opt]:g})")
+            ax.plot(*traj[-1], marker=marker, ms=9, color=line.get_color(), mec="k")
         ax.plot(*func.start, "ko", ms=5)
         ax.plot(*func.minimum, "r*", ms=12)
         ax.set(xlim=func.xlim, ylim=func.ylim, title=fname)

@@ -9,6 +9,8 @@ Files are looked for, in order, in an explicit ``path``, ``$GDFAST_DATA/<name>/`
 ``/usr/share/datasets/fashion-mnist/``. Local files are checked structurally
 (magic number, dimensions, counts, label range), so any valid IDX file is
 accepted; downloaded files must also match the published MD5 checksums.
+When MNIST is neither found nor downloadable, a sample bundled with gdfast
+(17,196 train / 10,000 test images, gdfast/data/mnist/) is used instead.
 """
 import gzip
 import hashlib
@@ -30,6 +32,8 @@ __all__ = ["DatasetError", "Data", "load_mnist", "load_fashion_mnist", "load",
 _ROWS = _COLS = 28
 _IDX_UBYTE = 0x08
 _DOWNLOAD_TIMEOUT = 30  # seconds without data before a mirror is given up
+# A sample shipped in the package (gdfast/data/<name>/, see its README.md), the last resort.
+BUNDLED_DIR = Path(__file__).parent / "data"
 
 
 class DatasetError(ValueError):
@@ -284,8 +288,14 @@ def _validation_count(validation, n):
     return int(validation)
 
 
-def load(name, path=None, *, download=False, validation=0, progress=True):
+def load(name, path=None, *, download=False, validation=0, progress=True, opener=None):
     """Load dataset `name` ('mnist' or 'fashion-mnist'); see the module docstring.
+
+    Files found in `search_dirs` come first; else, with download=True, the
+    full set is fetched (checksummed) into the cache; else, for MNIST only,
+    the sample bundled with the package (Data.source "bundled sample": the
+    first 17,196 training images and the 10,000 test images).
+    opener: urllib.request.urlopen's stand-in for fetch (tests).
 
     validation: 0 for none, a count, or a fraction of the training set; the
     last examples of the training set (in file order) are held out.
@@ -293,18 +303,24 @@ def load(name, path=None, *, download=False, validation=0, progress=True):
     spec = _spec(name)
     dirs = search_dirs(name, path)
     found = _locate(spec, dirs)
+    source = None
     if found is None:
-        if not download:
-            raise FileNotFoundError(_missing_message(spec, dirs))
-        target = dirs[0] if path is not None else _cache_dir(name)
-        try:
-            fetch(name, target, progress=progress)
-        except (OSError, DatasetError) as e:
-            raise FileNotFoundError(_missing_message(spec, dirs, e)) from e
-        found = _locate(spec, [target])
+        error = None
+        if download:
+            target = dirs[0] if path is not None else _cache_dir(name)
+            try:
+                fetch(name, target, progress=progress, opener=opener)
+                found = _locate(spec, [target])
+            except (OSError, DatasetError) as e:
+                error = e
+        if found is None:
+            found = _locate(spec, [BUNDLED_DIR / name])
+            if found is None:
+                raise FileNotFoundError(_missing_message(spec, dirs, error))
+            source = "bundled sample"
     x_train, y_train = _read_pair(found["train_images"], found["train_labels"], spec.classes)
     x_test, y_test = _read_pair(found["test_images"], found["test_labels"], spec.classes)
-    data = Data(name, str(found["train_images"].parent), x_train, y_train, x_test, y_test)
+    data = Data(name, source or str(found["train_images"].parent), x_train, y_train, x_test, y_test)
     n_val = _validation_count(validation, len(x_train))
     if n_val:
         split = len(x_train) - n_val

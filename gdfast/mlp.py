@@ -30,6 +30,18 @@ INITS = ("he", "xavier", "glorot", "normal")
 
 
 class MLP:
+    """A fully connected network: sizes[0] inputs, sizes[-1] outputs.
+
+    sizes: layer widths, e.g. (784, 256, 128, 10).
+    activation: of the hidden layers, one of ACTIVATIONS.
+    loss: "cross_entropy" (softmax output, fused) or "mse" (0.5 ||a - y||^2).
+    init: one of INITS (see the module docstring); seed makes it reproducible.
+    output_activation: the output layer's activation with loss="mse" only
+        (default: `activation`); cross-entropy always uses softmax.
+    The weights and biases are views into `params` (a gdfast.Params), the
+    arena an optimizer updates: ``gdfast.Adam(model.params, lr=1e-3)``.
+    """
+
     def __init__(self, sizes=(784, 256, 128, 10), activation="relu", loss="cross_entropy",
                  init="he", seed=0, output_activation=None):
         sizes = list(sizes)

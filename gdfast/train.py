@@ -55,15 +55,16 @@ def _pair(data, name):
 class Trainer:
     """Train `model` with `optimizer` on `train` = (x, y) or a `Batches`.
 
-    batch_size: None for full-batch GD, 1 for SGD, else mini-batches
-        (ignored when `train` is already a Batches).
+    batch_size: mini-batch size, 128 by default; 1 for SGD; None or 0 for
+        full-batch gradient descent (ignored when `train` is already a Batches).
     schedule: a callable lr(step) from gdfast.schedules, or None to keep the
         optimizer's lr; a ReduceOnPlateau is stepped with `monitor` each epoch.
     validation, test: (x, y) pairs evaluated after each epoch.
     early_stopping: patience in epochs without improvement of `monitor`
         (by more than min_delta), or None; restore_best puts the best
         parameters back when training ends.
-    checkpoint_dir: where last.npz, best.npz, history.json/.csv go each epoch.
+    checkpoint_dir: where last.npz and history.json/.csv go each epoch, and
+        best.npz whenever `monitor` improves (with or without early stopping).
     progress: an object with on_epoch_begin(epoch, steps), on_step(loss, acc),
         on_epoch_end(record) (see gdfast.cli's progress bar), or None.
     clip_norm: clip the gradients' global L2 norm to this (inside the
@@ -72,7 +73,7 @@ class Trainer:
         acc_every-th batch, predicted right after its update (0: never).
     """
 
-    def __init__(self, model, optimizer, train, *, batch_size=None, schedule=None,
+    def __init__(self, model, optimizer, train, *, batch_size=128, schedule=None,
                  validation=None, test=None, seed=0, shuffle=True, drop_last=False, shift=0,
                  early_stopping=None, monitor=None, min_delta=0.0, restore_best=True,
                  checkpoint_dir=None, eval_batch_size=2000, track_grad_norm=True, progress=None,
@@ -82,6 +83,8 @@ class Trainer:
             self.batches = train
         else:
             x, y = _pair(train, "train")
+            if batch_size is not None and not isinstance(batch_size, bool) and batch_size == 0:
+                batch_size = None       # 0 means full batch, as in `gdfast train --batch-size 0`
             self.batches = Batches(x, y, batch_size, shuffle=shuffle, drop_last=drop_last,
                                    seed=seed, shift=shift)
         self.validation, self.test = _pair(validation, "validation"), _pair(test, "test")
@@ -201,11 +204,13 @@ class Trainer:
                 record[f"{name}_loss"], record[f"{name}_acc"] = float(loss), float(acc)
         record["eval_time"] = time.perf_counter() - t1
         self.history.append(record)
-        self._track_best(record[self.monitor])
+        improved = self._track_best(record[self.monitor])
         if isinstance(schedule, ReduceOnPlateau):
             schedule.step(record[self.monitor])
         if self.checkpoint_dir is not None:
             self.save_checkpoint(self._ckpt_path("last"))
+            if improved:    # the same state; last_checkpoint stays last.npz, the one to resume
+                ckpt.save(self._ckpt_path("best"), self.state_dict())
             self.save_history(self.checkpoint_dir / "history")
         if progress:
             progress.on_epoch_end(record)
@@ -216,16 +221,15 @@ class Trainer:
             else (value > self.best + self.min_delta)
         if improved:
             self.best, self.bad_epochs = value, 0
-            if self.early_stopping:
+            if self.early_stopping:     # kept in memory only to be restored at the end
                 if self.best_params is None:
                     self.best_params = np.empty_like(self.params.data)
                 self.best_params[...] = self.params.data
-                if self.checkpoint_dir is not None:
-                    self.save_checkpoint(self._ckpt_path("best"))
         else:
             self.bad_epochs += 1
             if self.early_stopping and self.bad_epochs >= self.early_stopping:
                 self.stopped_early = True
+        return improved
 
     def _check_loss(self, loss, lr):
         """Stop on a NaN or Inf loss; no update has used it, so the parameters stay good."""
@@ -348,9 +352,9 @@ def _model_info(model):
 def fit(model, optimizer, x, y, *, epochs, **kwargs):
     """Train in one call: ``Trainer(model, optimizer, (x, y), **kwargs).fit(epochs)``.
 
-    Returns the Trainer (its ``history`` holds the per-epoch records).
+    Mini-batches of 128 by default (batch_size=None or 0: full batch).
+    Returns the history, as ``Trainer.fit`` does: a list of per-epoch record
+    dicts (train_loss, lr, ..., test_acc when test= is given).
     """
     resume = kwargs.pop("resume", False)
-    trainer = Trainer(model, optimizer, (x, y), **kwargs)
-    trainer.fit(epochs, resume=resume)
-    return trainer
+    return Trainer(model, optimizer, (x, y), **kwargs).fit(epochs, resume=resume)

@@ -65,12 +65,38 @@ def test_train_checkpoints_and_resume(data_dir, tmp_path, capsys):
     assert len(json.loads((ck / "history.json").read_text())) == 5
 
 
-def test_train_plots_curves(data_dir, tmp_path):
-    pytest.importorskip("matplotlib")     # the optional 'plot' extra
-    png = tmp_path / "curves.png"
+def captured_figures(monkeypatch):
+    """The figures the CLI draws, kept when it closes them."""
+    plt = pytest.importorskip("matplotlib.pyplot")     # the optional 'plot' extra
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    return figures
+
+
+def test_train_plots_curves(data_dir, tmp_path, capsys, monkeypatch):
+    figures = captured_figures(monkeypatch)
     assert cli.main(["train", "--data", str(data_dir), "--hidden", "8", "--epochs", "2",
-                     "--plot", str(png), "--no-progress", "--threads", "1"]) == 0
+                     "--plot", str(tmp_path / "curves"), "--no-progress", "--threads", "1"]) == 0
+    png = tmp_path / "curves.png"                      # the name reported is the file written
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"curves saved to {png}\n" in capsys.readouterr().out
+    fig, = figures
+    assert "mnist: 784-8-10 relu cross_entropy, adam lr 0.002 cosine, batch 128" in fig._suptitle.get_text()
+    acc_axis = fig.axes[1]
+    assert [line.get_label() for line in acc_axis.get_lines()] == ["train (estimate)", "test"]
+
+
+def test_optimizer_paths_are_told_apart(tmp_path, capsys, monkeypatch):
+    figures = captured_figures(monkeypatch)
+    assert cli.main(["optimizers", "--steps", "50", "--functions", "beale",
+                     "--plot", str(tmp_path / "paths.png")]) == 0
+    fig, = figures
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"{o} (lr {lr:g})" for o, lr in cli.TRAJECTORY_LRS["beale"].items()]
+    paths = [ln for ln in ax.get_lines() if ln.get_label() in labels]
+    assert len({ln.get_marker() for ln in paths}) == len(paths)           # a marker each
+    assert all(ln.get_markevery() == 5 for ln in paths)                   # every 10th of the way
 
 
 def test_progress_bar_shows_live_loss_and_accuracy(data_dir, capsys):
@@ -92,7 +118,7 @@ def test_progress_bar_shows_live_loss_and_accuracy(data_dir, capsys):
 def test_plot_without_matplotlib_says_how_to_get_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)     # import fails
     with pytest.raises(SystemExit) as e:
-        cli._plot_history([{"epoch": 1, "train_loss": 1.0, "lr": 0.1}], "x.png")
+        cli._plot_history([{"epoch": 1, "train_loss": 1.0, "lr": 0.1}], "x.png", "title")
     assert "pip install 'gdfast[plot]'" in str(e.value)
 
 
@@ -110,9 +136,24 @@ def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "none"))
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--no-download", "--no-progress"])
+        cli.main(["train", "--dataset", "fashion-mnist", "--no-download", "--no-progress"])
     msg = str(e.value)
-    assert "mnist not found" in msg and str(tmp_path / "none" / "mnist") in msg
+    assert "fashion-mnist not found" in msg and str(tmp_path / "none" / "fashion-mnist") in msg
+
+
+def test_train_offline_uses_the_bundled_sample(tmp_path):
+    """A fresh machine, no network: `gdfast train` still trains, on the sample."""
+    (tmp_path / "empty").mkdir()
+    env, cwd = child_python(HOME=str(tmp_path), GDFAST_DATA=str(tmp_path / "empty"),
+                            no_proxy="", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, "-m", "gdfast", "train", "--epochs", "1", "--hidden", "16",
+                           "--no-progress"], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "using the MNIST sample bundled with gdfast (17,196 train / 10,000 test images)" in proc.stdout
+    assert "from bundled sample" in proc.stdout
+    acc = float(proc.stdout.split("final test accuracy ")[1].split("%")[0])
+    assert acc > 80
 
 
 def test_bad_flags_are_refused(capsys):
@@ -120,8 +161,89 @@ def test_bad_flags_are_refused(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
-    with pytest.raises(SystemExit, match="--resume needs --checkpoint-dir"):
-        cli.main(["train", "--resume"])
+    refused(capsys, ["train", "--resume"], "--resume needs --checkpoint-dir")
+
+
+def refused(capsys, argv, message):
+    """`gdfast argv` exits with status 2 and one line on stderr holding `message`."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("gdfast") and message in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr: expected a number > 0"),
+    (["--lr", "-0.1"], "--lr: expected a number > 0"),
+    (["--betas", "0.9", "1.5"], "--betas: expected a number >= 0 and < 1, got '1.5'"),
+    (["--eps", "-1"], "--eps: expected a number > 0"),
+    (["--batch-size", "-5"], "--batch-size: expected an integer >= 0"),
+    (["--init", "foo"], "--init: invalid choice: 'foo'"),
+    (["--shift", "30"], "--shift: expected an integer >= 0 and < 28"),
+    (["--shift", "-1"], "--shift: expected an integer >= 0 and < 28"),
+    (["--threads", "-1"], "--threads: expected an integer >= 1"),
+    (["--threads", "0"], "--threads: expected an integer >= 1"),
+    (["--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["--epochs", "-1"], "--epochs: expected an integer >= 1"),
+    (["--momentum", "-1"], "--momentum: expected a number >= 0 and < 1"),
+    (["--weight-decay", "-1"], "--weight-decay: expected a number >= 0"),
+    (["--clip-norm", "0"], "--clip-norm: expected a number > 0"),
+    (["--warmup", "-1"], "--warmup: expected a number >= 0"),
+    (["--validation", "-1"], "--validation: expected a number >= 0"),
+    (["--validation", "2.5"], "--validation: expected a fraction in (0, 1) or a whole count"),
+    (["--validation", "inf"], "--validation: expected a number >= 0"),
+    (["--plot", "no-such-folder/curves.png"], "--plot: folder 'no-such-folder' does not exist"),
+])
+def test_bad_values_are_one_line_usage_errors(capsys, flags, message):
+    refused(capsys, ["train", *flags], message)
+
+
+def test_init_choices_match_the_model():
+    assert cli.INITS == gdfast.mlp.INITS
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad"])
+def test_momentum_is_refused_where_it_does_nothing(capsys, optimizer):
+    refused(capsys, ["train", "--optimizer", optimizer, "--momentum", "0.5"],
+            "--momentum applies to momentum, nesterov and rmsprop")
+
+
+def test_momentum_reaches_rmsprop_only_when_given():
+    import argparse
+    params = gdfast.MLP(sizes=(4, 3), seed=0).params
+    args = argparse.Namespace(lr=0.01, weight_decay=0.0, eps=None, momentum=None, betas=(0.9, 0.999))
+    assert cli._make_optimizer("rmsprop", params, args).defaults["momentum"] == 0.0
+    assert cli._make_optimizer("momentum", params, args).defaults["momentum"] == 0.9
+    args.momentum = 0.5
+    assert cli._make_optimizer("rmsprop", params, args).defaults["momentum"] == 0.5
+
+
+def test_validation_count_or_fraction():
+    assert cli._validation("2") == 2 and cli._validation("2.0") == 2
+    assert isinstance(cli._validation("2.0"), int) and cli._validation("0.25") == 0.25
+
+
+def test_plot_name_without_suffix_is_reported_as_written(tmp_path):
+    assert cli._png_path(str(tmp_path / "curves")) == tmp_path / "curves.png"
+    assert cli._png_path(str(tmp_path / "curves.svg")) == tmp_path / "curves.svg"
+
+
+def train_argv(data_dir, *flags):
+    return ["train", "--data", str(data_dir), "--no-download", "--no-progress", "--epochs", "1",
+            "--hidden", "8", "--batch-size", "50", *flags]
+
+
+def test_checkpoint_dir_with_a_run_needs_resume(data_dir, tmp_path, capsys):
+    ckpt = tmp_path / "run"
+    assert cli.main(train_argv(data_dir, "--checkpoint-dir", str(ckpt))) == 0
+    before = (ckpt / "history.json").read_text()
+    refused(capsys, train_argv(data_dir, "--checkpoint-dir", str(ckpt)),
+            f"{ckpt} holds a run; pass --resume to continue it or choose another directory")
+    assert (ckpt / "history.json").read_text() == before          # nothing overwritten
+    refused(capsys, train_argv(data_dir, "--checkpoint-dir", str(ckpt), "--resume", "--hidden", "9"),
+            f"cannot resume from {ckpt / 'last.npz'}: checkpoint is for a model")
 
 
 def test_subcommands_are_a_table():

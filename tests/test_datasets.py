@@ -87,12 +87,38 @@ def test_search_order_env_then_cache_then_system(tmp_path, monkeypatch):
 
 
 def test_missing_files_list_where_it_looked(tmp_path, monkeypatch):
+    # Fashion-MNIST: no sample of it is bundled, so nothing stands in for it
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError) as err:
-        datasets.load_mnist()
+        datasets.load("fashion-mnist", download=True, opener=failing_opener)
     msg = str(err.value)
-    assert str(tmp_path / "nowhere" / "mnist") in msg and ".cache/gdfast/mnist" in msg
-    assert "GDFAST_DATA" in msg and "download" in msg
+    assert str(tmp_path / "nowhere" / "fashion-mnist") in msg and ".cache/gdfast/fashion-mnist" in msg
+    assert "GDFAST_DATA" in msg and "Downloading failed" in msg and "no network" in msg
+
+
+def failing_opener(url, timeout=None):
+    raise OSError("no network")
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_bundled_mnist_sample_when_nothing_else(tmp_path, monkeypatch, download):
+    monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    d = datasets.load("mnist", download=download, opener=failing_opener, validation=196)
+    assert d.source == "bundled sample"
+    assert d.x_train.shape == (17000, 784) and d.x_val.shape == (196, 784)
+    assert d.x_test.shape == (10000, 784) and d.y_test.shape == (10000,)
+    assert set(np.unique(d.y_test)) == set(range(10)) and d.x_train.max() == 1.0
+    assert not list((tmp_path / "home").rglob("*.gz"))       # the failed download left nothing
+    about = (datasets.BUNDLED_DIR / "mnist" / "README.md").read_text()
+    assert "17,196" in about and "10,000" in about and "CC BY-SA 3.0" in about and "LeCun" in about
+
+
+def test_found_files_come_before_the_bundled_sample(tmp_path, monkeypatch):
+    write_set(tmp_path / "env" / "mnist")
+    monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "env"))
+    d = datasets.load_mnist()
+    assert d.source == str(tmp_path / "env" / "mnist") and len(d.x_train) == 12
 
 
 def corrupt(directory, base, data):
@@ -156,9 +182,9 @@ def test_download_from_mirror_verifies_and_writes_atomically(tmp_path, monkeypat
     mirror, spec = make_mirror(tmp_path)
     monkeypatch.setitem(datasets.DATASETS, "mnist", spec)
     dest = tmp_path / "home" / ".cache" / "gdfast" / "mnist"
-    with pytest.raises(FileNotFoundError):
-        datasets.load_mnist(download=False)
+    assert datasets.load_mnist(download=False).source == "bundled sample"
     data = datasets.load_mnist(download=True, progress=False)   # first mirror fails, second works
+    assert data.source == str(dest)                             # preferred over the sample
     assert sorted(os.listdir(dest)) == sorted(b + ".gz" for b in FILES.values())
     assert len(data.y_train) == 12
 

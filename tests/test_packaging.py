@@ -142,3 +142,19 @@ def test_installed_metadata_is_complete():
     eps = importlib.metadata.distribution("gdfast").entry_points  # 3.9 has no group= filter
     scripts = {ep.name: ep.value for ep in eps if ep.group == "console_scripts"}
     assert scripts.get("gdfast") == "gdfast.cli:main"
+
+
+def test_unbuilt_source_tree_says_how_to_build(tmp_path):
+    """A copy of the package without the compiled module: a clear ImportError."""
+    import shutil
+    shutil.copytree(PACKAGE_DIR, tmp_path / "gdfast",
+                    ignore=lambda d, names: [n for n in names if n.startswith("_kernels") and
+                                             not n.endswith((".pyx", ".pxd"))] + ["__pycache__"])
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", "import gdfast"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: gdfast's C extension (gdfast._kernels) is not built"), last
+    assert "pip install ." in last and "python setup.py build_ext --inplace" in last
+    assert "circular import" not in last

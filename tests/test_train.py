@@ -163,8 +163,9 @@ def test_nan_loss_names_the_step_and_last_checkpoint(tmp_path):
 def test_fit_function_and_argument_checks():
     x, y = blobs(50)
     model, opt = make()
-    trainer = fit(model, opt, x, y, epochs=2, batch_size=10, test=(x, y))
-    assert len(trainer.history) == 2
+    history = fit(model, opt, x, y, epochs=2, batch_size=10, test=(x, y))
+    assert isinstance(history, list) and [r["epoch"] for r in history] == [1, 2]
+    assert "test_acc" in history[-1]
     with pytest.raises(ValueError, match="needs validation"):
         Trainer(model, opt, (x, y), monitor="val_acc")
     with pytest.raises(ValueError, match="monitor must be one of"):
@@ -248,3 +249,36 @@ def test_untracked_grad_norm_is_none_in_strict_json(tmp_path):
     trainer.fit(1)
     assert trainer.history[0]["grad_norm"] is None
     json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_default_is_mini_batches_of_128_and_zero_means_full_batch():
+    x, y = blobs(300)
+    model, opt = make()
+    assert Trainer(model, opt, (x, y)).batches.batch_size == 128
+    assert len(Trainer(model, opt, (x, y)).fit(1)) == 1
+    assert steps_of(Trainer(model, opt, (x, y))) == 3                      # ceil(300 / 128)
+    for full in (None, 0):
+        assert steps_of(Trainer(model, opt, (x, y), batch_size=full)) == 1
+
+
+def steps_of(trainer):
+    trainer.fit(1)
+    return trainer.step
+
+
+def test_best_checkpoint_written_on_every_improvement_without_early_stopping(tmp_path):
+    x, y = blobs(200)
+    model, opt = make()
+    trainer = Trainer(model, opt, (x, y), batch_size=20, checkpoint_dir=tmp_path)
+    for epoch in (1, 2, 3):
+        trainer.fit(epoch)
+        if trainer.history[-1]["train_loss"] == trainer.best:    # improved: best.npz is this epoch
+            np.testing.assert_array_equal(checkpoint.load(tmp_path / "best.npz")["params"]["w1"],
+                                          model.params["w1"])
+    assert trainer.best == min(r["train_loss"] for r in trainer.history)
+    assert trainer.best_params is None                  # nothing extra kept in memory
+
+
+def test_mlp_documents_its_arguments():
+    for word in ("sizes", "activation", "loss", "init", "output_activation", "params"):
+        assert word in gdfast.MLP.__doc__
