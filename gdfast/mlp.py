@@ -60,7 +60,7 @@ class MLP:
         self.params = Params(shapes)
         self._init(init, seed)
         self._core = _kernels.MLPCore(sizes, activation, self.output_activation, loss,
-                                      self.params.data, self.params.grad)
+                                      self.params)
 
     def _init(self, init, seed):
         rng = np.random.default_rng(seed)
