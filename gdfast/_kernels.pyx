@@ -94,7 +94,7 @@ def set_num_threads(n):
         raise TypeError(f"n must be an integer number of threads, got {type(n).__name__}")
     n = n.__index__()
     if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"n must be a number of threads in [1, {MAX_THREADS}], got {n}")
+        raise ValueError(f"n must be a positive number of threads, at most {MAX_THREADS}, got {n}")
     gdfast_set_num_threads(n)
 
 
