@@ -1,6 +1,14 @@
 # Input checks shared by every kernel wrapper: one message style everywhere,
 # and nothing is copied behind the user's back.
 
+cdef inline int check_native(cnp.ndarray arr, str name) except -1:
+    """The C kernels read native floats: a byte-swapped float32 array would be misread."""
+    if not cnp.PyArray_ISNOTSWAPPED(arr):
+        raise TypeError(f"{name} must have native byte order (dtype float32), got "
+                        f"{arr.dtype.str}; use {name}.astype(np.float32)")
+    return 0
+
+
 cdef inline cnp.ndarray check_f32(object a, str name, bint writeable=False):
     """a as a C-contiguous float32 ndarray (writeable if asked), else a clear error."""
     if not isinstance(a, cnp.ndarray):
@@ -9,6 +17,7 @@ cdef inline cnp.ndarray check_f32(object a, str name, bint writeable=False):
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32:
         raise TypeError(f"{name} must have dtype float32, got {arr.dtype}")
+    check_native(arr, name)
     if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{name} must be C-contiguous; "
                          f"pass numpy.ascontiguousarray({name})")

@@ -84,9 +84,17 @@ def get_num_threads():
     return gdfast_get_num_threads()
 
 
-def set_num_threads(int n):
-    if n < 1:
-        raise ValueError(f"n must be a positive number of threads, got {n}")
+# More threads than any machine gdfast targets has cores: a larger n is a mistake.
+MAX_THREADS = 4096
+
+
+def set_num_threads(n):
+    """Threads the kernels use (an integer in [1, MAX_THREADS])."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"n must be an integer number of threads, got {type(n).__name__}")
+    n = n.__index__()
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n must be a positive number of threads, at most {MAX_THREADS}, got {n}")
     gdfast_set_num_threads(n)
 
 

@@ -36,6 +36,7 @@ cdef class MLPCore:
     """C state of an MLP: layer sizes, arena pointers and grown-on-demand buffers."""
     cdef gd_mlp net
     cdef cnp.ndarray sizes, data, grad, ws, labels
+    cdef object params  # the Params arena: its buffers must stay data and grad
     cdef gd_index rows  # batch size the buffers currently hold
     cdef gd_index _n    # the checked batch (set by _prepare)
     cdef const int64_t *_labels
@@ -52,10 +53,11 @@ cdef class MLPCore:
         self.busy = True
         return 0
 
-    def __init__(self, sizes, str activation, str output_activation, str loss, data, grad):
+    def __init__(self, sizes, str activation, str output_activation, str loss, params):
         self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
-        self.data = check_f32(data, "params.data", writeable=True)
-        self.grad = check_f32(grad, "params.grad", writeable=True)
+        self.params = params
+        self.data = check_f32(params.data, "params.data", writeable=True)
+        self.grad = check_f32(params.grad, "params.grad", writeable=True)
         self.net.n_layers = len(self.sizes) - 1
         self.net.sizes = <const gd_index *>cnp.PyArray_DATA(self.sizes)
         self.net.hidden_act = ACTIVATIONS[activation]
@@ -63,6 +65,27 @@ cdef class MLPCore:
         self.net.loss = LOSSES[loss]
         self.rows = 0
         self._reserve(1)
+
+    cdef int _check_arena(self, bint writes_grad, bint writes_data) except -1:
+        """The arena still holds the buffers the C core points into, and the
+        ones this call writes are writeable (checked before anything changes)."""
+        if self.params.data is not self.data or self.params.grad is not self.grad:
+            raise ValueError("the arena's data or grad buffer was replaced after the MLP was "
+                             "built; update values in place instead "
+                             "(model.params.data[...] = new)")
+        if writes_grad and not cnp.PyArray_ISWRITEABLE(self.grad):
+            raise ValueError("params.grad is read-only; the gradients are written into it")
+        if writes_data and not cnp.PyArray_ISWRITEABLE(self.data):
+            raise ValueError("params.data is read-only; train_step updates it in place")
+        return 0
+
+    cdef int _check_apart(self, cnp.ndarray a, str name, bint writes_data) except -1:
+        """a is read while params.grad (and params.data if writes_data) are written."""
+        if overlaps(a, self.grad):
+            raise ValueError(f"{name} must not share memory with params.grad")
+        if writes_data and overlaps(a, self.data):
+            raise ValueError(f"{name} must not share memory with params.data")
+        return 0
 
     cdef _reserve(self, gd_index n):
         """Grow the work buffers to hold n rows (never shrinks)."""
@@ -87,6 +110,7 @@ cdef class MLPCore:
             self.busy = False
 
     cdef _forward(self, x):
+        self._check_arena(False, False)
         cdef cnp.ndarray X = self._check_x(x)
         cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
         cdef cnp.ndarray out = np.empty((n, n_out), dtype=np.float32)
@@ -111,8 +135,10 @@ cdef class MLPCore:
             raise MemoryError("MLP forward could not allocate a GEMM packing buffer")
         return out
 
-    cdef tuple _prepare(self, object x, object y):
-        """Check a batch; set _n, _labels, _targets. Returns the arrays to keep alive."""
+    cdef tuple _prepare(self, object x, object y, bint writes_data):
+        """Check a batch for a call writing params.grad (and params.data if
+        writes_data); set _n, _labels, _targets. Returns the arrays to keep alive."""
+        self._check_arena(True, writes_data)
         cdef cnp.ndarray X = self._check_x(x)
         cdef gd_index n = X.shape[0], n_out = self.sizes[self.net.n_layers]
         cdef cnp.ndarray T = None
@@ -120,6 +146,7 @@ cdef class MLPCore:
         cdef gd_index i
         if n == 0:
             raise ValueError(f"x must hold at least one row, got shape {x.shape}")
+        self._check_apart(X, "x", writes_data)
         if not isinstance(y, np.ndarray):
             raise TypeError(f"y must be a numpy.ndarray of integer labels or float32 targets, "
                             f"got {type(y).__name__}")
@@ -136,11 +163,12 @@ cdef class MLPCore:
                 if lab[i] < 0 or lab[i] >= n_out:
                     raise ValueError(f"y[{i}] = {y[i]} is not a class label in [0, {n_out})")
             self._labels = lab
-        elif y.dtype == np.float32:
+        elif y.dtype.type is np.float32:  # any byte order: check_f32 refuses non-native
             T = check_f32(y, "y")
             if T.ndim != 2 or T.shape[0] != n or T.shape[1] != n_out:
                 raise ValueError(f"float32 targets y must have shape ({n}, {n_out}), "
                                  f"got {y.shape}")
+            self._check_apart(T, "y", writes_data)
             self._targets = <const float *>cnp.PyArray_DATA(T)
         else:
             raise TypeError(f"y must hold integer class labels or float32 targets, "
@@ -163,7 +191,7 @@ cdef class MLPCore:
             self.busy = False
 
     cdef _loss_and_grad(self, x, y):
-        keep = self._prepare(x, y)
+        keep = self._prepare(x, y, False)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status
@@ -184,7 +212,7 @@ cdef class MLPCore:
             self.busy = False
 
     cdef _train_step(self, x, y, optimizer, params, double mx, bint skip):
-        keep = self._prepare(x, y)
+        keep = self._prepare(x, y, True)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status = 0

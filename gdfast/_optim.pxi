@@ -47,6 +47,7 @@ cdef extern from "optim.h" nogil:
     int gdfast_optim_run(gd_plan *plan)
     double gdfast_optim_grad_norm(gd_plan *plan)
     void gdfast_optim_scale(gd_plan *plan, float c)
+    void gdfast_clip_split(double coef, float *hi, float *lo)
     void gdfast_optim_clamp(gd_plan *plan, float lo, float hi)
     void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi)
     void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n)
@@ -143,6 +144,8 @@ cdef inline cnp.ndarray _check_grad(object g, cnp.ndarray p, Py_ssize_t i):
     cdef cnp.ndarray a = <cnp.ndarray>g
     if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32:
         raise TypeError(f"grads[{i}] must have dtype float32, got {a.dtype}")
+    if not cnp.PyArray_ISNOTSWAPPED(a):  # inline: no name string built on the hot path
+        check_native(a, f"grads[{i}]")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"grads[{i}] must be C-contiguous; "
                          f"pass numpy.ascontiguousarray(grads[{i}])")
@@ -279,6 +282,19 @@ cdef class _OptimCore:
                              "optimizer was built; update values in place instead")
         return 0
 
+    cdef int _check_writeable(self) except -1:
+        """A parameter made read-only after construction must not be written:
+        checked at every step, before anything changes (one flag per array)."""
+        cdef Py_ssize_t i
+        if self._arena is not None:
+            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._arena_data):
+                raise ValueError("params.data is read-only; the optimizer updates it in place")
+            return 0
+        for i in range(len(self._params)):
+            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._params[i]):
+                raise ValueError(f"params[{i}] is read-only; the optimizer updates it in place")
+        return 0
+
     cdef int _fill(self, gd_hyper *h, dict grp, int gi, long long t) except -1:
         """Per-group coefficients for step t, checking every hyperparameter."""
         cdef double lr = _num(grp, "lr", gi), wd = _num(grp, "weight_decay", gi), eps = 0.0
@@ -405,10 +421,12 @@ cdef class _OptimCore:
                     raise TypeError("grads must be omitted: this optimizer reads the "
                                     "gradients of its Params arena (params.grad)")
                 self._check_arena(self._arena)
+                self._check_writeable()
             else:
                 if grads is None:
                     raise TypeError("grads is required: pass a list of gradient arrays "
                                     "aligned with params")
+                self._check_writeable()
                 self._bind_grads(grads)
             self._sync(self._step + 1)
             self._step += 1
@@ -427,6 +445,7 @@ cdef class _OptimCore:
         self._enter()
         try:
             self._check_arena(params)
+            self._check_writeable()
             self._sync(self._step + 1)
         except BaseException:
             self._busy = False
@@ -499,11 +518,15 @@ def clip_grad_norm(grads, double max_norm):
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     cdef StepPlan plan = _grads_plan(grads, "grads", True)
     cdef double norm, coef
+    cdef float hi, lo
     with nogil:
         norm = gdfast_optim_grad_norm(&plan.plan)
         coef = max_norm / (norm + 1e-6)
         if not coef >= 1.0:
-            gdfast_optim_scale(&plan.plan, <float>coef)
+            gdfast_clip_split(coef, &hi, &lo)
+            gdfast_optim_scale(&plan.plan, hi)
+            if lo != 1.0:  # a coefficient below FLT_MIN, in two factors
+                gdfast_optim_scale(&plan.plan, lo)
     return norm
 
 

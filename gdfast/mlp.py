@@ -72,7 +72,7 @@ class MLP:
         self.params = Params(shapes)
         self._init(init, seed)
         self._core = _kernels.MLPCore(sizes, activation, self.output_activation, loss,
-                                      self.params.data, self.params.grad)
+                                      self.params)
 
     def _init(self, init, seed):
         rng = np.random.default_rng(seed)
@@ -136,6 +136,8 @@ class MLP:
 
     def evaluate(self, x, y, batch_size=1000):
         """(mean loss, accuracy) over a data set, without touching gradients."""
+        if isinstance(x, np.ndarray) and x.ndim != 2:  # before evaluate() reads x.shape[0]
+            raise ValueError(f"x must have shape (n, {self.sizes[0]}), got {x.shape}")
         return evaluate(self.forward, self.loss, self.sizes[-1], x, y, batch_size)
 
     def __repr__(self):

@@ -7,6 +7,7 @@
  * double) and then the block sums in index order, whatever the threads. */
 #include "optim.h"
 
+#include <float.h>
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -149,11 +150,28 @@ double gdfast_optim_grad_norm(gd_plan *pl) {
     return sqrt(total);
 }
 
+void gdfast_clip_split(double coef, float *hi, float *lo) {
+    if (!(coef > 0.0 && coef < FLT_MIN)) {
+        *hi = (float)coef;
+        *lo = 1.0f;
+        return;
+    }
+    /* coef = m * 2^e with e <= -126: half the exponent in each factor keeps
+     * g * hi normal whenever the clipped gradient is, and * lo exact. */
+    int e;
+    double m = frexp(coef, &e);
+    *hi = (float)ldexp(m, e - e / 2);
+    *lo = (float)ldexp(1.0, e / 2);
+}
+
 /* The groups' gradient factors: the clip coefficient, negated to maximize. */
-static void set_gscale(gd_plan *pl, float clip) {
+static void set_gscale(gd_plan *pl, double clip) {
+    float hi, lo;
+    gdfast_clip_split(clip, &hi, &lo);
     for (int k = 0; k < pl->ngroups; k++) {
         gd_hyper *h = &pl->hyper[k];
-        h->gscale = (h->flags & GD_F_MAXIMIZE) ? -clip : clip;
+        h->gscale = (h->flags & GD_F_MAXIMIZE) ? -hi : hi;
+        h->gscale2 = lo;
     }
 }
 
@@ -165,10 +183,10 @@ gd_index gdfast_optim_grain(const gd_plan *pl) {
 
 /* PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when below 1;
  * a NaN norm gives a NaN scale, which propagates. 1 without clipping. */
-static float clip_factor(const gd_plan *pl) {
-    if (!(pl->max_norm > 0.0)) return 1.0f;
+static double clip_factor(const gd_plan *pl) {
+    if (!(pl->max_norm > 0.0)) return 1.0;
     double coef = pl->max_norm / (pl->norm + 1e-6);
-    return coef >= 1.0 ? 1.0f : (float)coef;
+    return coef >= 1.0 ? 1.0 : coef;
 }
 
 int gdfast_optim_run(gd_plan *pl) {

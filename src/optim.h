@@ -24,10 +24,16 @@ enum { GD_SGD = 0, GD_RMSPROP = 1, GD_ADAM = 2, GD_ADAGRAD = 3, GD_LOOKAHEAD = 4
 #define GD_F_AMSGRAD 64   /* Adam: running max of v in s[2] */
 #define GD_F_MAXIMIZE 128 /* ascend: the gradient is negated */
 
+/* A clip coefficient as the factors (g * hi) * lo: lo = 1 when coef is a
+ * normal float, else an exact power of two with hi normal, so a coefficient
+ * below FLT_MIN does not flush to zero under FTZ/DAZ. */
+void gdfast_clip_split(double coef, float *hi, float *lo);
+
 /* Per-group coefficients, computed once per step (in double, rounded to float). */
 typedef struct {
     int kind, flags;
     float gscale;       /* gradient factor: +-1 times the clip coefficient (set by the driver) */
+    float gscale2;      /* applied after gscale: 1, or the power of two of a tiny clip coefficient */
     float lr;           /* SGD, RMSprop: lr; Adagrad: lr / (1 + (step - 1) * lr_decay) */
     float wd;           /* coupled weight decay */
     float decay;        /* AdamW: 1 - lr * wd */

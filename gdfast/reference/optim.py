@@ -18,17 +18,31 @@ def grad_norm(grads):
                          for g in grads))
 
 
+def clip_split(coef):
+    """coef as float32 factors applied as (g * hi) * lo, like gdfast_clip_split:
+    lo = 1 unless coef is below the smallest normal float32 (where it would
+    flush to zero), then an exact power of two with half the exponent."""
+    if not 0.0 < coef < np.finfo(f32).tiny:
+        return f32(coef), f32(1.0)
+    m, e = math.frexp(coef)
+    half = -(-e // 2)  # C's e / 2, rounded toward zero
+    return f32(math.ldexp(m, e - half)), f32(math.ldexp(1.0, half))
+
+
 def clip_coef(grads, max_norm):
-    """(norm, float32 factor) as PyTorch's clip_grad_norm_ (factor 1 when not clipping)."""
+    """(norm, hi, lo): PyTorch's clip_grad_norm_ factor as clip_split's pair
+    (1, 1 when not clipping)."""
     norm = grad_norm(grads)
     coef = max_norm / (norm + 1e-6)
-    return norm, f32(1.0) if coef >= 1.0 else f32(coef)
+    return (norm,) + clip_split(1.0 if coef >= 1.0 else coef)
 
 
 def clip_grad_norm(grads, max_norm):
-    norm, c = clip_coef(grads, max_norm)
+    norm, hi, lo = clip_coef(grads, max_norm)
     for g in grads:
-        g *= c
+        g *= hi
+        if lo != 1:
+            g *= lo
     return norm
 
 
@@ -47,13 +61,15 @@ class _Reference:
 
     def step(self, grads, max_grad_norm=None):
         self.t += 1
-        gs, norm = f32(1.0), None
+        gs, lo, norm = f32(1.0), f32(1.0), None
         if max_grad_norm is not None:
-            norm, gs = clip_coef(grads, max_grad_norm)
+            norm, gs, lo = clip_coef(grads, max_grad_norm)
         if self.hyper.get("maximize"):
             gs = -gs
         for i, (p, g) in enumerate(zip(self.params, grads)):
             gi = np.multiply(g, gs, out=self._tmp[i])
+            if lo != 1:  # only for a coefficient below the smallest normal float32
+                gi *= lo
             self._update(i, p, gi, self._tmp2[i])
         return norm
 
