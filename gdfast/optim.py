@@ -27,6 +27,9 @@ from .checkpoint import CheckpointError, read_npz, write_npz
 from .params import Params, _aligned_empty
 
 _FORMAT = "gdfast.optim/1"
+# the step count lives in a C long long: far below its 2**63 limit, so the
+# next step's t + 1 cannot overflow
+_MAX_STEP = 2**62
 
 
 class Optimizer(_kernels._OptimCore):
@@ -199,15 +202,21 @@ class Optimizer(_kernels._OptimCore):
         if not isinstance(sd, dict) or set(sd) != {"step", "state", "param_groups"}:
             raise ValueError("state_dict must be a dict with keys 'step', 'state', 'param_groups'")
         step = sd["step"]
-        if isinstance(step, bool) or int(step) != step or step < 0:
-            raise ValueError(f"state_dict['step'] must be a non-negative integer, got {step!r}")
+        if (isinstance(step, bool) or not isinstance(step, (int, np.integer))
+                or not 0 <= step < _MAX_STEP):
+            raise ValueError(f"state_dict['step'] must be an integer in [0, {_MAX_STEP}), "
+                             f"got {step!r}")
         state = sd["state"]
+        if not isinstance(state, dict):
+            raise ValueError(f"state_dict['state'] must be a dict, got {type(state).__name__}")
         if set(state) != set(self._state):
             raise ValueError(f"state_dict['state'] has keys {sorted(map(str, state))}, "
                              f"expected {sorted(map(str, self._state))}")
         for key, bufs in self._state.items():
             _check_arrays(state[key], bufs, f"state[{key!r}]", keys="buffers")
         groups = sd["param_groups"]
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+            raise ValueError("state_dict['param_groups'] must be a list of dicts")
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, expected "
                              f"{len(self.param_groups)}")
@@ -227,12 +236,12 @@ class Optimizer(_kernels._OptimCore):
         self.param_groups = new_groups
         try:
             self._check_hyper()
-        except Exception:
+        except OverflowError as e:  # a number too large for a C double
+            raise ValueError(f"state_dict['param_groups']: {e}") from None
+        finally:
             self.param_groups = old_groups
-            raise
         for mine, new in zip(old_groups, new_groups):  # keep the user's dict objects
             mine.update(new)
-        self.param_groups = old_groups
         for key, bufs in self._state.items():
             for name, buf in bufs.items():
                 buf[...] = state[key][name]
@@ -320,6 +329,17 @@ def _check_arrays(given, expected, what, keys="keys"):
 
 def _bad(name, value, expected):
     raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_k(k, name="k"):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        _bad(name, k, "an integer >= 1")
+
+
+def _check_alpha(alpha, name="alpha"):
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating))
+            or not 0.0 <= alpha <= 1.0):
+        _bad(name, alpha, "a number in [0, 1]")
 
 
 class SGD(Optimizer):
@@ -438,12 +458,10 @@ class Lookahead:
     def __init__(self, optimizer, k=5, alpha=0.5):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a gdfast optimizer, got {type(optimizer).__name__}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            _bad("k", k, "an integer >= 1")
-        if not 0.0 <= alpha <= 1.0:
-            _bad("alpha", alpha, "in [0, 1]")
+        _check_k(k)
+        _check_alpha(alpha)
         self.optimizer = optimizer
-        self.k = int(k)
+        self._k = int(k)
         self._alpha = float(alpha)
         self._count = 0
         total = sum(p.size for p, _ in optimizer._seg_info)
@@ -465,10 +483,18 @@ class Lookahead:
 
     @alpha.setter
     def alpha(self, value):
-        if not 0.0 <= value <= 1.0:
-            _bad("alpha", value, "in [0, 1]")
+        _check_alpha(value)
         self._alpha = float(value)
         self._plan = _kernels._lookahead_plan(self._pairs, self._alpha)
+
+    @property
+    def k(self):
+        return self._k
+
+    @k.setter
+    def k(self, value):
+        _check_k(value)
+        self._k = int(value)
 
     @property
     def param_groups(self):
@@ -511,24 +537,33 @@ class Lookahead:
 
     def state_dict(self):
         sd = self.optimizer.state_dict()
-        sd["lookahead"] = {"k": self.k, "alpha": self._alpha, "count": self._count}
+        sd["lookahead"] = {"k": self.k, "alpha": self._alpha, "count": self._count,
+                           "inner": type(self.optimizer).__name__}
         sd["slow"] = {key: v.copy() for key, v in self._slow_views().items()}
         return sd
 
     def load_state_dict(self, state_dict):
         sd = dict(state_dict)
         la, slow = sd.pop("lookahead", None), sd.pop("slow", None)
-        if not isinstance(la, dict) or set(la) != {"k", "alpha", "count"} or slow is None:
-            raise ValueError("state_dict lacks the Lookahead entries 'lookahead' and 'slow'")
+        if (not isinstance(la, dict) or set(la) != {"k", "alpha", "count", "inner"}
+                or not isinstance(slow, dict)):
+            raise ValueError("state_dict lacks the Lookahead entries 'lookahead' "
+                             "(k, alpha, count, inner) and 'slow'")
+        inner = type(self.optimizer).__name__
+        if la["inner"] != inner:
+            raise ValueError(f"state_dict is of a Lookahead around {la['inner']!r}, "
+                             f"this one wraps {inner!r}")
         views = self._slow_views()
         _check_arrays(slow, views, "slow")
         k, alpha, count = la["k"], la["alpha"], la["count"]
-        if int(k) != k or k < 1 or not 0 <= alpha <= 1 or int(count) != count or count < 0:
-            raise ValueError(f"bad Lookahead settings in state_dict: {la}")
+        _check_k(k, "state_dict['lookahead']['k']")
+        _check_alpha(alpha, "state_dict['lookahead']['alpha']")
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            _bad("state_dict['lookahead']['count']", count, "an integer >= 0")
         self.optimizer.load_state_dict(sd)
         for key, v in views.items():
             v[...] = slow[key]
-        self.k, self._count = int(k), int(count)
+        self._k, self._count = int(k), int(count)
         self.alpha = alpha
 
     def save(self, path):

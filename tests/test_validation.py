@@ -23,3 +23,106 @@ def test_params_total_size_overflow_is_refused():
 def test_validation_count_refuses_non_finite(bad):
     with pytest.raises(ValueError, match="validation"):
         _validation_count(bad, 100)
+
+
+def _snapshot(opt):
+    sd = opt.state_dict()
+    return sd["step"], {k: {n: a.copy() for n, a in v.items()} for k, v in sd["state"].items()}, \
+        copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+
+
+def _assert_same(opt, snap):
+    step, state, groups = _snapshot(opt)
+    assert step == snap[0] and groups == snap[2]
+    for k in state:
+        for n in state[k]:
+            np.testing.assert_array_equal(state[k][n], snap[1][k][n])
+
+
+def _adam_after_steps(n=3):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(5).astype(np.float32)
+    opt = gdfast.Adam([w], lr=0.1)
+    for _ in range(n):
+        opt.step([rng.standard_normal(5).astype(np.float32)])
+    return opt, w
+
+
+@pytest.mark.parametrize("step", [2**63, 2**62, 1e30, 2.5, 3.0, -1, True, "3", None])
+def test_optimizer_refuses_bad_step_without_changing_state(step):
+    opt, _ = _adam_after_steps()
+    other, _ = _adam_after_steps(5)
+    sd = other.state_dict()
+    sd["param_groups"][0]["lr"] = 0.5
+    sd["step"] = step
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"state_dict\['step'\].*2\*\*62|state_dict\['step'\]"):
+        opt.load_state_dict(sd)
+    _assert_same(opt, snap)
+
+
+def test_step_bound_is_named_and_largest_step_keeps_adam_finite():
+    opt, w = _adam_after_steps()
+    sd = opt.state_dict()
+    sd["step"] = 2**62
+    with pytest.raises(ValueError, match=str(2**62)):
+        opt.load_state_dict(sd)
+    sd["step"] = 2**62 - 2
+    opt.load_state_dict(sd)
+    m = sd["state"][0]["exp_avg"].copy()
+    v = sd["state"][0]["exp_avg_sq"].copy()
+    g = np.full(5, 0.5, np.float32)
+    before = w.copy()
+    opt.step([g])
+    assert opt.state_dict()["step"] == 2**62 - 1
+    # bias corrections are 1 at this step
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    np.testing.assert_allclose(w, before - 0.1 * m / (np.sqrt(v) + 1e-8), rtol=1e-5)
+
+
+def test_optimizer_refuses_huge_hyperparameter_as_value_error():
+    opt, _ = _adam_after_steps()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 10**400
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match="param_groups"):
+        opt.load_state_dict(sd)
+    _assert_same(opt, snap)
+
+
+def test_lookahead_k_is_validated_on_assignment():
+    w = np.ones(3, np.float32)
+    la = optim.Lookahead(gdfast.SGD([w], lr=0.1), k=2)
+    for bad in (0, -1, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+            la.k = bad
+    assert la.k == 2
+    la.step([np.ones(3, np.float32)])
+    np.testing.assert_allclose(w, 0.9)
+    la.k = 1
+    la.step([np.ones(3, np.float32)])
+
+
+def test_lookahead_state_names_its_inner_optimizer():
+    w1, w2 = np.ones(3, np.float32), np.ones(3, np.float32)
+    a = optim.Lookahead(gdfast.Adam([w1]))
+    b = optim.Lookahead(gdfast.AdamW([w2]))
+    a.step([np.ones(3, np.float32)])
+    before = b.state_dict()
+    with pytest.raises(ValueError, match="'Adam'.*'AdamW'"):
+        b.load_state_dict(a.state_dict())
+    after = b.state_dict()
+    assert after["step"] == before["step"] == 0
+    np.testing.assert_array_equal(after["state"][0]["exp_avg"], 0.0)
+    b2 = optim.Lookahead(gdfast.Adam([w2]))
+    b2.load_state_dict(a.state_dict())
+    assert b2.state_dict()["step"] == 1
+
+
+def test_lookahead_file_refuses_other_inner_optimizer(tmp_path):
+    a = optim.Lookahead(gdfast.Adam([np.ones(3, np.float32)]))
+    a.save(tmp_path / "la.npz")
+    b = optim.Lookahead(gdfast.AdamW([np.ones(3, np.float32)]))
+    with pytest.raises(ValueError, match="AdamW"):
+        b.load(tmp_path / "la.npz")
