@@ -126,3 +126,86 @@ def test_lookahead_file_refuses_other_inner_optimizer(tmp_path):
     b = optim.Lookahead(gdfast.AdamW([np.ones(3, np.float32)]))
     with pytest.raises(ValueError, match="AdamW"):
         b.load(tmp_path / "la.npz")
+
+
+@pytest.mark.parametrize("build", [
+    lambda v: schedules.CosineWarmRestarts(0.1, T_0=v, T_mult=2),
+    lambda v: schedules.CosineWarmRestarts(0.1, T_0=4, T_mult=v),
+    lambda v: schedules.StepDecay(0.1, step_size=v),
+    lambda v: schedules.Cosine(0.1, T_max=v),
+    lambda v: schedules.PerEpoch(schedules.Constant(0.1), steps_per_epoch=v),
+    lambda v: schedules.OneCycle(0.1, total_steps=v),
+    lambda v: schedules.Sequential([(0.1, v)], 0.01),
+    lambda v: schedules.make("step", 0.1, 100, steps_per_epoch=v),
+    lambda v: schedules.make("sgdr", 0.1, 100, T_0=v),
+    lambda v: schedules.make("cosine", 0.1, v),
+])
+@pytest.mark.parametrize("bad", [0.5, 0, -1, True, float("nan"), float("inf"), 2**70, "2"])
+def test_schedule_counts_must_be_positive_integers(build, bad):
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        build(bad)
+
+
+def test_sgdr_fractional_period_message():
+    with pytest.raises(ValueError, match="T_0 must be a positive integer, got 0.5"):
+        schedules.CosineWarmRestarts(0.1, T_0=0.5, T_mult=2)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: schedules.MultiStep(0.1, [2.5]),
+    lambda: schedules.MultiStep(0.1, [-1]),
+    lambda: schedules.Warmup(schedules.Constant(0.1), 2.5),
+    lambda: schedules.Warmup(schedules.Constant(0.1), 5, start_factor=float("nan")),
+    lambda: schedules.StepDecay(0.1, 5, gamma=float("nan")),
+    lambda: schedules.MultiStep(0.1, [5], gamma=float("nan")),
+    lambda: schedules.Exponential(0.1, float("nan")),
+    lambda: schedules.Exponential(0.1, float("inf")),
+    lambda: schedules.Constant(float("inf")),
+    lambda: schedules.Constant(10**400),
+    lambda: schedules.OneCycle(0.1, 100, div_factor=0),
+    lambda: schedules.OneCycle(0.1, 100, pct_start=float("nan")),
+    lambda: schedules.ReduceOnPlateau(0.1, patience=1.5),
+    lambda: schedules.ReduceOnPlateau(0.1, cooldown=-1),
+    lambda: schedules.ReduceOnPlateau(0.1, threshold=float("nan")),
+    lambda: schedules.make("constant", 0.1, 100, warmup=-1),
+])
+def test_schedule_arguments_refused(build):
+    with pytest.raises(ValueError):
+        build()
+
+
+@pytest.mark.parametrize("step", [2.0, 0.5, float("nan"), float("inf"), -1, 2**63, 10**400, True])
+def test_schedule_call_refuses_bad_steps(step):
+    for s in (schedules.Constant(0.1), schedules.Exponential(0.1, 0.5),
+              schedules.CosineWarmRestarts(0.1, 3, 2), schedules.Cosine(0.1, 10),
+              schedules.PerEpoch(schedules.StepDecay(0.1, 2), 3), schedules.OneCycle(0.1, 10),
+              schedules.Warmup(schedules.Cosine(0.1, 10), 3)):
+        with pytest.raises(ValueError, match="step"):
+            s(step)
+
+
+def test_schedule_huge_valid_steps_do_not_overflow():
+    assert schedules.CosineWarmRestarts(0.1, 1, 1)(2**62) == pytest.approx(0.1)
+    assert schedules.CosineWarmRestarts(0.1, 3, 2)(2**62) <= 0.1
+    assert schedules.Exponential(0.1, 0.5)(2**62) == 0.0
+    with pytest.raises(ValueError, match="overflows"):
+        schedules.Exponential(0.1, 2.0)(2**62)
+
+
+@pytest.mark.parametrize("bad", [
+    {"scale": 0.5}, None, [],
+    {"scale": float("inf"), "best": 1.0, "num_bad_epochs": 0, "cooldown_counter": 0,
+     "last_step": 0, "base": {}},
+    {"scale": 0.5, "best": 1.0, "num_bad_epochs": float("inf"), "cooldown_counter": 0,
+     "last_step": 0, "base": {}},
+    {"scale": 0.5, "best": 1.0, "num_bad_epochs": 0, "cooldown_counter": 0,
+     "last_step": 10**400, "base": {}},
+    {"scale": 0.5, "best": 1.0, "num_bad_epochs": 0, "cooldown_counter": 0,
+     "last_step": 0, "base": {"x": 1}},
+])
+def test_plateau_load_state_dict_refuses_without_change(bad):
+    s = schedules.ReduceOnPlateau(0.1)
+    before = s.state_dict()
+    with pytest.raises(ValueError):
+        s.load_state_dict(bad)
+    assert s.state_dict() == before
