@@ -209,3 +209,50 @@ def test_plateau_load_state_dict_refuses_without_change(bad):
     with pytest.raises(ValueError):
         s.load_state_dict(bad)
     assert s.state_dict() == before
+
+
+def _far_off_net():
+    net = gdfast.MLP([2, 3], init="xavier")
+    net.params["w1"] = np.array([[100.0, 0.0, -200.0], [0.0, 0.0, 0.0]])
+    net.params["b1"] = 0.0
+    return net
+
+
+def test_evaluate_cross_entropy_is_not_capped():
+    net = _far_off_net()
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.5, 0.0]], np.float32)
+    y = np.array([2, 0, 1])
+    exact = net.loss_and_grad(x, y)
+    assert exact > 100
+    loss, acc = net.evaluate(x, y, batch_size=2)
+    assert loss == pytest.approx(exact, rel=1e-5)
+    assert acc == pytest.approx(1 / 3)
+    soft = np.eye(3, dtype=np.float32)[y]
+    assert net.evaluate(x, soft)[0] == pytest.approx(exact, rel=1e-5)
+
+
+def test_reference_evaluate_is_not_capped():
+    from gdfast.reference.train import ReferenceMLP
+    net = _far_off_net()
+    ref = ReferenceMLP([2, 3], init_from=net.params)
+    x = np.array([[1.0, 0.0]], np.float32)
+    assert ref.evaluate(x, np.array([2]))[0] == pytest.approx(300.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("y, match", [
+    (np.array([[0], [1], [2]]), "1-D"),
+    (np.array([0, 1, 3]), r"\[0, 3\)"),
+    (np.array([0, -1, 2]), r"\[0, 3\)"),
+    (np.zeros((3, 2), np.float32), r"\(3, 3\)"),
+    (np.zeros(3, np.float32), r"\(3, 3\)"),
+])
+def test_evaluate_refuses_bad_labels(y, match):
+    net = _far_off_net()
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="y .*" + match):
+        net.evaluate(x, y)
+
+
+def test_evaluate_refuses_non_numeric_labels():
+    with pytest.raises(TypeError, match="y must be"):
+        _far_off_net().evaluate(np.ones((2, 2), np.float32), np.array(["a", "b"]))
