@@ -292,8 +292,8 @@ def _unflatten(path, cls):
         meta = json.loads(str(z["__meta__"]))
     except KeyError:
         raise CheckpointError(f"{path} is not a gdfast optimizer file (no __meta__)") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: damaged __meta__ entry ({e})") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise CheckpointError(f"{path}: damaged __meta__ entry ({type(e).__name__}: {e})") from e
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("class") != cls:
         got = (meta.get("class"), meta.get("format")) if isinstance(meta, dict) else (None, None)
         raise CheckpointError(f"{path} holds {got[0]} state ({got[1]}), expected {cls} "
@@ -310,7 +310,7 @@ def _unflatten(path, cls):
             sd.update(meta["extra"])
             slow = sorted((int(f.split("/")[1]), z[f]) for f in z if f.startswith("slow/"))
             sd["slow"] = {keys[i]: a for i, a in slow}
-    except (KeyError, IndexError, TypeError, ValueError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: damaged optimizer file ({type(e).__name__}: {e})") from e
     return sd
 

@@ -256,3 +256,121 @@ def test_evaluate_refuses_bad_labels(y, match):
 def test_evaluate_refuses_non_numeric_labels():
     with pytest.raises(TypeError, match="y must be"):
         _far_off_net().evaluate(np.ones((2, 2), np.float32), np.array(["a", "b"]))
+
+
+def _blobs(n=64, d=6, classes=3):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, classes, n)
+    x = np.eye(classes, d)[y] + 0.3 * rng.standard_normal((n, d))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _trainer(tmp, opt=lambda p: gdfast.Adam(p, lr=1e-2)):
+    from gdfast.train import Trainer
+    model = gdfast.MLP([6, 8, 3], seed=0)
+    return Trainer(model, opt(model.params), _blobs(), batch_size=16, checkpoint_dir=tmp,
+                   validation=_blobs(), early_stopping=5)
+
+
+def _trainer_snapshot(t):
+    sd = t.optimizer.state_dict()
+    return (t.params.data.copy(), t.step, t.epoch, len(t.history), sd["step"], t.best_params)
+
+
+@pytest.mark.parametrize("best", [np.zeros(3, np.float32), np.zeros(1, np.float32),
+                                  "x", 1.0])
+def test_trainer_refuses_best_params_of_wrong_size(tmp_path, best):
+    t = _trainer(tmp_path)
+    t.fit(1)
+    state = t.state_dict()
+    state["early_stopping"]["best_params"] = best
+    fresh = _trainer(tmp_path)
+    before = _trainer_snapshot(fresh)
+    with pytest.raises(ValueError, match="best_params"):
+        fresh.load_state_dict(state)
+    after = _trainer_snapshot(fresh)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[1:] == before[1:]
+
+
+def test_trainer_refuses_lookahead_with_other_inner_optimizer(tmp_path):
+    t = _trainer(tmp_path, lambda p: optim.Lookahead(gdfast.Adam(p, lr=1e-2)))
+    t.fit(1)
+    path = t.save_checkpoint(tmp_path / "la.npz")
+    other = _trainer(tmp_path, lambda p: optim.Lookahead(gdfast.AdamW(p, lr=1e-2)))
+    before = other.params.data.copy()
+    with pytest.raises(ValueError, match=r"Lookahead\(Adam\).*Lookahead\(AdamW\)"):
+        other.load_checkpoint(path)
+    np.testing.assert_array_equal(other.params.data, before)
+    same = _trainer(tmp_path, lambda p: optim.Lookahead(gdfast.Adam(p, lr=1e-2)))
+    same.load_checkpoint(path)
+    np.testing.assert_array_equal(same.params.data, t.params.data)
+
+
+@pytest.mark.parametrize("key, value", [("step", float("inf")), ("epoch", -1), ("step", 2.5),
+                                        ("history", 3)])
+def test_trainer_refuses_bad_counters(tmp_path, key, value):
+    t = _trainer(tmp_path)
+    state = t.state_dict()
+    state[key] = value
+    with pytest.raises(ValueError, match=key):
+        _trainer(tmp_path).load_state_dict(state)
+
+
+def _deep_meta_file(path, meta_prefix):
+    deep = "[" * 100000 + "]" * 100000
+    np.savez(path, __meta__=np.array(meta_prefix.replace("DEEP", deep)))
+    return path
+
+
+def test_deeply_nested_checkpoint_json_is_a_checkpoint_error(tmp_path):
+    from gdfast import checkpoint
+    p = _deep_meta_file(tmp_path / "c.npz",
+                        '{"format": "gdfast-checkpoint", "version": 1, "tree": DEEP}')
+    with pytest.raises(checkpoint.CheckpointError, match="c.npz"):
+        checkpoint.load(p)
+    with pytest.raises(checkpoint.CheckpointError):
+        _trainer(tmp_path).load_checkpoint(p)
+
+
+def test_deeply_nested_checkpoint_tree_is_a_checkpoint_error(tmp_path):
+    from gdfast import checkpoint
+    for depth in (400, 900, 3000):   # the JSON parser or the tree walk runs out of stack
+        tree = '{"__list__": [' * depth + "]}" * depth
+        np.savez(tmp_path / "t.npz", __meta__=np.array(
+            '{"format": "gdfast-checkpoint", "version": 1, "tree": %s}' % tree))
+        try:
+            checkpoint.load(tmp_path / "t.npz")
+        except checkpoint.CheckpointError as e:
+            assert "t.npz" in str(e)
+
+
+def test_deeply_nested_optimizer_file_is_a_checkpoint_error(tmp_path):
+    from gdfast.checkpoint import CheckpointError
+    p = _deep_meta_file(tmp_path / "o.npz", '{"format": "gdfast.optim/1", "x": DEEP}')
+    opt = gdfast.Adam([np.ones(3, np.float32)])
+    with pytest.raises(CheckpointError, match="o.npz"):
+        opt.load(p)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(keys=[]),             # IndexError on state/0
+    lambda m: m.update(step=1e400),          # inf step
+    lambda m: m.update(step=2**63),
+    lambda m: m["param_groups"][0].update(lr=10**400),
+    lambda m: m.update(param_groups=5),
+    lambda m: m.update(keys=5),
+])
+def test_damaged_optimizer_files_raise_value_errors(tmp_path, edit):
+    opt = gdfast.Adam([np.ones(3, np.float32)])
+    opt.step([np.ones(3, np.float32)])
+    opt.save(tmp_path / "o.npz")
+    z = dict(np.load(tmp_path / "o.npz"))
+    meta = json.loads(str(z["__meta__"]))
+    edit(meta)
+    z["__meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "o.npz", **z)
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError):
+        opt.load(tmp_path / "o.npz")
+    _assert_same(opt, snap)
