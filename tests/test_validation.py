@@ -374,3 +374,88 @@ def test_damaged_optimizer_files_raise_value_errors(tmp_path, edit):
     with pytest.raises(ValueError):
         opt.load(tmp_path / "o.npz")
     _assert_same(opt, snap)
+
+
+def _torch_sgd_momentum(p, grads_by_step, lr, momentum_at, dampening):
+    """torch.optim.SGD's formulas for one tensor, momentum(t) per step, in float64."""
+    p, buf = p.astype(np.float64), None
+    for t, g in enumerate(grads_by_step, 1):
+        m = momentum_at(t)
+        d = g.astype(np.float64)
+        if m != 0:
+            buf = d.copy() if buf is None else m * buf + (1 - dampening) * d
+            d = buf
+        p = p - lr * d
+    return p, buf
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sgd_momentum_switched_on_mid_run_starts_buffer_as_grad(fused):
+    rng = np.random.default_rng(1)
+    params = Params({"a": (4,), "b": (3,)})
+    params.data[...] = rng.standard_normal(7)
+    start = params.data.copy()
+    opt = gdfast.SGD(params, lr=0.1, groups=[
+        {"params": ["a"], "momentum": 0.9, "dampening": 0.5},
+        {"params": ["b"], "momentum": 0.0, "dampening": 0.5}])
+    grads = [rng.standard_normal(7).astype(np.float32) for _ in range(8)]
+    for t, g in enumerate(grads, 1):
+        if t == 5:
+            opt.param_groups[1]["momentum"] = 0.9
+        params.grad[...] = g
+        if fused:
+            opt._begin_step(params).execute()
+            opt._end_step()
+        else:
+            opt.step()
+        if t == 5:
+            np.testing.assert_array_equal(opt.state_dict()["state"]["b"]["momentum_buffer"],
+                                          g[4:])
+            assert opt.param_groups[1]["dampening"] == 0.5
+    want_a, buf_a = _torch_sgd_momentum(start[:4], [g[:4] for g in grads], 0.1, lambda t: 0.9, 0.5)
+    want_b, buf_b = _torch_sgd_momentum(start[4:], [g[4:] for g in grads], 0.1,
+                                        lambda t: 0.9 if t >= 5 else 0.0, 0.5)
+    np.testing.assert_allclose(params["a"], want_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["b"], want_b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.state_dict()["state"]["b"]["momentum_buffer"], buf_b,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_reference_starts_buffer_when_momentum_switches_on():
+    from gdfast.reference import optim as ref
+    w = np.zeros(3, np.float32)
+    r = ref.SGD([w], lr=0.1, momentum=0.0, dampening=0.5)
+    r.step([np.ones(3, np.float32)])
+    r.hyper["momentum"] = 0.9
+    r.step([np.full(3, 2.0, np.float32)])
+    np.testing.assert_allclose(r.buf[0], 2.0)
+
+
+def test_sgd_unstarted_buffers_round_trip(tmp_path):
+    def build(arrays):
+        return gdfast.SGD([{"params": [arrays[0]], "momentum": 0.9, "dampening": 0.3},
+                           {"params": [arrays[1]], "dampening": 0.3}], lr=0.1)
+    a = [np.ones(2, np.float32), np.ones(2, np.float32)]
+    opt = build(a)
+    opt.step([np.ones(2, np.float32)] * 2)
+    sd = opt.state_dict()
+    assert "momentum_buffer" in sd["state"][0] and "momentum_buffer" not in sd["state"][1]
+    opt.save(tmp_path / "s.npz")
+    b = [np.ones(2, np.float32), np.ones(2, np.float32)]
+    other = build(b)
+    other.param_groups[1]["momentum"] = 0.9
+    other.step([np.ones(2, np.float32)] * 2)   # starts group 1's buffer
+    other.param_groups[1]["momentum"] = 0.0
+    other.load(tmp_path / "s.npz")
+    assert "momentum_buffer" not in other.state_dict()["state"][1]
+    for o in (opt, other):
+        o.param_groups[1]["momentum"] = 0.9
+        o.step([np.ones(2, np.float32), np.full(2, 3.0, np.float32)])
+        np.testing.assert_array_equal(o.state_dict()["state"][1]["momentum_buffer"], 3.0)
+    two = gdfast.SGD([{"params": [np.ones(2, np.float32), np.ones(2, np.float32)],
+                       "momentum": 0.9}])
+    two.step([np.ones(2, np.float32)] * 2)
+    sd2 = two.state_dict()
+    del sd2["state"][1]["momentum_buffer"]
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        two.load_state_dict(sd2)
