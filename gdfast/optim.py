@@ -346,7 +346,8 @@ def _check_alpha(alpha, name="alpha"):
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
-    As torch.optim.SGD: g += weight_decay * p; b = g on the first step, else
+    As torch.optim.SGD: g += weight_decay * p; b = g at the group's first step
+    with momentum (also when momentum is switched on mid-run), else
     b = momentum * b + (1 - dampening) * g; d = g + momentum * b (nesterov) or
     b; p -= lr * d. Without momentum this is plain gradient descent.
     NaN/Inf in gradients propagate (no checks per step)."""
