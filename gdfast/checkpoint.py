@@ -143,8 +143,8 @@ def load(path):
         header = json.loads(str(arrays.pop("__meta__")))
     except KeyError:
         raise CheckpointError(f"{path}: no __meta__ entry, not a gdfast checkpoint") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: damaged __meta__ entry ({e})") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise CheckpointError(f"{path}: damaged __meta__ entry ({type(e).__name__}: {e})") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         got = header.get("format") if isinstance(header, dict) else header
         raise CheckpointError(f"{path}: format {got!r}, expected {FORMAT!r}")
@@ -155,5 +155,5 @@ def load(path):
         return _unflatten(header["tree"], arrays)
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path}: damaged checkpoint tree ({type(e).__name__}: {e})") from e

@@ -280,6 +280,9 @@ def _validation_count(validation, n):
     """How many training examples to hold out: a count, or a fraction in (0, 1)."""
     if isinstance(validation, (bool, np.bool_)) or not isinstance(validation, (int, float, np.number)):
         raise TypeError(f"validation must be a count or a fraction, got {validation!r}")
+    if isinstance(validation, (float, np.floating)) and not np.isfinite(validation):
+        raise ValueError(f"validation must be a count in [0, {n}) or a fraction in (0, 1), "
+                         f"got {validation!r}")
     if 0 < validation < 1:
         return int(round(validation * n))
     if validation != int(validation) or not 0 <= validation < n:

@@ -23,6 +23,11 @@ import numpy as np
 
 from . import _kernels
 from .params import Params
+from .reference.mlp import activate
+
+# Below this a float32 probability has lost its digits (or underflowed to 0):
+# evaluate takes such rows' log-probabilities from the exact float64 path.
+_P_EXACT = 1e-30
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 LOSSES = ("cross_entropy", "mse")
@@ -138,32 +143,65 @@ class MLP:
         """(mean loss, accuracy) over a data set, without touching gradients."""
         if isinstance(x, np.ndarray) and x.ndim != 2:  # before evaluate() reads x.shape[0]
             raise ValueError(f"x must have shape (n, {self.sizes[0]}), got {x.shape}")
-        return evaluate(self.forward, self.loss, self.sizes[-1], x, y, batch_size)
+        return evaluate(self.forward, self.loss, self.sizes[-1], x, y, batch_size,
+                        log_probs=self._log_probs)
+
+    def _log_probs(self, x):
+        """Exact float64 log-softmax of the logits of x (NumPy; for the rare rows
+        whose float32 probabilities underflow)."""
+        a = np.asarray(x, np.float64)
+        for l in range(1, len(self.sizes)):
+            z = a @ self.params[f"w{l}"].astype(np.float64) + self.params[f"b{l}"]
+            a = z if l == self.n_layers else activate(self.activation, z)
+        return log_softmax(a)
 
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"output_activation={self.output_activation!r})")
 
 
-def evaluate(forward, loss, n_classes, x, y, batch_size=1000):
+def log_softmax(z):
+    """Row-wise log-softmax, exact for logits far apart."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def evaluate(forward, loss, n_classes, x, y, batch_size=1000, log_probs=None):
     """(mean loss, accuracy) of a model given by its `forward` (probabilities
-    for cross-entropy, outputs for mse) over x, y in batches."""
+    for cross-entropy, outputs for mse) over x, y in batches. Accuracy is
+    None for regression targets: float rows that are not class
+    distributions (one-hot or soft labels: non-negative, summing to 1).
+
+    log_probs: exact log-probabilities of rows of x; the cross-entropy of rows
+    whose probabilities underflow float32 comes from it (else it is capped)."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     y = np.asarray(y)
-    n = len(y)
+    n = len(y) if y.ndim else 0
     if getattr(x, "shape", (None,))[0] != n:
         raise ValueError(f"x and y must have the same number of rows, "
                          f"got {getattr(x, 'shape', None)} and {y.shape}")
     if n == 0:
         raise ValueError("evaluate needs at least one example")
+    if y.dtype.kind in "iu":
+        if y.ndim != 1:
+            raise ValueError(f"y of integer class labels must be 1-D, got shape {y.shape}")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"y must hold class labels in [0, {n_classes}), "
+                             f"got labels from {y.min()} to {y.max()}")
+    elif y.dtype.kind == "f":
+        if y.shape != (n, n_classes):
+            raise ValueError(f"y of float targets must have shape {(n, n_classes)}, "
+                             f"got {y.shape}")
+    else:
+        raise TypeError(f"y must be integer class labels or float targets, got dtype {y.dtype}")
+    classes = y.ndim == 1 or bool((y >= 0).all() and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
     total, correct = 0.0, 0
     for start in range(0, n, int(batch_size)):
-        out = forward(x[start:start + batch_size]).astype(np.float64)
+        xb = x[start:start + batch_size]
+        out = forward(xb).astype(np.float64)
         yb = y[start:start + batch_size]
-        if yb.dtype.kind in "iu":
-            if yb.min() < 0 or yb.max() >= n_classes:
-                raise ValueError(f"y must hold class labels in [0, {n_classes})")
+        if yb.ndim == 1:
             t = np.zeros_like(out)
             t[np.arange(len(yb)), yb] = 1.0
             labels = yb
@@ -171,8 +209,12 @@ def evaluate(forward, loss, n_classes, x, y, batch_size=1000):
             t = yb.astype(np.float64)
             labels = np.argmax(t, axis=1)
         if loss == "cross_entropy":
-            total -= float((t * np.log(np.maximum(out, np.finfo(np.float32).tiny))).sum())
+            logp = np.log(np.maximum(out, np.finfo(np.float32).tiny))
+            lost = ((out < _P_EXACT) & (t != 0)).any(axis=1)
+            if log_probs is not None and lost.any():
+                logp[lost] = log_probs(xb[lost])
+            total -= float((t * logp).sum())
         else:
             total += 0.5 * float(((out - t) ** 2).sum())
         correct += int((np.argmax(out, axis=1) == labels).sum())
-    return total / n, correct / n
+    return total / n, (correct / n if classes else None)

@@ -17,6 +17,7 @@ Every optimizer takes its parameters as
 NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
 gradient propagates into the moments and the parameters.
 """
+import contextlib
 import json
 import threading
 
@@ -27,6 +28,9 @@ from .checkpoint import CheckpointError, read_npz, write_npz
 from .params import Params, _aligned_empty
 
 _FORMAT = "gdfast.optim/1"
+# the step count lives in a C long long: far below its 2**63 limit, so the
+# next step's t + 1 cannot overflow
+_MAX_STEP = 2**62
 
 
 class Optimizer(_kernels._OptimCore):
@@ -199,15 +203,21 @@ class Optimizer(_kernels._OptimCore):
         if not isinstance(sd, dict) or set(sd) != {"step", "state", "param_groups"}:
             raise ValueError("state_dict must be a dict with keys 'step', 'state', 'param_groups'")
         step = sd["step"]
-        if isinstance(step, bool) or int(step) != step or step < 0:
-            raise ValueError(f"state_dict['step'] must be a non-negative integer, got {step!r}")
+        if (isinstance(step, bool) or not isinstance(step, (int, np.integer))
+                or not 0 <= step < _MAX_STEP):
+            raise ValueError(f"state_dict['step'] must be an integer in [0, {_MAX_STEP}), "
+                             f"got {step!r}")
         state = sd["state"]
+        if not isinstance(state, dict):
+            raise ValueError(f"state_dict['state'] must be a dict, got {type(state).__name__}")
         if set(state) != set(self._state):
             raise ValueError(f"state_dict['state'] has keys {sorted(map(str, state))}, "
                              f"expected {sorted(map(str, self._state))}")
         for key, bufs in self._state.items():
             _check_arrays(state[key], bufs, f"state[{key!r}]", keys="buffers")
         groups = sd["param_groups"]
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+            raise ValueError("state_dict['param_groups'] must be a list of dicts")
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, expected "
                              f"{len(self.param_groups)}")
@@ -227,12 +237,12 @@ class Optimizer(_kernels._OptimCore):
         self.param_groups = new_groups
         try:
             self._check_hyper()
-        except Exception:
+        except OverflowError as e:  # a number too large for a C double
+            raise ValueError(f"state_dict['param_groups']: {e}") from None
+        finally:
             self.param_groups = old_groups
-            raise
         for mine, new in zip(old_groups, new_groups):  # keep the user's dict objects
             mine.update(new)
-        self.param_groups = old_groups
         for key, bufs in self._state.items():
             for name, buf in bufs.items():
                 buf[...] = state[key][name]
@@ -283,8 +293,8 @@ def _unflatten(path, cls):
         meta = json.loads(str(z["__meta__"]))
     except KeyError:
         raise CheckpointError(f"{path} is not a gdfast optimizer file (no __meta__)") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: damaged __meta__ entry ({e})") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        raise CheckpointError(f"{path}: damaged __meta__ entry ({type(e).__name__}: {e})") from e
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("class") != cls:
         got = (meta.get("class"), meta.get("format")) if isinstance(meta, dict) else (None, None)
         raise CheckpointError(f"{path} holds {got[0]} state ({got[1]}), expected {cls} "
@@ -301,7 +311,7 @@ def _unflatten(path, cls):
             sd.update(meta["extra"])
             slow = sorted((int(f.split("/")[1]), z[f]) for f in z if f.startswith("slow/"))
             sd["slow"] = {keys[i]: a for i, a in slow}
-    except (KeyError, IndexError, TypeError, ValueError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: damaged optimizer file ({type(e).__name__}: {e})") from e
     return sd
 
@@ -322,10 +332,22 @@ def _bad(name, value, expected):
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
+def _check_k(k, name="k"):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        _bad(name, k, "an integer >= 1")
+
+
+def _check_alpha(alpha, name="alpha"):
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating))
+            or not 0.0 <= alpha <= 1.0):
+        _bad(name, alpha, "a number in [0, 1]")
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
-    As torch.optim.SGD: g += weight_decay * p; b = g on the first step, else
+    As torch.optim.SGD: g += weight_decay * p; b = g at the group's first step
+    with momentum (also when momentum is switched on mid-run), else
     b = momentum * b + (1 - dampening) * g; d = g + momentum * b (nesterov) or
     b; p -= lr * d. Without momentum this is plain gradient descent.
     NaN/Inf in gradients propagate (no checks per step)."""
@@ -338,9 +360,84 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), groups)
+        # per group: has its momentum buffer been started (PyTorch: it is not None)?
+        self._started = [False] * len(self.param_groups)
+        self._pending = []
 
     def _slots_needed(self, groups):
         return [any(g["momentum"] != 0 for g in groups), False, False]
+
+    @contextlib.contextmanager
+    def _first_momentum_steps(self):
+        """Yield the groups whose momentum buffer starts at this step, stepping them
+        with dampening 0 meanwhile. PyTorch starts a buffer as b = g; the kernel
+        does so only at step 1, else b = m * b + (1 - dampening) * g, which on a
+        buffer never used (still zero) is b = g exactly when dampening is 0."""
+        groups = self.param_groups
+        starting = [gi for gi, g in enumerate(groups[:len(self._started)])
+                    if not self._started[gi] and isinstance(g, dict)
+                    and g.get("momentum", 0) != 0 and "dampening" in g]
+        saved = [groups[gi]["dampening"] for gi in starting]
+        for gi in starting:
+            groups[gi]["dampening"] = 0.0
+        try:
+            yield starting
+        finally:
+            for gi, d in zip(starting, saved):
+                groups[gi]["dampening"] = d
+
+    def step(self, grads=None, max_grad_norm=None):
+        with self._first_momentum_steps() as starting:
+            out = super().step(grads, max_grad_norm)
+        for gi in starting:
+            self._started[gi] = True
+        return out
+
+    def _begin_step(self, params):
+        with self._first_momentum_steps() as starting:  # the plan is filled here
+            plan = super()._begin_step(params)
+        self._pending = starting
+        return plan
+
+    def _end_step(self, stepped=True):
+        if stepped:
+            for gi in self._pending:
+                self._started[gi] = True
+        self._pending = []
+        super()._end_step(stepped)
+
+    def state_dict(self):
+        """As Optimizer.state_dict; like PyTorch, without momentum_buffer for
+        tensors whose buffer has not been started."""
+        sd = super().state_dict()
+        for g, started in zip(self.param_groups, self._started):
+            if not started:
+                for key in self._group_keys(g):
+                    sd["state"][key].pop("momentum_buffer", None)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """As Optimizer.load_state_dict; a group's tensors carry momentum_buffer
+        all (started) or none (not started yet)."""
+        state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        if not isinstance(state, dict) or not any(self._state.values()):  # no buffer
+            super().load_state_dict(state_dict)
+            self._started = [False] * len(self.param_groups)
+            return
+        state, started = dict(state), []
+        for gi, g in enumerate(self.param_groups):
+            keys = [k for k in self._group_keys(g) if isinstance(state.get(k), dict)]
+            has = [k for k in keys if "momentum_buffer" in state[k]]
+            if has and len(has) != len(keys):
+                raise ValueError(f"state_dict['state'] has a momentum_buffer for {has} of "
+                                 f"param group {gi} but not for all its tensors")
+            started.append(bool(has))
+            if not has:  # not started: the buffer stays zero until its first step
+                for k in keys:
+                    state[k] = {**state[k], "momentum_buffer": np.zeros(self._shapes[k],
+                                                                        np.float32)}
+        super().load_state_dict({**state_dict, "state": state})
+        self._started = started
 
 
 class RMSprop(Optimizer):
@@ -438,12 +535,10 @@ class Lookahead:
     def __init__(self, optimizer, k=5, alpha=0.5):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a gdfast optimizer, got {type(optimizer).__name__}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            _bad("k", k, "an integer >= 1")
-        if not 0.0 <= alpha <= 1.0:
-            _bad("alpha", alpha, "in [0, 1]")
+        _check_k(k)
+        _check_alpha(alpha)
         self.optimizer = optimizer
-        self.k = int(k)
+        self._k = int(k)
         self._alpha = float(alpha)
         self._count = 0
         total = sum(p.size for p, _ in optimizer._seg_info)
@@ -465,10 +560,18 @@ class Lookahead:
 
     @alpha.setter
     def alpha(self, value):
-        if not 0.0 <= value <= 1.0:
-            _bad("alpha", value, "in [0, 1]")
+        _check_alpha(value)
         self._alpha = float(value)
         self._plan = _kernels._lookahead_plan(self._pairs, self._alpha)
+
+    @property
+    def k(self):
+        return self._k
+
+    @k.setter
+    def k(self, value):
+        _check_k(value)
+        self._k = int(value)
 
     @property
     def param_groups(self):
@@ -511,24 +614,33 @@ class Lookahead:
 
     def state_dict(self):
         sd = self.optimizer.state_dict()
-        sd["lookahead"] = {"k": self.k, "alpha": self._alpha, "count": self._count}
+        sd["lookahead"] = {"k": self.k, "alpha": self._alpha, "count": self._count,
+                           "inner": type(self.optimizer).__name__}
         sd["slow"] = {key: v.copy() for key, v in self._slow_views().items()}
         return sd
 
     def load_state_dict(self, state_dict):
         sd = dict(state_dict)
         la, slow = sd.pop("lookahead", None), sd.pop("slow", None)
-        if not isinstance(la, dict) or set(la) != {"k", "alpha", "count"} or slow is None:
-            raise ValueError("state_dict lacks the Lookahead entries 'lookahead' and 'slow'")
+        if (not isinstance(la, dict) or set(la) != {"k", "alpha", "count", "inner"}
+                or not isinstance(slow, dict)):
+            raise ValueError("state_dict lacks the Lookahead entries 'lookahead' "
+                             "(k, alpha, count, inner) and 'slow'")
+        inner = type(self.optimizer).__name__
+        if la["inner"] != inner:
+            raise ValueError(f"state_dict is of a Lookahead around {la['inner']!r}, "
+                             f"this one wraps {inner!r}")
         views = self._slow_views()
         _check_arrays(slow, views, "slow")
         k, alpha, count = la["k"], la["alpha"], la["count"]
-        if int(k) != k or k < 1 or not 0 <= alpha <= 1 or int(count) != count or count < 0:
-            raise ValueError(f"bad Lookahead settings in state_dict: {la}")
+        _check_k(k, "state_dict['lookahead']['k']")
+        _check_alpha(alpha, "state_dict['lookahead']['alpha']")
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            _bad("state_dict['lookahead']['count']", count, "an integer >= 0")
         self.optimizer.load_state_dict(sd)
         for key, v in views.items():
             v[...] = slow[key]
-        self.k, self._count = int(k), int(count)
+        self._k, self._count = int(k), int(count)
         self.alpha = alpha
 
     def save(self, path):

@@ -4,11 +4,14 @@ Every tensor the user sees is a NumPy view into ``Params.data`` and its
 gradient a view into the twin buffer ``Params.grad`` with the same layout, so
 one optimizer kernel call updates every parameter in one pass over memory.
 """
+import math
 from collections import OrderedDict
 
 import numpy as np
 
 _ALIGN_BYTES = 64  # a cache line: SIMD loads never straddle one at the start
+# the most float32 elements one buffer can address (its byte size fits in an intp)
+_MAX_FLOATS = np.iinfo(np.intp).max // 4 - _ALIGN_BYTES
 
 
 def _aligned_empty(n):
@@ -38,7 +41,10 @@ class Params:
             if any(int(d) != d or d < 0 for d in shape):
                 raise ValueError(f"shape of {name!r} must be non-negative integers, got {shape}")
             shape = tuple(int(d) for d in shape)
-            size = int(np.prod(shape, dtype=np.int64))
+            size = math.prod(shape)  # Python ints: np.prod would wrap past 2**63
+            if offset + size > _MAX_FLOATS:
+                raise ValueError(f"tensor {name!r} of shape {shape} ({size} floats) brings the "
+                                 f"arena to {offset + size} floats, more than {_MAX_FLOATS}")
             self._slices[name] = (offset, shape)
             offset += size
         self.data = _aligned_empty(offset)
@@ -63,7 +69,7 @@ class Params:
             offset, shape = self._slices[name]
         except KeyError:
             raise KeyError(f"no tensor named {name!r}; have {self.names}") from None
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         return buf[offset:offset + size].reshape(shape)
 
     def __getitem__(self, name):

@@ -13,28 +13,61 @@ optimizer with PyTorch-style ``param_groups`` can be driven.
 ``schedule.step(metric)`` once per epoch.
 """
 import math
+import numbers
 
 __all__ = ["Schedule", "Constant", "StepDecay", "MultiStep", "Exponential", "Cosine",
            "CosineWarmRestarts", "Warmup", "OneCycle", "ReduceOnPlateau", "PerEpoch",
            "Sequential", "make"]
 
 
+# Step counts and periods are bounded like the optimizers' step count, so
+# every float formula below stays finite and every loop short.
+_MAX_COUNT = 2**62
+
+
+def _count(name, value, minimum=1):
+    """An integer in [minimum, 2**62] (bools and floats such as 0.5 refused)."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    if value > _MAX_COUNT:
+        raise ValueError(f"{name} must be {what} of at most 2**62, got {value!r}")
+    return int(value)
+
+
 def _check_step(step):
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return step
+    return _count("step", step, 0)
+
+
+def _real(name, value, lo=-math.inf, hi=math.inf, open_lo=False):
+    """A finite float in [lo, hi] ((lo, hi] with open_lo); NaN, Inf and bools refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not (math.isfinite(v) and (lo < v if open_lo else lo <= v) and v <= hi):
+        bound = f"> {lo:g}" if open_lo else f">= {lo:g}"
+        bound += f" and <= {hi:g}" if hi < math.inf else ""
+        raise ValueError(f"{name} must be {bound} and finite, got {value!r}")
+    return v
 
 
 def _positive(name, value):
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return value
+    return _real(name, value, 0.0, open_lo=True)
 
 
 def _lr(value, name="lr"):
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
+    return _real(name, value, 0.0)
+
+
+def _scaled(lr, gamma, n):
+    """lr * gamma ** n, refusing a rate that overflows."""
+    try:
+        return lr * gamma ** n
+    except OverflowError:
+        raise ValueError(f"lr * gamma ** {n} overflows (gamma={gamma!r})") from None
 
 
 class Schedule:
@@ -76,22 +109,23 @@ class StepDecay(Schedule):
     """lr * gamma ** (step // step_size)  (torch StepLR)."""
 
     def __init__(self, lr, step_size, gamma=0.1):
-        self.lr, self.step_size, self.gamma = _lr(lr), int(_positive("step_size", step_size)), gamma
+        self.lr, self.step_size = _lr(lr), _count("step_size", step_size)
+        self.gamma = _lr(gamma, "gamma")
 
     def __call__(self, step):
-        return self.lr * self.gamma ** (_check_step(step) // self.step_size)
+        return _scaled(self.lr, self.gamma, _check_step(step) // self.step_size)
 
 
 class MultiStep(Schedule):
     """lr * gamma ** (number of milestones <= step)  (torch MultiStepLR)."""
 
     def __init__(self, lr, milestones, gamma=0.1):
-        self.lr, self.gamma = _lr(lr), gamma
-        self.milestones = sorted(int(m) for m in milestones)
+        self.lr, self.gamma = _lr(lr), _lr(gamma, "gamma")
+        self.milestones = sorted(_count(f"milestones[{i}]", m, 0) for i, m in enumerate(milestones))
 
     def __call__(self, step):
         _check_step(step)
-        return self.lr * self.gamma ** sum(m <= step for m in self.milestones)
+        return _scaled(self.lr, self.gamma, sum(m <= step for m in self.milestones))
 
 
 class Exponential(Schedule):
@@ -101,7 +135,7 @@ class Exponential(Schedule):
         self.lr, self.gamma = _lr(lr), _positive("gamma", gamma)
 
     def __call__(self, step):
-        return self.lr * self.gamma ** _check_step(step)
+        return _scaled(self.lr, self.gamma, _check_step(step))
 
 
 def _cosine(lr_max, lr_min, t, period):
@@ -115,7 +149,7 @@ class Cosine(Schedule):
     """
 
     def __init__(self, lr, T_max, eta_min=0.0):
-        self.lr, self.T_max, self.eta_min = _lr(lr), int(_positive("T_max", T_max)), _lr(eta_min, "eta_min")
+        self.lr, self.T_max, self.eta_min = _lr(lr), _count("T_max", T_max), _lr(eta_min, "eta_min")
 
     def __call__(self, step):
         return _cosine(self.lr, self.eta_min, min(_check_step(step), self.T_max), self.T_max)
@@ -126,9 +160,7 @@ class CosineWarmRestarts(Schedule):
     restart, each period T_mult times longer  (torch CosineAnnealingWarmRestarts)."""
 
     def __init__(self, lr, T_0, T_mult=1, eta_min=0.0):
-        if int(T_mult) != T_mult or T_mult < 1:
-            raise ValueError(f"T_mult must be an integer >= 1, got {T_mult!r}")
-        self.lr, self.T_0, self.T_mult = _lr(lr), int(_positive("T_0", T_0)), int(T_mult)
+        self.lr, self.T_0, self.T_mult = _lr(lr), _count("T_0", T_0), _count("T_mult", T_mult)
         self.eta_min = _lr(eta_min, "eta_min")
 
     def __call__(self, step):
@@ -152,11 +184,9 @@ class Warmup(Schedule):
     def __init__(self, after, warmup_steps, start_factor=0.01):
         if not callable(after):
             after = Constant(after)
-        if not 0 <= start_factor <= 1:
-            raise ValueError(f"start_factor must be in [0, 1], got {start_factor!r}")
-        if int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-        self.after, self.warmup_steps, self.start_factor = after, int(warmup_steps), start_factor
+        start_factor = _real("start_factor", start_factor, 0.0, 1.0)
+        self.after, self.warmup_steps = after, _count("warmup_steps", warmup_steps, 0)
+        self.start_factor = start_factor
 
     def __call__(self, step):
         if _check_step(step) < self.warmup_steps:
@@ -176,8 +206,8 @@ class Sequential(Schedule):
     each starts counting from 0 (torch SequentialLR)."""
 
     def __init__(self, phases, last):
-        self.phases = [(s if callable(s) else Constant(s), int(_positive("phase length", n)))
-                       for s, n in phases]
+        self.phases = [(s if callable(s) else Constant(s), _count(f"phases[{i}] length", n))
+                       for i, (s, n) in enumerate(phases)]
         self.last = last if callable(last) else Constant(last)
 
     def __call__(self, step):
@@ -194,7 +224,9 @@ class PerEpoch(Schedule):
     ``schedule(step // steps_per_epoch)``."""
 
     def __init__(self, schedule, steps_per_epoch):
-        self.schedule, self.steps_per_epoch = schedule, int(_positive("steps_per_epoch", steps_per_epoch))
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a schedule, got {type(schedule).__name__}")
+        self.schedule, self.steps_per_epoch = schedule, _count("steps_per_epoch", steps_per_epoch)
 
     def __call__(self, step):
         return self.schedule(_check_step(step) // self.steps_per_epoch)
@@ -212,9 +244,11 @@ class OneCycle(Schedule):
                  final_div_factor=1e4, three_phase=False):
         if anneal not in ("cos", "linear"):
             raise ValueError(f"anneal must be 'cos' or 'linear', got {anneal!r}")
-        if not 0 < pct_start < 1:
+        if not _real("pct_start", pct_start, 0.0, 1.0, open_lo=True) < 1:
             raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
-        self.max_lr, self.total_steps = _lr(max_lr, "max_lr"), int(_positive("total_steps", total_steps))
+        div_factor = _positive("div_factor", div_factor)
+        final_div_factor = _positive("final_div_factor", final_div_factor)
+        self.max_lr, self.total_steps = _lr(max_lr, "max_lr"), _count("total_steps", total_steps)
         self.pct_start, self.anneal, self.three_phase = pct_start, anneal, three_phase
         self.div_factor, self.final_div_factor = div_factor, final_div_factor
         initial = max_lr / div_factor
@@ -252,12 +286,13 @@ class ReduceOnPlateau(Schedule):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        if not 0 < factor < 1:
+        if not _real("factor", factor, 0.0, 1.0, open_lo=True) < 1:
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         self.base = lr if callable(lr) else Constant(lr)
-        self.mode, self.factor, self.patience = mode, factor, int(patience)
-        self.threshold, self.threshold_mode = threshold, threshold_mode
-        self.cooldown, self.min_lr, self.eps = int(cooldown), _lr(min_lr, "min_lr"), eps
+        self.mode, self.factor, self.patience = mode, factor, _count("patience", patience, 0)
+        self.threshold, self.threshold_mode = _lr(threshold, "threshold"), threshold_mode
+        self.cooldown, self.min_lr = _count("cooldown", cooldown, 0), _lr(min_lr, "min_lr")
+        self.eps = _lr(eps, "eps")
         self.scale, self.best = 1.0, math.inf if mode == "min" else -math.inf
         self.num_bad_epochs, self.cooldown_counter, self._last_step = 0, 0, 0
 
@@ -274,7 +309,10 @@ class ReduceOnPlateau(Schedule):
 
     def step(self, metric):
         """Record one epoch's metric; returns True when the rate was reduced."""
-        metric = float(metric)
+        try:
+            metric = float(metric)
+        except (OverflowError, TypeError, ValueError):
+            raise TypeError(f"metric must be a number, got {metric!r}") from None
         if math.isnan(metric):
             raise ValueError("metric is NaN: cannot judge a plateau on it")
         if self._is_better(metric):
@@ -300,10 +338,19 @@ class ReduceOnPlateau(Schedule):
                 "base": self.base.state_dict()}
 
     def load_state_dict(self, state):
-        self.scale, self.best = float(state["scale"]), float(state["best"])
-        self.num_bad_epochs, self.cooldown_counter = int(state["num_bad_epochs"]), int(state["cooldown_counter"])
-        self._last_step = int(state["last_step"])
+        """Restore what state_dict() returned; checks everything before changing anything."""
+        keys = {"scale", "best", "num_bad_epochs", "cooldown_counter", "last_step", "base"}
+        if not isinstance(state, dict) or not keys - {"base"} <= set(state) <= keys:
+            raise ValueError(f"ReduceOnPlateau state must be a dict with keys {sorted(keys)}")
+        scale = _real("state['scale']", state["scale"], 0.0, 1.0, open_lo=True)
+        best = state["best"]
+        if isinstance(best, bool) or not isinstance(best, numbers.Real) or math.isnan(best):
+            raise ValueError(f"state['best'] must be a number, got {best!r}")
+        counts = [_count(f"state[{k!r}]", state[k], 0)
+                  for k in ("num_bad_epochs", "cooldown_counter", "last_step")]
         self.base.load_state_dict(state.get("base", {}))
+        self.scale, self.best = scale, float(best)
+        self.num_bad_epochs, self.cooldown_counter, self._last_step = counts
 
 
 def make(name, lr, total_steps, *, warmup=0, steps_per_epoch=1, **kwargs):
@@ -312,6 +359,9 @@ def make(name, lr, total_steps, *, warmup=0, steps_per_epoch=1, **kwargs):
     name: constant, step, multistep, exponential, cosine, sgdr, onecycle, plateau.
     warmup: linear warmup steps put in front (not for onecycle, which has its own).
     """
+    total_steps = _count("total_steps", total_steps)
+    warmup = _count("warmup", warmup, 0)
+    steps_per_epoch = _count("steps_per_epoch", steps_per_epoch)
     n = max(total_steps - warmup, 1)
     epochs = max(total_steps // steps_per_epoch, 1)
     builders = {

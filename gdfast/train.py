@@ -70,7 +70,8 @@ class Trainer:
     clip_norm: clip the gradients' global L2 norm to this (inside the
         optimizer's step when it supports max_grad_norm, as gdfast's do).
     acc_every: estimate the training accuracy ("train_acc") from every
-        acc_every-th batch, predicted right after its update (0: never).
+        acc_every-th batch, predicted right after its update (0: never; integer
+        labels only).
     """
 
     def __init__(self, model, optimizer, train, *, batch_size=128, schedule=None,
@@ -181,7 +182,7 @@ class Trainer:
             loss_sum += loss * len(yb)
             norm_sum += gnorm
             seen += len(yb)
-            if self.acc_every and steps % self.acc_every == 1 % self.acc_every:
+            if self.acc_every and yb.ndim == 1 and steps % self.acc_every == 1 % self.acc_every:
                 acc_hits += int(np.count_nonzero(self.model.predict(xb) == yb))
                 acc_seen += len(yb)
                 acc = acc_hits / acc_seen
@@ -201,9 +202,13 @@ class Trainer:
         for name, pair in (("val", self.validation), ("test", self.test)):
             if pair is not None:
                 loss, acc = self.model.evaluate(pair[0], pair[1], batch_size=self.eval_batch_size)
-                record[f"{name}_loss"], record[f"{name}_acc"] = float(loss), float(acc)
+                record[f"{name}_loss"] = float(loss)
+                record[f"{name}_acc"] = None if acc is None else float(acc)   # None: regression
         record["eval_time"] = time.perf_counter() - t1
         self.history.append(record)
+        if record[self.monitor] is None:
+            raise ValueError(f"monitor={self.monitor!r} needs class labels, but the targets are "
+                             f"regression values (no accuracy): monitor a loss instead")
         improved = self._track_best(record[self.monitor])
         if isinstance(schedule, ReduceOnPlateau):
             schedule.step(record[self.monitor])
@@ -255,7 +260,7 @@ class Trainer:
             "params": {name: np.array(arr) for name, arr in self.params.items()},
             "layout": [[name, list(shape)] for name, shape in self.params.layout()],
             "model": _model_info(self.model),
-            "optimizer_class": type(self.optimizer).__name__,
+            "optimizer_class": _optimizer_name(self.optimizer),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "step": self.step, "epoch": self.epoch,
@@ -283,9 +288,10 @@ class Trainer:
                              for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
             raise ValueError(f"checkpoint is for a different model ({diff})")
         saved = state.get("optimizer_class")
-        if saved is not None and saved != type(self.optimizer).__name__:
+        if saved is not None and saved != _optimizer_name(self.optimizer):
             raise ValueError(f"checkpoint was written with optimizer {saved}, this trainer "
-                             f"uses {type(self.optimizer).__name__}")
+                             f"uses {_optimizer_name(self.optimizer)}")
+        _check_counters(state)
         params = state["params"]
         if sorted(params) != sorted(self.params.names):
             raise ValueError(f"checkpoint has tensors {sorted(params)}, "
@@ -295,6 +301,12 @@ class Trainer:
             if arr.dtype != np.float32 or arr.shape != self.params.shape(name):
                 raise ValueError(f"checkpoint tensor {name!r} is {arr.dtype} {arr.shape}, "
                                  f"expected float32 {self.params.shape(name)}")
+        best = state["early_stopping"]["best_params"]
+        if best is not None and not (isinstance(best, np.ndarray) and best.dtype == np.float32
+                                     and best.shape == self.params.data.shape):
+            got = f"{best.dtype} {best.shape}" if isinstance(best, np.ndarray) else repr(best)
+            raise ValueError(f"checkpoint early_stopping['best_params'] must be None or float32 "
+                             f"of shape {self.params.data.shape}, got {got}")
         backup = self.state_dict()
         try:
             self._restore(state)
@@ -337,6 +349,36 @@ class Trainer:
 
 _STATE_KEYS = ("params", "layout", "optimizer", "schedule", "step", "epoch", "rng", "history",
                "early_stopping")
+
+
+def _optimizer_name(optimizer):
+    """The optimizer class, with the inner one for a wrapper: "Lookahead(Adam)"."""
+    inner = getattr(optimizer, "optimizer", None)
+    name = type(optimizer).__name__
+    return f"{name}({type(inner).__name__})" if inner is not None else name
+
+
+def _check_counters(state):
+    """The Trainer's own entries of a checkpoint (step, epoch, history, early stopping)."""
+    for key in ("step", "epoch"):
+        v = state[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"checkpoint {key!r} must be an integer >= 0, got {v!r}")
+    if not isinstance(state["history"], list):
+        raise ValueError(f"checkpoint 'history' must be a list, "
+                         f"got {type(state['history']).__name__}")
+    es = state["early_stopping"]
+    if not isinstance(es, dict) or set(es) != {"best", "bad_epochs", "stopped", "best_params"}:
+        raise ValueError("checkpoint 'early_stopping' must be a dict with keys "
+                         "best, bad_epochs, stopped, best_params")
+    best, bad, stopped = es["best"], es["bad_epochs"], es["stopped"]
+    if isinstance(best, bool) or not isinstance(best, (int, float, np.integer, np.floating)):
+        raise ValueError(f"checkpoint early_stopping['best'] must be a number, got {best!r}")
+    if isinstance(bad, bool) or not isinstance(bad, (int, np.integer)) or bad < 0:
+        raise ValueError(f"checkpoint early_stopping['bad_epochs'] must be an integer >= 0, "
+                         f"got {bad!r}")
+    if not isinstance(stopped, (bool, np.bool_)):
+        raise ValueError(f"checkpoint early_stopping['stopped'] must be a bool, got {stopped!r}")
 
 
 def _model_info(model):

@@ -153,11 +153,11 @@ def test_make_builds_every_named_schedule():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="lr must be >= 0"):
         S.Constant(-1)
-    with pytest.raises(ValueError, match="T_max must be > 0"):
+    with pytest.raises(ValueError, match="T_max must be a positive integer"):
         S.Cosine(0.1, 0)
     with pytest.raises(ValueError, match="T_mult"):
         S.CosineWarmRestarts(0.1, 5, T_mult=1.5)
-    with pytest.raises(ValueError, match="step must be >= 0"):
+    with pytest.raises(ValueError, match="step must be an integer >= 0"):
         S.Cosine(0.1, 5)(-1)
     with pytest.raises(ValueError, match="factor"):
         S.ReduceOnPlateau(0.1, factor=1.5)

@@ -85,7 +85,7 @@ class SGD(_Reference):
                  nesterov=False, maximize=False):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
-        self.buf = [np.zeros_like(p) for p in params]
+        self.buf = [None] * len(params)  # started at the first step with momentum (torch)
 
     def _update(self, i, p, gi, tmp):
         h = self.hyper
@@ -93,8 +93,8 @@ class SGD(_Reference):
         d = gi
         if h["momentum"]:
             b = self.buf[i]
-            if self.t == 1:
-                b[...] = gi
+            if b is None:
+                b = self.buf[i] = gi.copy()
             else:
                 b *= f32(h["momentum"])
                 np.multiply(gi, f32(1.0 - h["dampening"]), out=tmp)

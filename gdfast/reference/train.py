@@ -7,7 +7,7 @@ unchanged and only the math underneath differs.
 """
 import numpy as np
 
-from ..mlp import evaluate
+from ..mlp import evaluate, log_softmax
 from ..params import Params
 from . import mlp as ref_mlp
 from . import optim as ref_optim
@@ -34,7 +34,8 @@ class ReferenceMLP:
         return np.argmax(self.net.forward(x), axis=1)
 
     def evaluate(self, x, y, batch_size=1000):
-        return evaluate(self.net.forward, self.net.loss, self.sizes[-1], x, y, batch_size)
+        return evaluate(self.net.forward, self.net.loss, self.sizes[-1], x, y, batch_size,
+                        log_probs=lambda rows: log_softmax(self.net._forward(rows)[-1]))
 
 
 class ReferenceOptimizer:
