@@ -22,6 +22,7 @@ Conventions:
 import numpy as np
 
 from . import _kernels
+from . import checkpoint as ckpt
 from .params import Params
 from .reference.mlp import activate
 
@@ -32,6 +33,13 @@ _P_EXACT = 1e-30
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 LOSSES = ("cross_entropy", "mse")
 INITS = ("he", "xavier", "glorot", "normal")
+
+# state_dict() files; a change of layout bumps the version
+FORMAT = "gdfast.mlp"
+VERSION = 1
+# what a loaded state must match: the architecture (init/seed only say how the
+# starting values were drawn, and loading replaces those values)
+_ARCH = ("sizes", "activation", "output_activation", "loss")
 
 
 class MLP:
@@ -70,11 +78,8 @@ class MLP:
         self.activation = activation
         self.loss = loss
         self.output_activation = output_activation or activation
-        shapes = {}
-        for l in range(1, len(sizes)):
-            shapes[f"w{l}"] = (sizes[l - 1], sizes[l])
-            shapes[f"b{l}"] = (sizes[l],)
-        self.params = Params(shapes)
+        self.init, self.seed = init, seed
+        self.params = Params(_shapes(sizes))
         self._init(init, seed)
         self._core = _kernels.MLPCore(sizes, activation, self.output_activation, loss,
                                       self.params)
@@ -155,9 +160,151 @@ class MLP:
             a = z if l == self.n_layers else activate(self.activation, z)
         return log_softmax(a)
 
+    # -- saving and loading ---------------------------------------------------
+
+    def state_dict(self):
+        """{"format", "version", "config", "params"}: the settings to rebuild
+        this model and copies of its tensors (w1, b1, ...)."""
+        seed = int(self.seed) if isinstance(self.seed, (int, np.integer)) else None
+        config = {"sizes": list(self.sizes), "activation": self.activation,
+                  "output_activation": self.output_activation, "loss": self.loss,
+                  "init": self.init, "seed": seed}
+        return {"format": FORMAT, "version": VERSION, "config": config,
+                "params": {name: np.array(arr) for name, arr in self.params.items()}}
+
+    def load_state_dict(self, state):
+        """Copy the tensors of `state` (from state_dict()) into this model, in
+        place (the optimizer's views stay valid). Everything is checked first,
+        and a refused state changes nothing: format and version, the
+        architecture (sizes, activation, output_activation, loss must equal
+        this model's; a ValueError names what differs), the tensor names, and
+        each tensor's shape and values. Tensors may be any float dtype
+        (float16/32/64): they are stored as float32, as the arena holds them,
+        and must be finite there (a float64 beyond float32's range is refused).
+        init and seed are taken from `state` when it has them."""
+        config, params = _check_state(state)
+        mine = self.state_dict()["config"]
+        diff = [f"{k}: file {config[k]!r}, this model {mine[k]!r}"
+                for k in _ARCH if config[k] != mine[k]]
+        if diff:
+            raise ValueError(f"state is for a different model ({'; '.join(diff)})")
+        params = _check_params(params, _shapes(self.sizes))
+        for name, arr in params.items():
+            self.params[name][...] = arr
+        self.init = config.get("init", self.init)
+        self.seed = config.get("seed", self.seed)
+
+    def save(self, path):
+        """Write state_dict() to one .npz at `path` (no pickle), atomically:
+        an interrupted save leaves the previous file. Returns the path."""
+        return ckpt.save(path, self.state_dict())
+
+    @classmethod
+    def load(cls, path):
+        """The model in `path`: a file written by save(), or a Trainer
+        checkpoint (last.npz, best.npz). Anything else, or a damaged file,
+        raises gdfast.checkpoint.CheckpointError naming the file."""
+        state = ckpt.load(path)
+        try:
+            config, params = _check_state(_from_trainer(state) if _is_trainer(state) else state)
+            params = _check_params(params, _shapes(config["sizes"]))
+            output_activation = config["output_activation"] if config["loss"] == "mse" else None
+            model = cls(config["sizes"], config["activation"], config["loss"],
+                        init=config.get("init", "he"), seed=config.get("seed", 0),
+                        output_activation=output_activation)
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(f"{path}: {e}") from None
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"{path}: not a usable gdfast.MLP file: {e}") from None
+        model.load_state_dict({"format": FORMAT, "version": VERSION, "config": config,
+                               "params": params})
+        return model
+
     def __repr__(self):
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"output_activation={self.output_activation!r})")
+
+
+def _shapes(sizes):
+    """{"w1": (sizes[0], sizes[1]), "b1": (sizes[1],), ...}: the tensors of an MLP."""
+    shapes = {}
+    for l in range(1, len(sizes)):
+        shapes[f"w{l}"] = (sizes[l - 1], sizes[l])
+        shapes[f"b{l}"] = (sizes[l],)
+    return shapes
+
+
+def _is_trainer(state):
+    return isinstance(state, dict) and "format" not in state and \
+        all(k in state for k in ("params", "layout", "model"))
+
+
+def _from_trainer(state):
+    """A Trainer checkpoint's model, as a state_dict() (without init/seed,
+    which it does not record)."""
+    info = state["model"]
+    if not isinstance(info, dict) or info.get("class") != "MLP":
+        got = info.get("class") if isinstance(info, dict) else info
+        raise ckpt.CheckpointError(f"Trainer checkpoint of a {got!r}, not of an MLP")
+    missing = [k for k in _ARCH if k not in info]
+    if missing:
+        raise ckpt.CheckpointError(f"Trainer checkpoint lacks model {missing}")
+    return {"format": FORMAT, "version": VERSION, "config": {k: info[k] for k in _ARCH},
+            "params": state["params"]}
+
+
+def _check_state(state):
+    """(config, params) of a state_dict(), its structure and config checked."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ckpt.CheckpointError(f"format {got!r}, expected {FORMAT!r} (an MLP file "
+                                   "or a Trainer checkpoint)")
+    if state.get("version") != VERSION:
+        raise ckpt.CheckpointError(f"MLP state version {state.get('version')!r}, this gdfast "
+                                   f"reads version {VERSION}")
+    config, params = state.get("config"), state.get("params")
+    if not isinstance(config, dict) or not isinstance(params, dict):
+        raise ckpt.CheckpointError("MLP state needs a 'config' dict and a 'params' dict")
+    missing = [k for k in _ARCH if k not in config]
+    if missing:
+        raise ckpt.CheckpointError(f"MLP state config lacks {missing}")
+    sizes = config["sizes"]
+    if not isinstance(sizes, (list, tuple)) or len(sizes) < 2 or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+            for s in sizes):
+        raise ValueError(f"config 'sizes' must be at least two positive integers, got {sizes!r}")
+    for k, allowed in (("activation", ACTIVATIONS), ("output_activation", ACTIVATIONS),
+                       ("loss", LOSSES)):
+        if config[k] not in allowed:
+            raise ValueError(f"config {k!r} must be one of {allowed}, got {config[k]!r}")
+    if "init" in config and config["init"] not in INITS:
+        raise ValueError(f"config 'init' must be one of {INITS}, got {config['init']!r}")
+    seed = config.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"config 'seed' must be an integer or None, got {seed!r}")
+    return dict(config, sizes=[int(s) for s in sizes]), params
+
+
+def _check_params(params, shapes):
+    """params as float32 arrays, refused unless they are exactly the tensors
+    of `shapes`, float, of the right shape and finite."""
+    if set(params) != set(shapes):
+        got = sorted(map(str, params))  # str: a damaged file may hold non-string keys
+        raise ValueError(f"state has tensors {got}, expected {sorted(shapes)}")
+    out = {}
+    for name, shape in shapes.items():
+        arr = params[name]
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
+            got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise ValueError(f"tensor {name!r} must be a float array, got {got}")
+        if arr.shape != shape:
+            raise ValueError(f"tensor {name!r} has shape {arr.shape}, expected {shape}")
+        with np.errstate(over="ignore"):  # overflow shows as inf, refused below
+            arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"tensor {name!r} has NaN or infinite values (as float32)")
+        out[name] = arr
+    return out
 
 
 def log_softmax(z):
