@@ -15,6 +15,7 @@ cdef extern from "optim.h" nogil:
         GD_ADAM
         GD_ADAGRAD
         GD_LOOKAHEAD
+        GD_LION
         GD_F_WD
         GD_F_DECOUPLED
         GD_F_MOMENTUM
@@ -53,7 +54,8 @@ cdef extern from "optim.h" nogil:
     void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n)
     void gdfast_triad_pass(float *a, const float *b, const float *c, float s, gd_index n)
 
-OPTIM_KINDS = {"sgd": GD_SGD, "rmsprop": GD_RMSPROP, "adam": GD_ADAM, "adagrad": GD_ADAGRAD}
+OPTIM_KINDS = {"sgd": GD_SGD, "rmsprop": GD_RMSPROP, "adam": GD_ADAM, "adagrad": GD_ADAGRAD,
+               "lion": GD_LION}
 
 
 cdef inline float *_fptr(object a):
@@ -316,7 +318,7 @@ cdef class _OptimCore:
             else:
                 flags |= GD_F_WD
                 h.wd = <float>wd
-        if self._kind != GD_SGD:
+        if self._kind != GD_SGD and self._kind != GD_LION:  # Lion has no eps
             eps = _num(grp, "eps", gi)
             if not eps >= 0:
                 raise ValueError(f"param_groups[{gi}]['eps'] must be >= 0, got {eps}")
@@ -352,7 +354,7 @@ cdef class _OptimCore:
             h.alpha = <float>alpha
             h.alpha1m = <float>(1.0 - alpha)
             h.momentum = <float>mom
-        elif self._kind == GD_ADAM:
+        elif self._kind == GD_ADAM or self._kind == GD_LION:
             betas = grp["betas"]
             if not isinstance(betas, (tuple, list)) or len(betas) != 2:
                 raise ValueError(f"param_groups[{gi}]['betas'] must be a pair (beta1, beta2), "
@@ -361,17 +363,18 @@ cdef class _OptimCore:
             b2 = betas[1]
             if not (0 <= b1 < 1 and 0 <= b2 < 1):
                 raise ValueError(f"param_groups[{gi}]['betas'] must lie in [0, 1), got {betas!r}")
-            if grp["amsgrad"]:
-                self._need(2, gi, "amsgrad=True")
-                flags |= GD_F_AMSGRAD
-            bc1 = 1.0 - pow(b1, <double>t)
-            bc2 = 1.0 - pow(b2, <double>t)
             h.beta1 = <float>b1
             h.beta1m = <float>(1.0 - b1)
             h.beta2 = <float>b2
             h.beta2m = <float>(1.0 - b2)
-            h.step_size = <float>(lr / bc1)
-            h.inv_bc2_sqrt = <float>(1.0 / sqrt(bc2))
+            if self._kind == GD_ADAM:
+                if grp["amsgrad"]:
+                    self._need(2, gi, "amsgrad=True")
+                    flags |= GD_F_AMSGRAD
+                bc1 = 1.0 - pow(b1, <double>t)
+                bc2 = 1.0 - pow(b2, <double>t)
+                h.step_size = <float>(lr / bc1)
+                h.inv_bc2_sqrt = <float>(1.0 / sqrt(bc2))
         elif self._kind == GD_ADAGRAD:
             lr_decay = _num(grp, "lr_decay", gi)
             if not lr_decay >= 0:

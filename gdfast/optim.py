@@ -36,8 +36,8 @@ _MAX_STEP = 2**62
 class Optimizer(_kernels._OptimCore):
     """Common machinery: parameter groups, state buffers, state_dict, save/load."""
 
-    _kind = None        # "sgd", "rmsprop", "adam", "adagrad"
-    _decoupled = False  # AdamW
+    _kind = None        # "sgd", "rmsprop", "adam", "adagrad", "lion"
+    _decoupled = False  # AdamW, Lion
     _slots = ()         # names of the state buffers s0, s1, s2 (PyTorch's keys)
 
     def __init__(self, params, defaults, groups=None):
@@ -523,6 +523,28 @@ class Adagrad(Optimizer):
         for _, _, size, gi in entries:
             bufs[0][offset:offset + size] = groups[gi]["initial_accumulator_value"]
             offset += size
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization
+    Algorithms") as in optax and Keras, with decoupled weight decay:
+
+    c = b1 m + (1 - b1) g; p = p * (1 - lr * weight_decay) - lr * sign(c);
+    m = b2 m + (1 - b2) g. sign(0) = 0; a NaN in c gives a NaN parameter
+    rather than a step of lr, so divergence is not hidden. Every step moves
+    each parameter by lr, so lr is typically 3-10x smaller than AdamW's."""
+
+    _kind = "lion"
+    _decoupled = True
+    _slots = ("exp_avg", None, None)
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
+                 groups=None):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      maximize=maximize), groups)
+
+    def _slots_needed(self, groups):
+        return [True, False, False]
 
 
 class Lookahead:

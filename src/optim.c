@@ -15,7 +15,7 @@
 
 /* Floats per thread below which a pass stays on one thread. Measured on the
  * 2-core Zen3: an OpenMP fork/join costs ~0.5 us when the cores are idle; an
- * in-cache SGD or Lookahead update ~0.1 ns/float; the kernels with a sqrt and
+ * in-cache SGD, Lion or Lookahead update ~0.1 ns/float; the kernels with a sqrt and
  * a division per float (RMSprop, Adam, Adagrad) ~0.32 ns/float, bound by the
  * divider. A second thread pays off from ~10k light or ~3k heavy floats; the
  * grains leave a margin (on busy, shared cores waking a thread costs more).
@@ -177,7 +177,7 @@ static void set_gscale(gd_plan *pl, double clip) {
 
 gd_index gdfast_optim_grain(const gd_plan *pl) {
     int kind = pl->ngroups > 0 ? pl->hyper[0].kind : GD_SGD;
-    if (kind == GD_SGD || kind == GD_LOOKAHEAD) return GD_GRAIN_LIGHT;
+    if (kind == GD_SGD || kind == GD_LOOKAHEAD || kind == GD_LION) return GD_GRAIN_LIGHT;
     return gdfast_isa_active() == GDFAST_ISA_AVX512 ? 2 * GD_GRAIN_HEAVY : GD_GRAIN_HEAVY;
 }
 

@@ -12,11 +12,12 @@
 
 #include "gdfast.h"
 
-enum { GD_SGD = 0, GD_RMSPROP = 1, GD_ADAM = 2, GD_ADAGRAD = 3, GD_LOOKAHEAD = 4, GD_NKINDS };
+enum { GD_SGD = 0, GD_RMSPROP = 1, GD_ADAM = 2, GD_ADAGRAD = 3, GD_LOOKAHEAD = 4,
+       GD_LION = 5, GD_NKINDS };
 
 /* Option flags of gd_hyper.flags. */
 #define GD_F_WD 1         /* coupled weight decay: g += wd * p */
-#define GD_F_DECOUPLED 2  /* AdamW: p *= 1 - lr * wd before the update */
+#define GD_F_DECOUPLED 2  /* AdamW, Lion: p *= 1 - lr * wd before the update */
 #define GD_F_MOMENTUM 4   /* SGD, RMSprop: momentum buffer in s[0] (SGD) / s[1] (RMSprop) */
 #define GD_F_FIRST 8      /* SGD: first step, the momentum buffer starts as the gradient */
 #define GD_F_NESTEROV 16  /* SGD */
@@ -34,13 +35,13 @@ typedef struct {
     int kind, flags;
     float gscale;       /* gradient factor: +-1 times the clip coefficient (set by the driver) */
     float gscale2;      /* applied after gscale: 1, or the power of two of a tiny clip coefficient */
-    float lr;           /* SGD, RMSprop: lr; Adagrad: lr / (1 + (step - 1) * lr_decay) */
+    float lr;           /* SGD, RMSprop, Lion: lr; Adagrad: lr / (1 + (step - 1) * lr_decay) */
     float wd;           /* coupled weight decay */
-    float decay;        /* AdamW: 1 - lr * wd */
+    float decay;        /* AdamW, Lion: 1 - lr * wd */
     float momentum;     /* SGD, RMSprop */
     float dampening1m;  /* SGD: 1 - dampening */
     float alpha, alpha1m;               /* RMSprop: alpha, 1 - alpha; Lookahead: alpha */
-    float beta1, beta1m, beta2, beta2m; /* Adam: beta, 1 - beta */
+    float beta1, beta1m, beta2, beta2m; /* Adam, Lion: beta, 1 - beta */
     float step_size;                    /* Adam: lr / (1 - beta1^t) */
     float inv_bc2_sqrt;                 /* Adam: 1 / sqrt(1 - beta2^t) */
     float eps;
@@ -49,7 +50,7 @@ typedef struct {
 /* A contiguous run of parameters; s[k] are its state buffers (NULL if unused):
  * SGD: s0 momentum. RMSprop: s0 square_avg, s1 momentum, s2 grad_avg.
  * Adam: s0 exp_avg, s1 exp_avg_sq, s2 max_exp_avg_sq. Adagrad: s0 sum.
- * Lookahead: s0 slow weights. */
+ * Lookahead: s0 slow weights. Lion: s0 exp_avg. */
 typedef struct {
     float *p;
     const float *g;

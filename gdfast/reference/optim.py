@@ -221,6 +221,30 @@ class Adagrad(_Reference):
         p -= tmp
 
 
+class Lion(_Reference):
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
+        super().__init__(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                         maximize=maximize)
+        self.exp_avg = [np.zeros_like(p) for p in params]
+
+    def _update(self, i, p, gi, tmp):
+        h = self.hyper
+        b1, b2 = h["betas"]
+        lr, wd = h["lr"], h["weight_decay"]
+        if wd:
+            p *= f32(1.0 - lr * wd)
+        m = self.exp_avg[i]
+        np.multiply(m, f32(b1), out=tmp)
+        c = np.multiply(gi, f32(1.0 - b1))
+        tmp += c
+        np.sign(tmp, out=tmp)  # sign(0) = 0, NaN stays NaN
+        tmp *= f32(lr)
+        p -= tmp
+        m *= f32(b2)
+        np.multiply(gi, f32(1.0 - b2), out=gi)  # gi is the step's scratch copy
+        m += gi
+
+
 class Lookahead:
     def __init__(self, optimizer, k=5, alpha=0.5):
         self.optimizer, self.k, self.alpha, self.count = optimizer, k, alpha, 0
