@@ -286,6 +286,7 @@ OPTIMIZERS = {
     "adagrad": ("Adagrad", {"lr": 1e-2}, (2, 1)),
     "adam": ("Adam", {"lr": 1e-3}, (3, 1)),
     "adamw": ("AdamW", {"lr": 1e-3}, (3, 1)),
+    "lion": ("Lion", {"lr": 1e-4}, (2, 1)),
 }
 OPTIMIZER_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
 
@@ -398,7 +399,7 @@ def _torch_optimizer(torch, cls, hyper, n, repeats):
         p.grad = torch.randn(n) * 1e-2
         try:
             opt = getattr(torch.optim, cls)([p], **hyper, **{impl: True})
-        except (TypeError, RuntimeError, ValueError):
+        except (AttributeError, TypeError, RuntimeError, ValueError):  # torch has no Lion
             out[f"torch {impl}"] = "n/a"
             continue
         out[f"torch {impl}"] = median_time(opt.step, repeats=repeats)

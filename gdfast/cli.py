@@ -13,7 +13,7 @@ __all__ = ["main", "COMMANDS"]
 
 _IMAGE_SIDE = 28    # MNIST and Fashion-MNIST images are 28x28: a shift must stay inside
 INITS = ("he", "xavier", "glorot", "normal")    # gdfast.mlp.INITS, without importing the extension
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "plateau")
 
 # The classic network of Nielsen's "Neural Networks and Deep Learning", chapter 1.
@@ -86,8 +86,8 @@ def _add_train(p):
                    help="peak learning rate (default 2e-3)")
     o.add_argument("--momentum", type=_number(float, 0, 1),
                    help="for momentum and nesterov (default 0.9) and rmsprop (default 0)")
-    o.add_argument("--betas", type=_number(float, 0, 1), nargs=2, default=(0.9, 0.999),
-                   metavar=("B1", "B2"))
+    o.add_argument("--betas", type=_number(float, 0, 1), nargs=2, metavar=("B1", "B2"),
+                   help="for adam/adamw (default 0.9 0.999) and lion (default 0.9 0.99)")
     o.add_argument("--eps", type=_number(float, 0, low_open=True), default=None,
                    help="optimizer epsilon (default: its own)")
     o.add_argument("--weight-decay", type=_number(float, 0), default=0.0)
@@ -141,7 +141,7 @@ def _apply_preset(args, argv):
 def _make_optimizer(name, params, args):
     import gdfast
     kw = {"lr": args.lr, "weight_decay": args.weight_decay}
-    if args.eps is not None and name not in ("sgd", "momentum", "nesterov"):
+    if args.eps is not None:
         kw["eps"] = args.eps
     if name == "sgd":
         return gdfast.SGD(params, **kw)
@@ -151,7 +151,10 @@ def _make_optimizer(name, params, args):
     if name == "rmsprop":
         return gdfast.RMSprop(params, momentum=args.momentum or 0.0, **kw)
     if name in ("adam", "adamw"):
-        return (gdfast.Adam if name == "adam" else gdfast.AdamW)(params, betas=tuple(args.betas), **kw)
+        betas = tuple(args.betas or (0.9, 0.999))
+        return (gdfast.Adam if name == "adam" else gdfast.AdamW)(params, betas=betas, **kw)
+    if name == "lion":
+        return gdfast.Lion(params, betas=tuple(args.betas or (0.9, 0.99)), **kw)
     return gdfast.Adagrad(params, **kw)
 
 
@@ -210,6 +213,10 @@ def _run_train(args, argv):
         _fail("train", "--early-stopping needs --validation (a held-out split to watch)")
     if args.momentum is not None and args.optimizer not in ("momentum", "nesterov", "rmsprop"):
         _fail("train", f"--momentum applies to momentum, nesterov and rmsprop, not {args.optimizer}")
+    if args.betas is not None and args.optimizer not in ("adam", "adamw", "lion"):
+        _fail("train", f"--betas applies to adam, adamw and lion, not {args.optimizer}")
+    if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion"):
+        _fail("train", f"--eps does not apply to {args.optimizer}")
     if args.checkpoint_dir and not args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
         _fail("train", f"{args.checkpoint_dir} holds a run; pass --resume to continue it "
               "or choose another directory")

@@ -297,3 +297,23 @@ def test_bench_subcommand_is_wired(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--help"])
     assert e.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizer", "sgd", "--betas", "0.9", "0.99"], "--betas applies to adam, adamw and lion"),
+    (["--optimizer", "lion", "--eps", "1e-6"], "--eps does not apply to lion"),
+    (["--optimizer", "momentum", "--eps", "1e-6"], "--eps does not apply to momentum"),
+])
+def test_betas_and_eps_are_refused_where_they_do_nothing(capsys, argv, message):
+    refused(capsys, ["train"] + argv, message)
+
+
+def test_lion_gets_its_own_default_betas():
+    import argparse
+    params = gdfast.MLP(sizes=(4, 3), seed=0).params
+    args = argparse.Namespace(lr=1e-4, weight_decay=0.0, eps=None, momentum=None, betas=None)
+    lion = cli._make_optimizer("lion", params, args)
+    assert isinstance(lion, gdfast.Lion) and lion.defaults["betas"] == (0.9, 0.99)
+    assert cli._make_optimizer("adam", params, args).defaults["betas"] == (0.9, 0.999)
+    args.betas = [0.8, 0.9]
+    assert cli._make_optimizer("lion", params, args).defaults["betas"] == (0.8, 0.9)
