@@ -194,6 +194,10 @@ cdef class _OptimCore:
     # is done: a second thread stepping the same optimizer gets an error
     # instead of racing on the plan's gradient pointers and the state buffers.
     cdef bint _busy
+    # SGD, per group: has its momentum buffer been started? PyTorch starts a
+    # buffer as the gradient at the first step that uses it, also when
+    # momentum is switched on mid-run.
+    cdef public list _momentum_started
 
     def __cinit__(self, *args, **kwargs):
         self._plo = NULL
@@ -218,6 +222,7 @@ cdef class _OptimCore:
         self._decoupled = decoupled
         self._states = states
         self._step = 0
+        self._momentum_started = [False] * len(self.param_groups)
         plan = StepPlan()
         plan._setup(segments, len(self.param_groups))
         self._plan = plan
@@ -335,7 +340,7 @@ cdef class _OptimCore:
                 flags |= GD_F_NESTEROV
             if mom != 0:
                 self._need(0, gi, "momentum > 0")
-                flags |= GD_F_MOMENTUM | (GD_F_FIRST if t == 1 else 0)
+                flags |= GD_F_MOMENTUM | (0 if self._momentum_started[gi] else GD_F_FIRST)
             h.momentum = <float>mom
             h.dampening1m = <float>(1.0 - damp)
         elif self._kind == GD_RMSPROP:
@@ -436,6 +441,7 @@ cdef class _OptimCore:
             self._plan.plan.max_norm = mx
             with nogil:
                 self._plan.run()
+            self._mark_started()
             norm = self._plan.plan.norm if mx > 0 else None
         finally:
             self._busy = False
@@ -462,7 +468,18 @@ cdef class _OptimCore:
         the update was not applied (a skipped step), so it is not counted."""
         if not stepped:
             self._step -= 1
+        else:
+            self._mark_started()
         self._busy = False
+
+    cdef int _mark_started(self) except -1:
+        """After an applied step: groups that stepped with momentum have a buffer."""
+        cdef int gi
+        if self._kind == GD_SGD:
+            for gi in range(self._plan.plan.ngroups):
+                if self._plan.plan.hyper[gi].flags & GD_F_MOMENTUM:
+                    self._momentum_started[gi] = True
+        return 0
 
 
 cdef StepPlan _grads_plan(object grads, str name, bint writeable):

@@ -17,7 +17,6 @@ Every optimizer takes its parameters as
 NaN/Inf policy: like PyTorch, nothing is checked per step; a NaN or Inf in a
 gradient propagates into the moments and the parameters.
 """
-import contextlib
 import json
 import threading
 
@@ -360,57 +359,15 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), groups)
-        # per group: has its momentum buffer been started (PyTorch: it is not None)?
-        self._started = [False] * len(self.param_groups)
-        self._pending = []
 
     def _slots_needed(self, groups):
         return [any(g["momentum"] != 0 for g in groups), False, False]
-
-    @contextlib.contextmanager
-    def _first_momentum_steps(self):
-        """Yield the groups whose momentum buffer starts at this step, stepping them
-        with dampening 0 meanwhile. PyTorch starts a buffer as b = g; the kernel
-        does so only at step 1, else b = m * b + (1 - dampening) * g, which on a
-        buffer never used (still zero) is b = g exactly when dampening is 0."""
-        groups = self.param_groups
-        starting = [gi for gi, g in enumerate(groups[:len(self._started)])
-                    if not self._started[gi] and isinstance(g, dict)
-                    and g.get("momentum", 0) != 0 and "dampening" in g]
-        saved = [groups[gi]["dampening"] for gi in starting]
-        for gi in starting:
-            groups[gi]["dampening"] = 0.0
-        try:
-            yield starting
-        finally:
-            for gi, d in zip(starting, saved):
-                groups[gi]["dampening"] = d
-
-    def step(self, grads=None, max_grad_norm=None):
-        with self._first_momentum_steps() as starting:
-            out = super().step(grads, max_grad_norm)
-        for gi in starting:
-            self._started[gi] = True
-        return out
-
-    def _begin_step(self, params):
-        with self._first_momentum_steps() as starting:  # the plan is filled here
-            plan = super()._begin_step(params)
-        self._pending = starting
-        return plan
-
-    def _end_step(self, stepped=True):
-        if stepped:
-            for gi in self._pending:
-                self._started[gi] = True
-        self._pending = []
-        super()._end_step(stepped)
 
     def state_dict(self):
         """As Optimizer.state_dict; like PyTorch, without momentum_buffer for
         tensors whose buffer has not been started."""
         sd = super().state_dict()
-        for g, started in zip(self.param_groups, self._started):
+        for g, started in zip(self.param_groups, self._momentum_started):
             if not started:
                 for key in self._group_keys(g):
                     sd["state"][key].pop("momentum_buffer", None)
@@ -422,7 +379,7 @@ class SGD(Optimizer):
         state = state_dict.get("state") if isinstance(state_dict, dict) else None
         if not isinstance(state, dict) or not any(self._state.values()):  # no buffer
             super().load_state_dict(state_dict)
-            self._started = [False] * len(self.param_groups)
+            self._momentum_started = [False] * len(self.param_groups)
             return
         state, started = dict(state), []
         for gi, g in enumerate(self.param_groups):
@@ -437,7 +394,7 @@ class SGD(Optimizer):
                     state[k] = {**state[k], "momentum_buffer": np.zeros(self._shapes[k],
                                                                         np.float32)}
         super().load_state_dict({**state_dict, "state": state})
-        self._started = started
+        self._momentum_started = started
 
 
 class RMSprop(Optimizer):
