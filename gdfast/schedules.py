@@ -27,6 +27,8 @@ _MAX_COUNT = 2**62
 
 def _count(name, value, minimum=1):
     """An integer in [minimum, 2**62] (bools and floats such as 0.5 refused)."""
+    if type(value) is int and minimum <= value <= _MAX_COUNT:  # every step: keep it cheap
+        return value
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be {what}, got {value!r}")
