@@ -1,0 +1,78 @@
+"""A user's own data: gdfast.datasets.load_file, gdfast train --train, gdfast evaluate."""
+import numpy as np
+import pytest
+
+from gdfast import datasets
+from gdfast.datasets import DatasetError, load_file
+
+
+def write(tmp_path, text, name="d.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_good_file(tmp_path):
+    path = write(tmp_path, "a,label,b\n1,0,2\n3.5,2,-4\n\n")
+    x, y = load_file(path)
+    assert x.dtype == np.float32 and x.flags.c_contiguous and x.shape == (2, 2)
+    np.testing.assert_array_equal(x, [[1, 2], [3.5, -4]])
+    assert y.dtype == np.int64 and y.tolist() == [0, 2]
+
+
+def test_csv_label_column_by_name(tmp_path):
+    x, y = load_file(write(tmp_path, "cls,f\n1,0.5\n"), label_column="cls")
+    assert x.tolist() == [[0.5]] and y.tolist() == [1]
+
+
+def test_npz_good_file(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.arange(6, dtype=np.float64).reshape(3, 2), y=np.array([0, 1, 1], np.uint8))
+    x, y = load_file(path)
+    assert x.dtype == np.float32 and x.flags.c_contiguous and x.shape == (3, 2)
+    assert y.dtype == np.int64 and y.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,label\n1,0\n2,1,3\n", "line 3: 3 cells, the header has 2"),
+    ("a,label\n1,0\nx,1\n", "line 3, column 'a': not a number: 'x'"),
+    ("a,label\nnan,0\n", "line 2, column 'a': feature is not finite"),
+    ("a,label\ninf,0\n", "line 2, column 'a': feature is not finite"),
+    ("a,b\n1,0\n", "no label column 'label'"),
+    ("a,label\n1,0.5\n", "line 2, column 'label': label must be a whole number"),
+    ("a,label\n1,-1\n", "line 2, column 'label': label must be >= 0"),
+    ("", "empty file"),
+    ("a,label\n", "no data rows"),
+    ("label\n1\n", "no feature columns"),
+])
+def test_csv_errors(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DatasetError, match=str(path)) as e:
+        load_file(path)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x=np.zeros((3, 2)), y=np.zeros(2)), "x has 3 rows but y has 2 labels"),
+    (dict(features=np.zeros((2, 2)), y=np.zeros(2)), "expected arrays 'x' and 'y'"),
+    (dict(x=np.zeros(3), y=np.zeros(3)), "x must be 2-D"),
+    (dict(x=np.array([[1.0], [np.nan]]), y=np.zeros(2)), "x[1, 0] is not finite"),
+    (dict(x=np.zeros((2, 1)), y=np.array([0.0, 1.5])), "whole numbers, y[1]"),
+    (dict(x=np.zeros((2, 1)), y=np.array([0, -2])), "labels must be >= 0, y[1]"),
+    (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "no examples"),
+])
+def test_npz_errors(tmp_path, arrays, message):
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=str(path)) as e:
+        load_file(path)
+    assert message in str(e.value)
+
+
+def test_not_npz_or_csv(tmp_path):
+    path = write(tmp_path, "x", name="d.txt")
+    with pytest.raises(DatasetError, match="expected a .npz or .csv"):
+        load_file(path)
+    bad = write(tmp_path, "not a zip", name="d.npz")
+    with pytest.raises(DatasetError, match="cannot read as .npz"):
+        load_file(bad)
