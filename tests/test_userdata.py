@@ -76,3 +76,61 @@ def test_not_npz_or_csv(tmp_path):
     bad = write(tmp_path, "not a zip", name="d.npz")
     with pytest.raises(DatasetError, match="cannot read as .npz"):
         load_file(bad)
+
+
+# -- gdfast train --train -------------------------------------------------------
+
+def separable_csv(path, n=200, seed=0):
+    """Three well-separated Gaussian blobs in 4 features; the label column comes second."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 4)) + 3 * np.eye(3, 4)[y]
+    lines = ["f0,label,f1,f2,f3"] + [f"{r[0]},{c},{r[1]},{r[2]},{r[3]}" for r, c in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TRAIN = ["train", "--hidden", "8", "--epochs", "5", "--batch-size", "16", "--lr", "0.02",
+         "--no-progress"]
+
+
+def test_train_on_user_csv_and_save_model(tmp_path, capsys):
+    import gdfast
+    from gdfast import cli
+    train, test = separable_csv(tmp_path / "train.csv"), separable_csv(tmp_path / "test.csv", 100, 1)
+    model_path = tmp_path / "model.npz"
+    assert cli.main(TRAIN + ["--train", str(train), "--test", str(test),
+                             "--save-model", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4-8-3 relu" in out and "shift 0" in out and "200 train / 100 test" in out
+    acc = float(out.split("final test accuracy ")[1].split("%")[0])
+    assert acc >= 95
+    assert f"model saved to {model_path}" in out
+    model = gdfast.MLP.load(model_path)
+    assert model.sizes == [4, 8, 3]
+    x, y = load_file(test)
+    assert model.evaluate(x, y)[1] * 100 == pytest.approx(acc, abs=0.01)
+
+
+def test_train_without_test_reports_training_loss(tmp_path, capsys):
+    from gdfast import cli
+    train = separable_csv(tmp_path / "train.csv")
+    assert cli.main(TRAIN + ["--train", str(train)]) == 0
+    out = capsys.readouterr().out
+    assert "200 train / no test" in out and "test acc" not in out
+    final = out.strip().splitlines()[-1]
+    assert final.startswith("final training loss ") and float(final.split()[3]) < 0.5
+
+
+def test_train_user_data_errors(tmp_path, capsys):
+    from gdfast import cli
+    train = separable_csv(tmp_path / "train.csv")
+    with pytest.raises(SystemExit) as e:     # shift needs images
+        cli.main(TRAIN + ["--train", str(train), "--shift", "1"])
+    assert e.value.code == 2 and "--shift needs 28x28 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(TRAIN + ["--test", str(train)])
+    assert e.value.code == 2 and "--test needs --train" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:     # a broken file: the DatasetError, naming it
+        cli.main(TRAIN + ["--train", str(write(tmp_path, "a,label\n1,x\n"))])
+    assert "d.csv, line 2, column 'label': not a number" in str(e.value.code)
