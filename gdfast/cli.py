@@ -1,4 +1,5 @@
-"""The ``gdfast`` command: ``gdfast train``, ``gdfast optimizers``, ``gdfast bench``.
+"""The ``gdfast`` command: ``gdfast train``, ``gdfast evaluate``, ``gdfast optimizers``,
+``gdfast bench``.
 
 Each subcommand is one entry in COMMANDS: a function adding its arguments
 and a function running it, so a new one is a few lines.
@@ -465,6 +466,56 @@ def _plot_trajectories(results, functions, path):
     print(f"trajectories saved to {path}")
 
 
+# -- gdfast evaluate -------------------------------------------------------------
+
+def _add_evaluate(p):
+    p.add_argument("model", metavar="MODEL",
+                   help="a model from gdfast train --save-model or MLP.save, or a checkpoint "
+                        "(last.npz, best.npz)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", choices=["mnist", "fashion-mnist"],
+                     help="evaluate on this data set's test split")
+    src.add_argument("--file", metavar="FILE", help="evaluate on your own .csv or .npz data")
+    p.add_argument("--data", metavar="DIR", help="directory holding the IDX files of --dataset")
+    p.add_argument("--label-column", metavar="NAME", default="label",
+                   help="the label column of a --file .csv (default label)")
+    p.add_argument("--predictions", metavar="CSV",
+                   help="write the predicted label of each example here (header: prediction)")
+
+
+def _run_evaluate(args, argv):
+    import gdfast
+    from gdfast import datasets
+    from gdfast.checkpoint import CheckpointError
+    if args.data and not args.dataset:
+        _fail("evaluate", "--data applies to --dataset")
+    try:
+        model = gdfast.MLP.load(args.model)
+    except (OSError, CheckpointError) as e:
+        _fail("evaluate", f"cannot load the model: {e}")
+    try:
+        if args.file:
+            x, y = datasets.load_file(args.file, args.label_column)
+        else:
+            data = datasets.load(args.dataset, args.data, download=False)
+            x, y = data.x_test, data.y_test
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        _fail("evaluate", str(e))
+    name = args.file or f"{args.dataset} test"
+    if x.shape[1] != model.sizes[0]:
+        _fail("evaluate", f"{name} has {x.shape[1]} features but the model takes {model.sizes[0]}")
+    if y.max() >= model.sizes[-1]:
+        _fail("evaluate", f"{name} has label {int(y.max())} but the model has only "
+              f"{model.sizes[-1]} classes")
+    loss, acc = model.evaluate(x, y)
+    print(f"{name}: {len(x)} examples  loss {loss:.4f}  accuracy {100 * acc:.2f}%")
+    if args.predictions:
+        lines = ["prediction"] + [str(int(c)) for c in model.predict(x)]
+        Path(args.predictions).write_text("\n".join(lines) + "\n")
+        print(f"predictions saved to {args.predictions}")
+    return 0
+
+
 def _add_bench(p):
     from . import bench
     bench.add_arguments(p)
@@ -479,6 +530,8 @@ COMMANDS = {
     "train": ("train an MLP on MNIST or Fashion-MNIST", _add_train, _run_train),
     "optimizers": ("run the optimizers on 2-D test functions (and plot their paths)",
                    _add_optimizers, _run_optimizers),
+    "evaluate": ("measure a saved model's loss and accuracy (and write its predictions)",
+                 _add_evaluate, _run_evaluate),
     "bench": ("benchmark the kernels against NumPy (and PyTorch if installed)",
               _add_bench, _run_bench),
 }

@@ -134,3 +134,67 @@ def test_train_user_data_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:     # a broken file: the DatasetError, naming it
         cli.main(TRAIN + ["--train", str(write(tmp_path, "a,label\n1,x\n"))])
     assert "d.csv, line 2, column 'label': not a number" in str(e.value.code)
+
+
+# -- gdfast evaluate --------------------------------------------------------------
+
+@pytest.fixture
+def trained(tmp_path, capsys):
+    """A model trained on a separable csv, with its test file."""
+    from gdfast import cli
+    train, test = separable_csv(tmp_path / "train.csv"), separable_csv(tmp_path / "test.csv", 100, 1)
+    model_path = tmp_path / "model.npz"
+    cli.main(TRAIN + ["--train", str(train), "--save-model", str(model_path)])
+    capsys.readouterr()
+    return model_path, test
+
+
+def test_evaluate_file_and_predictions(trained, tmp_path, capsys):
+    import gdfast
+    from gdfast import cli
+    model_path, test = trained
+    out_csv = tmp_path / "pred.csv"
+    assert cli.main(["evaluate", str(model_path), "--file", str(test),
+                     "--predictions", str(out_csv)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    x, y = load_file(test)
+    model = gdfast.MLP.load(model_path)
+    loss, acc = model.evaluate(x, y)
+    assert out[0] == f"{test}: 100 examples  loss {loss:.4f}  accuracy {100 * acc:.2f}%"
+    assert acc > 0.95
+    lines = out_csv.read_text().splitlines()
+    assert lines[0] == "prediction" and [int(v) for v in lines[1:]] == model.predict(x).tolist()
+
+
+def test_evaluate_dataset(tmp_path, capsys):
+    import gdfast
+    model_path = tmp_path / "m.npz"
+    gdfast.MLP([784, 10, 10]).save(model_path)
+    from gdfast import cli
+    assert cli.main(["evaluate", str(model_path), "--dataset", "mnist"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mnist test: 10000 examples  loss ") and "accuracy" in out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "cannot load the model: "),
+    ("not a model", "cannot load the model: "),
+    ("features", "has 4 features but the model takes 5"),
+])
+def test_evaluate_errors(trained, tmp_path, capsys, case, message):
+    import gdfast
+    from gdfast import cli
+    model_path, test = trained
+    if case == "missing":
+        model_path = tmp_path / "nope.npz"
+    elif case == "not a model":
+        model_path = tmp_path / "x.npz"
+        np.savez(model_path, x=np.zeros(3))
+    else:
+        model_path = tmp_path / "five.npz"
+        gdfast.MLP([5, 3]).save(model_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["evaluate", str(model_path), "--file", str(test)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("gdfast evaluate: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and str(model_path if case != "features" else test) in err
