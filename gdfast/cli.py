@@ -527,7 +527,7 @@ def _run_bench(args, argv):
 
 
 COMMANDS = {
-    "train": ("train an MLP on MNIST or Fashion-MNIST", _add_train, _run_train),
+    "train": ("train an MLP on MNIST, Fashion-MNIST or your own data", _add_train, _run_train),
     "optimizers": ("run the optimizers on 2-D test functions (and plot their paths)",
                    _add_optimizers, _run_optimizers),
     "evaluate": ("measure a saved model's loss and accuracy (and write its predictions)",
