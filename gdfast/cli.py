@@ -511,7 +511,10 @@ def _run_evaluate(args, argv):
     print(f"{name}: {len(x)} examples  loss {loss:.4f}  accuracy {100 * acc:.2f}%")
     if args.predictions:
         lines = ["prediction"] + [str(int(c)) for c in model.predict(x)]
-        Path(args.predictions).write_text("\n".join(lines) + "\n")
+        try:
+            Path(args.predictions).write_text("\n".join(lines) + "\n")
+        except OSError as e:
+            _fail("evaluate", f"cannot write --predictions: {e}")
         print(f"predictions saved to {args.predictions}")
     return 0
 

@@ -198,3 +198,12 @@ def test_evaluate_errors(trained, tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("gdfast evaluate: error: ") and message in err
     assert len(err.strip().splitlines()) == 1 and str(model_path if case != "features" else test) in err
+
+
+def test_evaluate_unwritable_predictions(trained, tmp_path, capsys):
+    from gdfast import cli
+    model_path, test = trained
+    with pytest.raises(SystemExit) as e:
+        cli.main(["evaluate", str(model_path), "--file", str(test),
+                  "--predictions", str(tmp_path / "no-such-dir" / "p.csv")])
+    assert e.value.code == 2 and "cannot write --predictions" in capsys.readouterr().err
