@@ -1,4 +1,5 @@
-"""The ``gdfast`` command: ``gdfast train``, ``gdfast optimizers``, ``gdfast bench``.
+"""The ``gdfast`` command: ``gdfast train``, ``gdfast evaluate``, ``gdfast optimizers``,
+``gdfast bench``.
 
 Each subcommand is one entry in COMMANDS: a function adding its arguments
 and a function running it, so a new one is a few lines.
@@ -65,14 +66,21 @@ def _add_train(p):
     d.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     d.add_argument("--data", metavar="DIR", help="directory holding the IDX files "
                    "(default: $GDFAST_DATA/<dataset>, ~/.cache/gdfast/<dataset>, ...)")
+    d.add_argument("--train", metavar="FILE", dest="train_file",
+                   help="train on your own data instead: a .csv (header row, a label column) "
+                        "or a .npz (arrays x and y)")
+    d.add_argument("--test", metavar="FILE", dest="test_file",
+                   help="your own test data, as --train (optional)")
+    d.add_argument("--label-column", metavar="NAME", default="label",
+                   help="the label column of --train/--test .csv files (default label)")
     d.add_argument("--no-download", dest="download", action="store_false",
                    help="never try to download missing files")
     d.add_argument("--validation", type=_validation, default=0,
                    help="held-out validation examples: below 1 a fraction of the training set "
                         "(0.1), else a count (5000 or 5000.0; 2.5 is refused) (default 0)")
-    d.add_argument("--shift", type=_number(int, 0, _IMAGE_SIDE), default=1,
+    d.add_argument("--shift", type=_number(int, 0, _IMAGE_SIDE), default=None,
                    help="augment by random translations of up to this many pixels, "
-                        f"0 to {_IMAGE_SIDE - 1} (default 1)")
+                        f"0 to {_IMAGE_SIDE - 1} (default 1 for 28x28 images, else 0)")
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS),
                    help="nielsen: 784-30-10 sigmoid, quadratic cost, SGD batch 10, lr 3.0, 30 epochs")
@@ -111,6 +119,8 @@ def _add_train(p):
     t.add_argument("--plot", metavar="PNG", type=_png_path,
                    help="save loss, accuracy and lr curves (needs matplotlib); .png is added "
                         "when the name has no suffix")
+    t.add_argument("--save-model", metavar="PATH",
+                   help="write the trained model here at the end (gdfast.MLP.load reads it)")
     t.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -217,6 +227,8 @@ def _run_train(args, argv):
         _fail("train", f"--betas applies to adam, adamw and lion, not {args.optimizer}")
     if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion"):
         _fail("train", f"--eps does not apply to {args.optimizer}")
+    if args.test_file and not args.train_file:
+        _fail("train", "--test needs --train (the test set of --dataset is used otherwise)")
     if args.checkpoint_dir and not args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
         _fail("train", f"{args.checkpoint_dir} holds a run; pass --resume to continue it "
               "or choose another directory")
@@ -228,18 +240,29 @@ def _run_train(args, argv):
     if args.threads:
         gdfast.set_num_threads(args.threads)
     try:
-        data = datasets.load(args.dataset, args.data, download=args.download,
-                             validation=args.validation)
+        if args.train_file:
+            data = _load_user_data(args)
+        else:
+            data = datasets.load(args.dataset, args.data, download=args.download,
+                                 validation=args.validation)
     except (FileNotFoundError, datasets.DatasetError) as e:
         sys.exit(f"gdfast train: {e}")
     except ValueError as e:         # a --validation count as large as the training set
         _fail("train", f"--validation: {e}")
+    image_data = data.x_train.shape[1] == _IMAGE_SIDE ** 2
+    if args.shift is None:          # augmentation by translation only makes sense for images
+        args.shift = 1 if image_data else 0
+    elif args.shift and not image_data:
+        _fail("train", f"--shift needs {_IMAGE_SIDE}x{_IMAGE_SIDE} images ({_IMAGE_SIDE ** 2} "
+              f"features), the data has {data.x_train.shape[1]}")
     if data.source == "bundled sample":
         n_val = 0 if data.x_val is None else len(data.x_val)
         print(f"using the MNIST sample bundled with gdfast ({len(data.x_train) + n_val:,} train / "
               f"{len(data.x_test):,} test images); the full 60,000-image set downloads when the "
               "network allows", flush=True)
-    sizes = [data.x_train.shape[1]] + list(args.hidden) + [10]
+    n_out = 10 if not args.train_file else 1 + max(
+        int(y.max()) for y in (data.y_train, data.y_val, data.y_test) if y is not None)
+    sizes = [data.x_train.shape[1]] + list(args.hidden) + [n_out]
     model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
                        seed=args.seed)
     optimizer = _make_optimizer(args.optimizer, model.params, args)
@@ -253,7 +276,8 @@ def _run_train(args, argv):
     settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} "
                 f"lr {args.lr:g} {args.schedule}, batch {batch or 'full'}, shift {args.shift if batch else 0}, "
                 f"{args.epochs} epochs")
-    print(f"gdfast {gdfast.__version__}: {args.dataset} {n} train / {len(data.x_test)} test"
+    n_test = "no" if data.x_test is None else len(data.x_test)
+    print(f"gdfast {gdfast.__version__}: {data.name} {n} train / {n_test} test"
           f"{f' / {len(data.x_val)} val' if data.x_val is not None else ''} from {data.source}; "
           f"{settings}, {gdfast.get_num_threads()} threads", flush=True)
     if args.resume and not (Path(args.checkpoint_dir) / "last.npz").exists():
@@ -262,7 +286,8 @@ def _run_train(args, argv):
     trainer = Trainer(model, optimizer, (data.x_train, data.y_train), batch_size=batch,
                       schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
                       validation=(data.x_val, data.y_val) if data.x_val is not None else None,
-                      test=(data.x_test, data.y_test), early_stopping=args.early_stopping,
+                      test=(data.x_test, data.y_test) if data.x_test is not None else None,
+                      early_stopping=args.early_stopping,
                       checkpoint_dir=args.checkpoint_dir, progress=progress,
                       clip_norm=args.clip_norm)
     if args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
@@ -280,17 +305,41 @@ def _run_train(args, argv):
     if trainer.stopped_early:
         print(f"early stopping after epoch {last['epoch']}: no {trainer.monitor} improvement "
               f"for {args.early_stopping} epochs")
-    if args.early_stopping:     # the best epoch's parameters are back: measure those
-        _, acc = model.evaluate(data.x_test, data.y_test)
+    if args.early_stopping:
         print(f"best {trainer.monitor} {trainer.best:.4g}: its parameters restored")
+    if data.x_test is None:     # nothing held out to measure accuracy on
+        result = f"final training loss {last['train_loss']:.4f}"
+    elif args.early_stopping:   # the best epoch's parameters are back: measure those
+        result = f"final test accuracy {100 * model.evaluate(data.x_test, data.y_test)[1]:.2f}%"
     else:
-        acc = last["test_acc"]
+        result = f"final test accuracy {100 * last['test_acc']:.2f}%"
     rate = sum(r["samples_per_s"] * r["train_time"] for r in history) / sum(r["train_time"] for r in history)
-    print(f"final test accuracy {100 * acc:.2f}%  |  training throughput {rate:,.0f} samples/s  |  "
+    print(f"{result}  |  training throughput {rate:,.0f} samples/s  |  "
           f"total {time.perf_counter() - t_start:.1f} s")
+    if args.save_model:
+        model.save(args.save_model)
+        print(f"model saved to {args.save_model}")
     if args.plot:
-        _plot_history(history, args.plot, f"{args.dataset}: {settings}")
+        _plot_history(history, args.plot, f"{data.name}: {settings}")
     return 0
+
+
+def _load_user_data(args):
+    """The --train (and --test) files as a datasets.Data; x_test is None without --test."""
+    from gdfast import datasets
+    x, y = datasets.load_file(args.train_file, args.label_column)
+    x_test = y_test = None
+    if args.test_file:
+        x_test, y_test = datasets.load_file(args.test_file, args.label_column)
+        if x_test.shape[1] != x.shape[1]:
+            raise datasets.DatasetError(f"{args.test_file} has {x_test.shape[1]} features but "
+                                        f"{args.train_file} has {x.shape[1]}")
+    data = datasets.Data(Path(args.train_file).name, str(args.train_file), x, y, x_test, y_test)
+    n_val = datasets._validation_count(args.validation, len(x))
+    if n_val:       # held out from the end, as datasets.load does
+        split = len(x) - n_val
+        data.x_val, data.y_val, data.x_train, data.y_train = x[split:], y[split:], x[:split], y[:split]
+    return data
 
 
 def _pyplot():
@@ -417,6 +466,59 @@ def _plot_trajectories(results, functions, path):
     print(f"trajectories saved to {path}")
 
 
+# -- gdfast evaluate -------------------------------------------------------------
+
+def _add_evaluate(p):
+    p.add_argument("model", metavar="MODEL",
+                   help="a model from gdfast train --save-model or MLP.save, or a checkpoint "
+                        "(last.npz, best.npz)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", choices=["mnist", "fashion-mnist"],
+                     help="evaluate on this data set's test split")
+    src.add_argument("--file", metavar="FILE", help="evaluate on your own .csv or .npz data")
+    p.add_argument("--data", metavar="DIR", help="directory holding the IDX files of --dataset")
+    p.add_argument("--label-column", metavar="NAME", default="label",
+                   help="the label column of a --file .csv (default label)")
+    p.add_argument("--predictions", metavar="CSV",
+                   help="write the predicted label of each example here (header: prediction)")
+
+
+def _run_evaluate(args, argv):
+    import gdfast
+    from gdfast import datasets
+    from gdfast.checkpoint import CheckpointError
+    if args.data and not args.dataset:
+        _fail("evaluate", "--data applies to --dataset")
+    try:
+        model = gdfast.MLP.load(args.model)
+    except (OSError, CheckpointError) as e:
+        _fail("evaluate", f"cannot load the model: {e}")
+    try:
+        if args.file:
+            x, y = datasets.load_file(args.file, args.label_column)
+        else:
+            data = datasets.load(args.dataset, args.data, download=False)
+            x, y = data.x_test, data.y_test
+    except (FileNotFoundError, datasets.DatasetError) as e:
+        _fail("evaluate", str(e))
+    name = args.file or f"{args.dataset} test"
+    if x.shape[1] != model.sizes[0]:
+        _fail("evaluate", f"{name} has {x.shape[1]} features but the model takes {model.sizes[0]}")
+    if y.max() >= model.sizes[-1]:
+        _fail("evaluate", f"{name} has label {int(y.max())} but the model has only "
+              f"{model.sizes[-1]} classes")
+    loss, acc = model.evaluate(x, y)
+    print(f"{name}: {len(x)} examples  loss {loss:.4f}  accuracy {100 * acc:.2f}%")
+    if args.predictions:
+        lines = ["prediction"] + [str(int(c)) for c in model.predict(x)]
+        try:
+            Path(args.predictions).write_text("\n".join(lines) + "\n")
+        except OSError as e:
+            _fail("evaluate", f"cannot write --predictions: {e}")
+        print(f"predictions saved to {args.predictions}")
+    return 0
+
+
 def _add_bench(p):
     from . import bench
     bench.add_arguments(p)
@@ -428,9 +530,11 @@ def _run_bench(args, argv):
 
 
 COMMANDS = {
-    "train": ("train an MLP on MNIST or Fashion-MNIST", _add_train, _run_train),
+    "train": ("train an MLP on MNIST, Fashion-MNIST or your own data", _add_train, _run_train),
     "optimizers": ("run the optimizers on 2-D test functions (and plot their paths)",
                    _add_optimizers, _run_optimizers),
+    "evaluate": ("measure a saved model's loss and accuracy (and write its predictions)",
+                 _add_evaluate, _run_evaluate),
     "bench": ("benchmark the kernels against NumPy (and PyTorch if installed)",
               _add_bench, _run_bench),
 }

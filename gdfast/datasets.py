@@ -12,6 +12,7 @@ accepted; downloaded files must also match the published MD5 checksums.
 When MNIST is neither found nor downloadable, a sample bundled with gdfast
 (17,196 train / 10,000 test images, gdfast/data/mnist/) is used instead.
 """
+import csv
 import gzip
 import hashlib
 import math
@@ -27,7 +28,7 @@ import numpy as np
 from .checkpoint import atomic_write
 
 __all__ = ["DatasetError", "Data", "load_mnist", "load_fashion_mnist", "load",
-           "read_idx", "fetch", "search_dirs", "DATASETS"]
+           "read_idx", "fetch", "search_dirs", "DATASETS", "load_file"]
 
 _ROWS = _COLS = 28
 _IDX_UBYTE = 0x08
@@ -341,3 +342,113 @@ def load_fashion_mnist(path=None, *, download=False, validation=0, progress=True
     """Fashion-MNIST (Zalando) clothing images: see `load`."""
     return load("fashion-mnist", path, download=download, validation=validation,
                 progress=progress)
+
+
+# -- a user's own data -----------------------------------------------------------
+
+def load_file(path, label_column="label"):
+    """(x, y) from a user's file: x float32 C-contiguous (n, d), y int64 (n,).
+
+    ``.npz``: arrays ``x`` (2-D features) and ``y`` (labels).
+    ``.csv``: a header row; the column named `label_column` holds the labels,
+    every other column is a feature. Labels must be whole numbers >= 0 and
+    features finite; anything else raises DatasetError naming the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        x, y = _read_npz(path)
+    elif suffix == ".csv":
+        x, y = _read_csv(path, label_column)
+    else:
+        raise DatasetError(f"{path}: expected a .npz or .csv file, got suffix {path.suffix!r}")
+    return _check_xy(path, x, y)
+
+
+def _read_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files)
+            if set(names) != {"x", "y"}:
+                raise DatasetError(f"{path}: expected arrays 'x' and 'y', found {names}")
+            x, y = f["x"], f["y"]
+    except (OSError, ValueError, zlib.error) as e:     # DatasetError is a ValueError too
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{path}: cannot read as .npz ({e.__class__.__name__}: {e})") from None
+    if x.ndim != 2:
+        raise DatasetError(f"{path}: x must be 2-D (examples, features), got shape {x.shape}")
+    if y.ndim != 1:
+        raise DatasetError(f"{path}: y must be 1-D (one label per example), got shape {y.shape}")
+    if len(x) != len(y):
+        raise DatasetError(f"{path}: x has {len(x)} rows but y has {len(y)} labels")
+    if x.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: x must be numeric, got dtype {x.dtype}")
+    if y.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: y must be numeric, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
+        bad = int(np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))[0])
+        raise DatasetError(f"{path}: labels must be whole numbers, y[{bad}] is {y[bad]!r}")
+    return x, y
+
+
+def _read_csv(path, label_column):
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
+    rows = [(i, r) for i, r in enumerate(rows, 1) if r]    # (line number, cells); blank lines skipped
+    if not rows:
+        raise DatasetError(f"{path}: empty file (expected a header row and data rows)")
+    (_, header), data = rows[0], rows[1:]
+    header = [h.strip() for h in header]
+    if label_column not in header:
+        raise DatasetError(f"{path}: no label column {label_column!r} in the header "
+                           f"(columns: {', '.join(header)})")
+    if len(header) < 2:
+        raise DatasetError(f"{path}: no feature columns besides {label_column!r}")
+    if not data:
+        raise DatasetError(f"{path}: no data rows after the header")
+    li = header.index(label_column)
+    x = np.empty((len(data), len(header) - 1), np.float64)
+    y = np.empty(len(data), np.int64)
+    for k, (line, cells) in enumerate(data):
+        if len(cells) != len(header):
+            raise DatasetError(f"{path}, line {line}: {len(cells)} cells, the header has {len(header)}")
+        values = []
+        for name, cell in zip(header, cells):
+            try:
+                values.append(float(cell))
+            except ValueError:
+                raise DatasetError(f"{path}, line {line}, column {name!r}: "
+                                   f"not a number: {cell!r}") from None
+        label = values.pop(li)
+        if not (math.isfinite(label) and label == int(label)):
+            raise DatasetError(f"{path}, line {line}, column {label_column!r}: "
+                               f"label must be a whole number, got {cells[li]!r}")
+        if label < 0:
+            raise DatasetError(f"{path}, line {line}, column {label_column!r}: "
+                               f"label must be >= 0, got {cells[li]!r}")
+        bad = [n for n, v in zip(header[:li] + header[li + 1:], values) if not math.isfinite(v)]
+        if bad:
+            raise DatasetError(f"{path}, line {line}, column {bad[0]!r}: feature is not finite")
+        x[k], y[k] = values, int(label)
+    return x, y
+
+
+def _check_xy(path, x, y):
+    if len(x) == 0:
+        raise DatasetError(f"{path}: no examples")
+    if x.shape[1] == 0:
+        raise DatasetError(f"{path}: no feature columns")
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x32)
+    if not finite.all():   # also a float64 beyond float32's range
+        row, col = (int(i) for i in np.argwhere(~finite)[0])
+        raise DatasetError(f"{path}: feature x[{row}, {col}] is not finite ({x[row, col]!r} "
+                           "as float32)")
+    if (y < 0).any():
+        bad = int(np.flatnonzero(y < 0)[0])
+        raise DatasetError(f"{path}: labels must be >= 0, y[{bad}] is {y[bad]!r}")
+    return x32, np.ascontiguousarray(y, dtype=np.int64)
