@@ -8,7 +8,7 @@ cdef extern from "mlp.h" nogil:
     ctypedef struct gd_mlp:
         int n_layers
         const gd_index *sizes
-        int hidden_act
+        const int *hidden_act
         int out_act
         int loss
     gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n)
@@ -35,7 +35,7 @@ cdef gd_index FORWARD_CHUNK = 1024
 cdef class MLPCore:
     """C state of an MLP: layer sizes, arena pointers and grown-on-demand buffers."""
     cdef gd_mlp net
-    cdef cnp.ndarray sizes, data, grad, ws, labels
+    cdef cnp.ndarray sizes, acts, data, grad, ws, labels
     cdef object params  # the Params arena: its buffers must stay data and grad
     cdef gd_index rows  # batch size the buffers currently hold
     cdef gd_index _n    # the checked batch (set by _prepare)
@@ -53,14 +53,19 @@ cdef class MLPCore:
         self.busy = True
         return 0
 
-    def __init__(self, sizes, str activation, str output_activation, str loss, params):
+    def __init__(self, sizes, activations, str output_activation, str loss, params):
+        # activations: one name per hidden layer (len(sizes) - 2 of them)
         self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
         self.params = params
         self.data = check_f32(params.data, "params.data", writeable=True)
         self.grad = check_f32(params.grad, "params.grad", writeable=True)
         self.net.n_layers = len(self.sizes) - 1
         self.net.sizes = <const gd_index *>cnp.PyArray_DATA(self.sizes)
-        self.net.hidden_act = ACTIVATIONS[activation]
+        self.acts = np.array([ACTIVATIONS[a] for a in activations], dtype=np.intc)
+        if len(self.acts) != self.net.n_layers - 1:
+            raise ValueError(f"activations must hold {self.net.n_layers - 1} names, one per "
+                             f"hidden layer, got {len(self.acts)}")
+        self.net.hidden_act = <const int *>cnp.PyArray_DATA(self.acts)
         self.net.out_act = ACTIVATIONS[output_activation]
         self.net.loss = LOSSES[loss]
         self.rows = 0

@@ -7,9 +7,11 @@ the MLP, grown for bigger batches and reused.
 
 Conventions:
 - W_l has shape (fan_in, fan_out), so a layer is act(X @ W_l + b_l).
-- Hidden layers use `activation`. The output layer is linear + softmax for
+- Hidden layers use `activation`: one name for all of them, or a list of one
+  name per hidden layer. The output layer is linear + softmax for
   loss="cross_entropy"; for loss="mse" it uses `output_activation`
-  (default: `activation`, as in Nielsen's MNIST network with sigmoid).
+  (default: `activation`, as in Nielsen's MNIST network with sigmoid; for a
+  list, its last name, or "identity" when there is no hidden layer).
 - Losses are means over the batch:
     cross_entropy  L = -(1/n) sum_i log softmax(z_i)[y_i]
     mse            L =  (1/n) sum_i 0.5 * ||a_i - onehot(y_i)||^2   (Nielsen's C)
@@ -19,12 +21,14 @@ Conventions:
   "normal" W ~ N(0, 1)/sqrt(fan_in) and b ~ N(0, 1) (Nielsen's default
   initializer). Biases are zero for "he" and "xavier".
 """
+import operator
+
 import numpy as np
 
 from . import _kernels
 from . import checkpoint as ckpt
 from .params import Params
-from .reference.mlp import activate
+from .reference.mlp import activate, default_output_activation, hidden_activations
 
 # Below this a float32 probability has lost its digits (or underflowed to 0):
 # evaluate takes such rows' log-probabilities from the exact float64 path.
@@ -46,11 +50,13 @@ class MLP:
     """A fully connected network: sizes[0] inputs, sizes[-1] outputs.
 
     sizes: layer widths, e.g. (784, 256, 128, 10).
-    activation: of the hidden layers, one of ACTIVATIONS.
+    activation: of the hidden layers, one of ACTIVATIONS, or a list of one
+        per hidden layer (len(sizes) - 2 names).
     loss: "cross_entropy" (softmax output, fused) or "mse" (0.5 ||a - y||^2).
     init: one of INITS (see the module docstring); seed makes it reproducible.
     output_activation: the output layer's activation with loss="mse" only
-        (default: `activation`); cross-entropy always uses softmax.
+        (default: `activation`, or the last of a list); cross-entropy always
+        uses softmax.
     The weights and biases are views into `params` (a gdfast.Params), the
     arena an optimizer updates: ``gdfast.Adam(model.params, lr=1e-3)``.
     """
@@ -61,8 +67,7 @@ class MLP:
         if len(sizes) < 2 or any(int(s) != s or s < 1 for s in sizes):
             raise ValueError(f"sizes must be at least two positive integers, got {sizes}")
         sizes = [int(s) for s in sizes]
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        acts = _check_activation(activation, len(sizes) - 2)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if init not in INITS:
@@ -75,14 +80,15 @@ class MLP:
                 raise ValueError(f"output_activation must be one of {ACTIVATIONS}, "
                                  f"got {output_activation!r}")
         self.sizes = sizes
-        self.activation = activation
+        # a list is kept as a list (a tuple too), so configs compare equal after a round trip
+        self.activation = activation if isinstance(activation, str) else list(activation)
+        self._acts = acts
         self.loss = loss
-        self.output_activation = output_activation or activation
+        self.output_activation = output_activation or default_output_activation(activation)
         self.init, self.seed = init, seed
         self.params = Params(_shapes(sizes))
         self._init(init, seed)
-        self._core = _kernels.MLPCore(sizes, activation, self.output_activation, loss,
-                                      self.params)
+        self._core = _kernels.MLPCore(sizes, acts, self.output_activation, loss, self.params)
 
     def _init(self, init, seed):
         rng = np.random.default_rng(seed)
@@ -157,7 +163,7 @@ class MLP:
         a = np.asarray(x, np.float64)
         for l in range(1, len(self.sizes)):
             z = a @ self.params[f"w{l}"].astype(np.float64) + self.params[f"b{l}"]
-            a = z if l == self.n_layers else activate(self.activation, z)
+            a = z if l == self.n_layers else activate(self._acts[l - 1], z)
         return log_softmax(a)
 
     # -- saving and loading ---------------------------------------------------
@@ -184,8 +190,11 @@ class MLP:
         init and seed are taken from `state` when it has them."""
         config, params = _check_state(state)
         mine = self.state_dict()["config"]
+        # "relu" and ["relu", "relu"] are the same layers
+        same = {"activation": lambda a, b: hidden_activations(a, self.n_layers - 1)
+                == hidden_activations(b, self.n_layers - 1)}
         diff = [f"{k}: file {config[k]!r}, this model {mine[k]!r}"
-                for k in _ARCH if config[k] != mine[k]]
+                for k in _ARCH if not same.get(k, operator.eq)(config[k], mine[k])]
         if diff:
             raise ValueError(f"state is for a different model ({'; '.join(diff)})")
         params = _check_params(params, _shapes(self.sizes))
@@ -234,6 +243,22 @@ def _shapes(sizes):
     return shapes
 
 
+def _check_activation(activation, n_hidden, name="activation"):
+    """The hidden layers' activation names, from one name or a list of n_hidden."""
+    if isinstance(activation, str) or not isinstance(activation, (list, tuple)):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{name} must be one of {ACTIVATIONS} or a list of them, "
+                             f"got {activation!r}")
+        return [activation] * n_hidden
+    if len(activation) != n_hidden:
+        raise ValueError(f"{name} must be one name or a list of {n_hidden} (one per hidden "
+                         f"layer), got {len(activation)} names")
+    for i, a in enumerate(activation):
+        if a not in ACTIVATIONS:
+            raise ValueError(f"{name}[{i}] must be one of {ACTIVATIONS}, got {a!r}")
+    return list(activation)
+
+
 def _is_trainer(state):
     return isinstance(state, dict) and "format" not in state and \
         all(k in state for k in ("params", "layout", "model"))
@@ -273,8 +298,8 @@ def _check_state(state):
             isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
             for s in sizes):
         raise ValueError(f"config 'sizes' must be at least two positive integers, got {sizes!r}")
-    for k, allowed in (("activation", ACTIVATIONS), ("output_activation", ACTIVATIONS),
-                       ("loss", LOSSES)):
+    _check_activation(config["activation"], len(sizes) - 2, "config 'activation'")
+    for k, allowed in (("output_activation", ACTIVATIONS), ("loss", LOSSES)):
         if config[k] not in allowed:
             raise ValueError(f"config {k!r} must be one of {allowed}, got {config[k]!r}")
     if "init" in config and config["init"] not in INITS:

@@ -66,8 +66,8 @@ static int forward_layers(const gd_mlp *net, const float *params, const float *x
     for (int l = 1; l <= net->n_layers; l++) {
         gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
         float *out = act_buf(net, ws, n, l);
-        gd_epilogue ep = {params + b_offset(net, l),
-                          l == net->n_layers ? out_act(net) : net->hidden_act, NULL, 0, 0, NULL};
+        int act = l == net->n_layers ? out_act(net) : net->hidden_act[l - 1];
+        gd_epilogue ep = {params + b_offset(net, l), act, NULL, 0, 0, NULL};
         if (gdfast_sgemm(0, 0, n, fo, fi, 1.0f, in, fi, params + w_offset(net, l), fo,
                          0.0f, out, fo, &ep) != 0)
             return -1;
@@ -162,7 +162,8 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
         const float *in = act_buf(net, ws, n, l - 1);
         float *db = grads + b_offset(net, l - 1);
         memset(db, 0, (size_t)fi * sizeof(float));
-        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, in, fi, net->hidden_act, db};
+        /* act' of layer l - 1, whose output `in` is */
+        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, in, fi, net->hidden_act[l - 2], db};
         if (gdfast_sgemm(0, 1, n, fi, fo, 1.0f, dz_buf(net, ws, n, l), fo,
                          params + w_offset(net, l), fo, 0.0f, dz_buf(net, ws, n, l - 1), fi,
                          &ep) != 0)

@@ -2,7 +2,7 @@
  *
  * Layers l = 1..L map sizes[l-1] -> sizes[l]. The arena holds, in order,
  * w1 (sizes[0] x sizes[1], row-major, so Z = X @ W + b), b1, w2, b2, ...
- * Hidden layers use `hidden_act`. The output layer is linear + softmax for
+ * Hidden layer l (1..L-1) uses hidden_act[l-1]. The output layer is linear + softmax for
  * GD_LOSS_CROSS_ENTROPY, and `out_act` for GD_LOSS_MSE.
  *
  * Losses are means over the batch of n rows:
@@ -21,7 +21,7 @@ enum { GD_LOSS_CROSS_ENTROPY = 0, GD_LOSS_MSE = 1 };
 typedef struct {
     int n_layers;          /* L */
     const gd_index *sizes; /* L + 1 entries */
-    int hidden_act;        /* GD_ACT_* */
+    const int *hidden_act; /* GD_ACT_*, one per hidden layer: L - 1 entries */
     int out_act;           /* GD_ACT_*, MSE only */
     int loss;              /* GD_LOSS_* */
 } gd_mlp;

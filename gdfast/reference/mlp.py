@@ -4,9 +4,10 @@ Works in any float dtype (float64 for gradient checks). Parameters are a dict
 {"w1": (fan_in, fan_out), "b1": (fan_out,), ...}; forward is X @ W + b.
 
 Conventions (shared with the C kernels):
-- hidden layers use `activation`; the output layer is linear + softmax for
-  loss="cross_entropy", and `output_activation` (default: `activation`, as in
-  Nielsen's network) for loss="mse";
+- hidden layers use `activation`: one name for all, or a list of one name per
+  hidden layer; the output layer is linear + softmax for loss="cross_entropy",
+  and `output_activation` for loss="mse" (default: `activation`, as in
+  Nielsen's network; for a list, its last name, "identity" if it is empty);
 - cross-entropy  L = -(1/n) sum_i sum_j t_ij log softmax(z_i)_j
 - quadratic      L =  (1/n) sum_i 0.5 * ||a_i - t_i||^2
   where t is one-hot of integer labels, or a given (n, n_out) target array.
@@ -39,6 +40,18 @@ def activation_grad(name, a):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def hidden_activations(activation, n_hidden):
+    """One activation name per hidden layer, from one name or a list of them."""
+    return [activation] * n_hidden if isinstance(activation, str) else list(activation)
+
+
+def default_output_activation(activation):
+    """The mse output activation when none is given (see the module docstring)."""
+    if isinstance(activation, str):
+        return activation
+    return activation[-1] if len(activation) else "identity"
+
+
 def targets_of(y, n_out, dtype):
     """One-hot rows for integer labels; float targets pass through."""
     y = np.asarray(y)
@@ -59,8 +72,9 @@ class MLP:
                  params=None, dtype=np.float64):
         self.sizes = list(sizes)
         self.activation = activation
+        self.activations = hidden_activations(activation, len(self.sizes) - 2)
         self.loss = loss
-        self.output_activation = output_activation or activation
+        self.output_activation = output_activation or default_output_activation(activation)
         self.dtype = dtype
         self.params = {}
         for l in range(1, len(self.sizes)):
@@ -80,7 +94,7 @@ class MLP:
         for l in range(1, self.n_layers + 1):
             z = acts[-1] @ self.params[f"w{l}"] + self.params[f"b{l}"]
             if l < self.n_layers:
-                acts.append(activate(self.activation, z))
+                acts.append(activate(self.activations[l - 1], z))
             elif self.loss == "cross_entropy":
                 acts.append(z)
             else:
@@ -111,5 +125,6 @@ class MLP:
             grads[f"w{l}"] = acts[l - 1].T @ dz
             grads[f"b{l}"] = dz.sum(axis=0)
             if l > 1:
-                dz = (dz @ self.params[f"w{l}"].T) * activation_grad(self.activation, acts[l - 1])
+                dz = (dz @ self.params[f"w{l}"].T) * activation_grad(self.activations[l - 2],
+                                                                     acts[l - 1])
         return float(loss), grads
