@@ -139,7 +139,7 @@ def test_other_checkpoint_and_random_npz_refused(tmp_path):
 def test_tampered_config_is_a_checkpoint_error(tmp_path):
     state = gdfast.MLP([4, 3, 2]).state_dict()
     for config in ({**state["config"], "sizes": "abc"}, {**state["config"], "sizes": [4, [3], 2]},
-                   {**state["config"], "activation": ["relu"]}, {**state["config"], "seed": 1.5}):
+                   {**state["config"], "activation": ["relu", "relu"]}, {**state["config"], "seed": 1.5}):
         checkpoint.save(tmp_path / "t.npz", {**state, "config": config})
         with pytest.raises(checkpoint.CheckpointError, match="t.npz"):
             gdfast.MLP.load(tmp_path / "t.npz")
