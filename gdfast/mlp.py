@@ -21,8 +21,6 @@ Conventions:
   "normal" W ~ N(0, 1)/sqrt(fan_in) and b ~ N(0, 1) (Nielsen's default
   initializer). Biases are zero for "he" and "xavier".
 """
-import operator
-
 import numpy as np
 
 from . import _kernels
@@ -190,11 +188,11 @@ class MLP:
         init and seed are taken from `state` when it has them."""
         config, params = _check_state(state)
         mine = self.state_dict()["config"]
-        # "relu" and ["relu", "relu"] are the same layers
-        same = {"activation": lambda a, b: hidden_activations(a, self.n_layers - 1)
-                == hidden_activations(b, self.n_layers - 1)}
+
+        def arch(c, k):  # "relu" and ["relu", "relu"] are the same layers
+            return hidden_activations(c[k], self.n_layers - 1) if k == "activation" else c[k]
         diff = [f"{k}: file {config[k]!r}, this model {mine[k]!r}"
-                for k in _ARCH if not same.get(k, operator.eq)(config[k], mine[k])]
+                for k in _ARCH if arch(config, k) != arch(mine, k)]
         if diff:
             raise ValueError(f"state is for a different model ({'; '.join(diff)})")
         params = _check_params(params, _shapes(self.sizes))
