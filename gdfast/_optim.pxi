@@ -240,6 +240,11 @@ cdef class _OptimCore:
                 raise ValueError(f"params[{spans[k - 1][2]}] and params[{spans[k][2]}] share "
                                  f"memory; each parameter must be passed once")
         self._nspans = len(spans)
+        # _bind runs again after add_param_group: free the previous spans
+        free(self._plo)
+        free(self._phi)
+        self._plo = NULL
+        self._phi = NULL
         self._plo = <uintptr_t *>malloc(max(n, 1) * sizeof(uintptr_t))
         self._phi = <uintptr_t *>malloc(max(n, 1) * sizeof(uintptr_t))
         if self._plo == NULL or self._phi == NULL:
