@@ -217,7 +217,9 @@ class Optimizer(_kernels._OptimCore):
         type(self).__new__(type(self))._build(raw, self.defaults)
         groups, step, started = self.param_groups, self._step, list(self._momentum_started)
         state = {key: {k: v.copy() for k, v in bufs.items()} for key, bufs in self._state.items()}
-        self._build(raw, self.defaults)
+        defaults = self.defaults
+        self._build(raw, defaults)
+        self.defaults = defaults
         for key, bufs in state.items():
             for name, v in bufs.items():
                 self._state[key][name][...] = v
