@@ -239,11 +239,15 @@ cdef class _OptimCore:
             if spans[k][0] < spans[k - 1][0] + spans[k - 1][1]:
                 raise ValueError(f"params[{spans[k - 1][2]}] and params[{spans[k][2]}] share "
                                  f"memory; each parameter must be passed once")
-        self._nspans = len(spans)
+        # _bind runs again after add_param_group: free the previous spans
+        free(self._plo)
+        free(self._phi)
+        self._nspans = 0
         self._plo = <uintptr_t *>malloc(max(n, 1) * sizeof(uintptr_t))
         self._phi = <uintptr_t *>malloc(max(n, 1) * sizeof(uintptr_t))
         if self._plo == NULL or self._phi == NULL:
             raise MemoryError()
+        self._nspans = len(spans)
         for k in range(self._nspans):
             self._plo[k] = spans[k][0]
             self._phi[k] = spans[k][0] + spans[k][1]

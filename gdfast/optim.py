@@ -40,6 +40,9 @@ class Optimizer(_kernels._OptimCore):
     _slots = ()         # names of the state buffers s0, s1, s2 (PyTorch's keys)
 
     def __init__(self, params, defaults, groups=None):
+        self._build(params, defaults, groups)
+
+    def _build(self, params, defaults, groups=None):
         self.defaults = dict(defaults)
         arena, entries, param_groups = self._parse(params, groups)
         self._arena_ref = arena
@@ -167,6 +170,63 @@ class Optimizer(_kernels._OptimCore):
                 b[seg_off:seg_off + n] if b is not None else None for b in bufs) + (gi,)
             offset += size
         return segments, [(seg[0], off) for seg, (off, _, _) in zip(segments, info)]
+
+    def add_param_group(self, param_group):
+        """Add {"params": [arrays], option: value, ...} as a new group (list mode).
+
+        Validated like the constructor (changes nothing on error); missing
+        options come from defaults; the new tensors get fresh state (zeros, or
+        initial_accumulator_value for Adagrad), also a state buffer the
+        optimizer did not need before; the old tensors keep theirs bit for bit.
+        The step count is global: bias correction (Adam, AdamW) and lr_decay
+        (Adagrad) of the new tensors use the optimizer's step count, not one
+        restarted at the group's first step as PyTorch's per-tensor step does.
+        An SGD group starts its momentum buffer at its own first step."""
+        if self._arena_params() is not None:
+            raise TypeError("add_param_group: an optimizer over a Params arena already has "
+                            "every tensor of the arena in a group; its tensors are fixed at "
+                            "construction (use groups=)")
+        if getattr(self, "_lookahead", False):
+            raise TypeError("add_param_group: this optimizer is wrapped by a Lookahead, whose "
+                            "slow weights cover only the tensors it had; add groups before "
+                            "wrapping it")
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        arrays = param_group.get("params")
+        if isinstance(arrays, np.ndarray):
+            arrays = [arrays]
+        if not isinstance(arrays, (list, tuple)) or len(arrays) == 0:
+            raise ValueError("param_group must have a non-empty 'params' list")
+        old = self._all_params()
+        for i, a in enumerate(arrays):
+            _kernels.check_float32(a, f"param_group['params'][{i}]", True)
+            for j, b in enumerate(old):
+                if a is b:
+                    raise ValueError(f"param_group['params'][{i}] is already in a param group "
+                                     f"(params[{j}]); each parameter belongs to one group")
+                if a.size and b.size and np.may_share_memory(a, b):
+                    raise ValueError(f"param_group['params'][{i}] shares memory with "
+                                     f"params[{j}]; each parameter must be passed once")
+            for j, b in enumerate(arrays[:i]):
+                if a.size and b.size and np.may_share_memory(a, b):
+                    raise ValueError(f"param_group['params'][{j}] and [{i}] share memory; "
+                                     f"each parameter must be passed once")
+        raw = [dict(g) for g in self.param_groups] + [dict(param_group, params=list(arrays))]
+        # a throwaway optimizer validates everything (options, hyperparameters)
+        # before this one changes
+        type(self).__new__(type(self))._build(raw, self.defaults)
+        groups, step, started = self.param_groups, self._step, list(self._momentum_started)
+        state = {key: {k: v.copy() for k, v in bufs.items()} for key, bufs in self._state.items()}
+        defaults = self.defaults
+        self._build(raw, defaults)
+        self.defaults = defaults
+        for key, bufs in state.items():
+            for name, v in bufs.items():
+                self._state[key][name][...] = v
+        groups.append(self.param_groups[-1])  # keep the user's list and dicts
+        self.param_groups = groups
+        self._step = step
+        self._momentum_started = started + [False]
 
     # ---- state ----
 
@@ -517,6 +577,7 @@ class Lookahead:
         _check_k(k)
         _check_alpha(alpha)
         self.optimizer = optimizer
+        optimizer._lookahead = True  # its add_param_group would bypass the slow weights
         self._k = int(k)
         self._alpha = float(alpha)
         self._count = 0
@@ -555,6 +616,12 @@ class Lookahead:
     @property
     def param_groups(self):
         return self.optimizer.param_groups
+
+    def add_param_group(self, param_group):
+        """Refused: the slow weights are fixed at construction; add groups to the
+        inner optimizer before wrapping it."""
+        raise TypeError("Lookahead.add_param_group: the slow weights cover the tensors the "
+                        "inner optimizer had when wrapped; add groups before wrapping it")
 
     def step(self, grads=None, max_grad_norm=None):
         if not self._stepping.acquire(blocking=False):
