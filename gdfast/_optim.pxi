@@ -204,6 +204,11 @@ cdef class _OptimCore:
         self._phi = NULL
         self._busy = False
 
+    @property
+    def _in_step(self):
+        """True from the start of a step until its GIL-free update is done."""
+        return self._busy
+
     cdef int _enter(self) except -1:
         if self._busy:
             raise RuntimeError("optimizer is already stepping in another thread; "
@@ -218,6 +223,8 @@ cdef class _OptimCore:
     def _bind(self, str kind, bint decoupled, object arena, list segments, int states):
         """Cache the plan: segments [(p, g or None, s0, s1, s2, group)] checked by the caller."""
         cdef Py_ssize_t k, n = len(segments)
+        if self._busy:  # add_param_group while another thread steps on the old plan
+            raise RuntimeError("optimizer is stepping in another thread; add groups between steps")
         self._kind = OPTIM_KINDS[kind]
         self._decoupled = decoupled
         self._states = states

@@ -190,6 +190,9 @@ class Optimizer(_kernels._OptimCore):
             raise TypeError("add_param_group: this optimizer is wrapped by a Lookahead, whose "
                             "slow weights cover only the tensors it had; add groups before "
                             "wrapping it")
+        if self._in_step:  # the running step still uses the plan a rebuild would free
+            raise RuntimeError("add_param_group: the optimizer is stepping in another thread; "
+                               "add groups between steps")
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         arrays = param_group.get("params")

@@ -193,3 +193,16 @@ def test_repeated_add_does_not_leak_the_span_tables():
     for _ in range(40):
         opt.add_param_group({"params": [np.zeros(1, np.float32)]})
     assert rss() - before < 1_000_000
+
+
+def test_in_step_is_true_while_a_step_holds_the_plan():
+    # add_param_group refuses to rebuild the plan while _in_step (a step in
+    # another thread, or a fused MLP step between _begin_step and _end_step)
+    arena = gdfast.Params({"w": (4,)})
+    fused = gdfast.SGD(arena, lr=0.1)
+    fused._begin_step(arena)
+    try:
+        assert fused._in_step
+    finally:
+        fused._end_step(False)
+    assert not fused._in_step
