@@ -6,10 +6,7 @@ import pytest
 
 import gdfast
 from gdfast.reference import optim as ref_optim
-from gdfast.reference.mlp import MLP as RefMLP
-
-ACTS = ["identity", "relu", "sigmoid", "tanh"]
-LOSSES = ["cross_entropy", "mse"]
+from test_mlp import ACTS, LOSSES, batch, reference_of
 # 2 to 4 hidden layers; together every activation appears at every depth
 ACT_LISTS = [["relu", "tanh"], ["sigmoid", "identity"], ["tanh", "relu", "sigmoid"],
              ["identity", "sigmoid", "relu", "tanh"], ["relu", "identity", "tanh", "sigmoid"]]
@@ -17,16 +14,6 @@ ACT_LISTS = [["relu", "tanh"], ["sigmoid", "identity"], ["tanh", "relu", "sigmoi
 
 def sizes_for(acts):
     return [13] + [11 - i for i in range(len(acts))] + [5]
-
-
-def reference_of(net, dtype=np.float64):
-    params = {name: net.params[name] for name in net.params}
-    return RefMLP(net.sizes, net.activation, net.loss, net.output_activation, params, dtype)
-
-
-def batch(rng, n, sizes):
-    x = rng.standard_normal((n, sizes[0])).astype(np.float32)
-    return x, rng.integers(0, sizes[-1], n)
 
 
 @pytest.mark.parametrize("n", [1, 2, 29])
@@ -76,32 +63,6 @@ def test_train_step_equals_reference_mlp_and_optimizer(acts, loss):
     for name in names:
         np.testing.assert_allclose(net.params[name], ref.params[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
-
-
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("acts", [["tanh", "sigmoid"], ["sigmoid", "identity", "tanh"],
-                                  ["relu", "tanh", "identity", "sigmoid"]], ids="-".join)
-def test_reference_gradients_match_finite_differences(acts, loss):
-    rng = np.random.default_rng(0)
-    sizes = [4] + [3] * len(acts) + [3]
-    ref = RefMLP(sizes, acts, loss)
-    for p in ref.params.values():
-        p[...] = rng.standard_normal(p.shape)
-    x, y = batch(rng, 5, sizes)
-    x = x.astype(np.float64) + 0.1  # keep ReLU inputs away from the kink
-    _, grads = ref.loss_and_grad(x, y)
-    h = 1e-6
-    for name, p in ref.params.items():
-        numeric = np.zeros_like(p)
-        for idx in np.ndindex(p.shape):
-            old = p[idx]
-            p[idx] = old + h
-            up, _ = ref.loss_and_grad(x, y)
-            p[idx] = old - h
-            down, _ = ref.loss_and_grad(x, y)
-            p[idx] = old
-            numeric[idx] = (up - down) / (2 * h)
-        np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_one_and_two_threads_agree_bitwise():

@@ -25,10 +25,11 @@ def batch(rng, n, sizes, targets=False):
 
 @pytest.mark.parametrize("targets", [False, True])
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", ACTS + [["tanh", "sigmoid"], ["sigmoid", "identity", "tanh"],
+                                        ["relu", "tanh", "identity", "sigmoid"]], ids=str)
 def test_reference_gradients_match_finite_differences(act, loss, targets):
     rng = np.random.default_rng(0)
-    sizes = [5, 4, 3, 3]
+    sizes = [5, 4, 3, 3] if isinstance(act, str) else [5] + [4] * len(act) + [3]
     ref = RefMLP(sizes, act, loss)
     for name, p in ref.params.items():
         p[...] = rng.standard_normal(p.shape)
