@@ -26,7 +26,7 @@ import numpy as np
 from . import _kernels
 from . import checkpoint as ckpt
 from .params import Params
-from .reference.mlp import activate, default_output_activation, hidden_activations
+from .reference.mlp import MLP as _ReferenceMLP, default_output_activation, hidden_activations
 
 # Below this a float32 probability has lost its digits (or underflowed to 0):
 # evaluate takes such rows' log-probabilities from the exact float64 path.
@@ -80,7 +80,6 @@ class MLP:
         self.sizes = sizes
         # a list is kept as a list (a tuple too), so configs compare equal after a round trip
         self.activation = activation if isinstance(activation, str) else list(activation)
-        self._acts = acts
         self.loss = loss
         self.output_activation = output_activation or default_output_activation(activation)
         self.init, self.seed = init, seed
@@ -158,11 +157,9 @@ class MLP:
     def _log_probs(self, x):
         """Exact float64 log-softmax of the logits of x (NumPy; for the rare rows
         whose float32 probabilities underflow)."""
-        a = np.asarray(x, np.float64)
-        for l in range(1, len(self.sizes)):
-            z = a @ self.params[f"w{l}"].astype(np.float64) + self.params[f"b{l}"]
-            a = z if l == self.n_layers else activate(self._acts[l - 1], z)
-        return log_softmax(a)
+        ref = _ReferenceMLP(self.sizes, self.activation, self.loss, self.output_activation,
+                            dict(self.params.items()))
+        return log_softmax(ref._forward(x)[-1])
 
     # -- saving and loading ---------------------------------------------------
 
