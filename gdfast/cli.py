@@ -335,11 +335,7 @@ def _load_user_data(args):
             raise datasets.DatasetError(f"{args.test_file} has {x_test.shape[1]} features but "
                                         f"{args.train_file} has {x.shape[1]}")
     data = datasets.Data(Path(args.train_file).name, str(args.train_file), x, y, x_test, y_test)
-    n_val = datasets._validation_count(args.validation, len(x))
-    if n_val:       # held out from the end, as datasets.load does
-        split = len(x) - n_val
-        data.x_val, data.y_val, data.x_train, data.y_train = x[split:], y[split:], x[:split], y[:split]
-    return data
+    return data.hold_out(args.validation)
 
 
 def _pyplot():

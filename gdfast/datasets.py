@@ -84,10 +84,21 @@ class Data:
     x_val: np.ndarray = field(default=None)
     y_val: np.ndarray = field(default=None)
 
+    def hold_out(self, validation):
+        """Move the last training examples (in file order) to the validation
+        split: `validation` is 0 for none, a count, or a fraction in (0, 1)."""
+        n_val = _validation_count(validation, len(self.x_train))
+        if n_val:
+            split = len(self.x_train) - n_val
+            self.x_val, self.y_val = self.x_train[split:], self.y_train[split:]
+            self.x_train, self.y_train = self.x_train[:split], self.y_train[:split]
+        return self
+
     def __repr__(self):
         val = 0 if self.x_val is None else len(self.x_val)
+        test = 0 if self.x_test is None else len(self.x_test)
         return (f"Data({self.name!r}, train={len(self.x_train)}, val={val}, "
-                f"test={len(self.x_test)}, source={self.source!r})")
+                f"test={test}, source={self.source!r})")
 
 
 # -- IDX ----------------------------------------------------------------------
@@ -325,12 +336,7 @@ def load(name, path=None, *, download=False, validation=0, progress=True, opener
     x_train, y_train = _read_pair(found["train_images"], found["train_labels"], spec.classes)
     x_test, y_test = _read_pair(found["test_images"], found["test_labels"], spec.classes)
     data = Data(name, source or str(found["train_images"].parent), x_train, y_train, x_test, y_test)
-    n_val = _validation_count(validation, len(x_train))
-    if n_val:
-        split = len(x_train) - n_val
-        data.x_val, data.y_val = x_train[split:], y_train[split:]
-        data.x_train, data.y_train = x_train[:split], y_train[:split]
-    return data
+    return data.hold_out(validation)
 
 
 def load_mnist(path=None, *, download=False, validation=0, progress=True):

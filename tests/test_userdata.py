@@ -207,3 +207,10 @@ def test_evaluate_unwritable_predictions(trained, tmp_path, capsys):
         cli.main(["evaluate", str(model_path), "--file", str(test),
                   "--predictions", str(tmp_path / "no-such-dir" / "p.csv")])
     assert e.value.code == 2 and "cannot write --predictions" in capsys.readouterr().err
+
+
+def test_user_data_without_test_split_has_a_repr_and_holds_out_validation():
+    x, y = np.zeros((10, 3), np.float32), np.arange(10) % 2
+    data = datasets.Data("mine", "mine.csv", x, y, None, None).hold_out(0.2)
+    assert len(data.x_train) == 8 and list(data.y_val) == [0, 1]
+    assert "test=0" in repr(data)
