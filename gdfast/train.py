@@ -213,9 +213,10 @@ class Trainer:
         if isinstance(schedule, ReduceOnPlateau):
             schedule.step(record[self.monitor])
         if self.checkpoint_dir is not None:
-            self.save_checkpoint(self._ckpt_path("last"))
-            if improved:    # the same state; last_checkpoint stays last.npz, the one to resume
-                ckpt.save(self._ckpt_path("best"), self.state_dict())
+            state = self.state_dict()   # copies every array: taken once for both files
+            self.last_checkpoint = ckpt.save(self._ckpt_path("last"), state)
+            if improved:    # last_checkpoint stays last.npz, the one to resume
+                ckpt.save(self._ckpt_path("best"), state)
             self.save_history(self.checkpoint_dir / "history")
         if progress:
             progress.on_epoch_end(record)
