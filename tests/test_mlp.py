@@ -23,6 +23,19 @@ def batch(rng, n, sizes, targets=False):
     return x, rng.integers(0, sizes[-1], n).astype(np.int32)
 
 
+def assert_matches_reference(net, x, y):
+    """Forward, loss and every gradient of the C MLP against its NumPy twin."""
+    ref = reference_of(net)
+    np.testing.assert_allclose(net.forward(x), ref.forward(x), rtol=1e-4, atol=1e-6)
+    loss_c = net.loss_and_grad(x, y)
+    loss_r, grads = ref.loss_and_grad(x, y)
+    assert loss_c == pytest.approx(loss_r, rel=1e-5)
+    for name in net.params:
+        scale = np.abs(grads[name]).max() + 1e-12
+        np.testing.assert_allclose(net.params.grad_of(name) / scale, grads[name] / scale,
+                                   atol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("targets", [False, True])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("act", ACTS + [["tanh", "sigmoid"], ["sigmoid", "identity", "tanh"],
@@ -57,16 +70,8 @@ def test_reference_gradients_match_finite_differences(act, loss, targets):
 def test_c_mlp_matches_reference(simd, act, loss, targets, n):
     rng = np.random.default_rng(1)
     net = gdfast.MLP([30, 23, 17, 7], activation=act, loss=loss, init="xavier", seed=2)
-    ref = reference_of(net)
     x, y = batch(rng, n, net.sizes, targets)
-    np.testing.assert_allclose(net.forward(x), ref.forward(x), rtol=1e-4, atol=1e-6)
-    loss_c = net.loss_and_grad(x, y)
-    loss_r, grads = ref.loss_and_grad(x, y)
-    assert loss_c == pytest.approx(loss_r, rel=1e-5)
-    for name in net.params:
-        scale = np.abs(grads[name]).max() + 1e-12
-        np.testing.assert_allclose(net.params.grad_of(name) / scale, grads[name] / scale,
-                                   atol=1e-5, err_msg=name)
+    assert_matches_reference(net, x, y)
 
 
 def test_mnist_sized_network_matches_reference():
