@@ -6,7 +6,7 @@ import pytest
 
 import gdfast
 from gdfast.reference import optim as ref_optim
-from test_mlp import ACTS, LOSSES, assert_matches_reference, batch, reference_of
+from test_mlp import LOSSES, assert_matches_reference, batch, reference_of
 # 2 to 4 hidden layers; together every activation appears at every depth
 ACT_LISTS = [["relu", "tanh"], ["sigmoid", "identity"], ["tanh", "relu", "sigmoid"],
              ["identity", "sigmoid", "relu", "tanh"], ["relu", "identity", "tanh", "sigmoid"]]
@@ -55,22 +55,6 @@ def test_train_step_equals_reference_mlp_and_optimizer(acts, loss):
     for name in names:
         np.testing.assert_allclose(net.params[name], ref.params[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
-
-
-def test_one_and_two_threads_agree_bitwise():
-    rng = np.random.default_rng(5)
-    net = gdfast.MLP([784, 256, 128, 10], activation=["relu", "tanh"], seed=6)
-    x, y = batch(rng, 96, net.sizes)
-    before = gdfast.get_num_threads()
-    try:
-        gdfast.set_num_threads(1)
-        l1, g1 = net.loss_and_grad(x, y), net.params.grad.copy()
-        gdfast.set_num_threads(2)
-        l2, g2 = net.loss_and_grad(x, y), net.params.grad.copy()
-    finally:
-        gdfast.set_num_threads(before)
-    assert l1 == l2
-    np.testing.assert_array_equal(g1, g2)
 
 
 def test_mse_output_activation_defaults_and_identity_regression():

@@ -89,9 +89,10 @@ def test_mnist_sized_network_matches_reference():
                                    atol=1e-5, err_msg=name)
 
 
-def test_one_and_two_threads_agree_bitwise():
+@pytest.mark.parametrize("act", ["relu", ["relu", "tanh"]], ids=str)
+def test_one_and_two_threads_agree_bitwise(act):
     rng = np.random.default_rng(5)
-    net = gdfast.MLP([784, 256, 128, 10], seed=6)
+    net = gdfast.MLP([784, 256, 128, 10], activation=act, seed=6)
     x, y = batch(rng, 96, net.sizes)
     before = gdfast.get_num_threads()
     try:
