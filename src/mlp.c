@@ -19,9 +19,6 @@
 #include "mlp.h"
 #include "gemm.h"
 #include "optim.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* The work space holds A_1..A_L, then dZ_1..dZ_L in the same layout. */
 gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n) {
@@ -219,6 +216,26 @@ static void fused_range(const gd_mlp *net, float *params, const float *x, float 
     }
 }
 
+typedef struct {
+    const gd_mlp *net;
+    float *params;
+    const float *x;
+    float *ws;
+    const gd_plan *plan;
+    gd_index total;
+    int chunks;
+} fused_pass;
+
+/* Chunks [c0, c1) of the fused pass over the arena, cut as an optimizer pass is. */
+static int fused_chunks(void *ctx, gd_index c0, gd_index c1) {
+    fused_pass *f = ctx;
+    gd_index lo, hi, unused;
+    gdfast_optim_split(f->total, f->chunks, (int)c0, &lo, &unused);
+    gdfast_optim_split(f->total, f->chunks, (int)c1 - 1, &unused, &hi);
+    fused_range(f->net, f->params, f->x, f->ws, f->plan, lo, hi);
+    return 0;
+}
+
 /* Whether position pos of the arena starts a tensor (or ends the last). */
 static int tensor_edge(const gd_mlp *net, gd_index pos) {
     for (int l = 1; l <= net->n_layers + 1; l++)
@@ -283,21 +300,10 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
     if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
     if (plan->max_norm > 0.0) plan->norm = outer_grad_norm(net, x, ws);
     gdfast_optim_begin_pieces(plan);
-    int nt = gdfast_threads_for(total, gdfast_optim_grain(plan));
-    if (nt <= 1) {
-        fused_range(net, params, x, ws, plan, 0, total);
-        return 0;
-    }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        unsigned fp = gd_fpmode_enter();
-        gd_index lo, hi;
-        gdfast_optim_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-        fused_range(net, params, x, ws, plan, lo, hi);
-        gd_fpmode_leave(fp);
-    }
-#endif
+    gd_index grain = gdfast_optim_grain(plan);
+    int nt = gdfast_threads_for(total, grain);
+    fused_pass f = {net, params, x, ws, plan, total, (int)gdfast_optim_chunks(total, nt, grain)};
+    gdfast_parallel(nt, f.chunks, fused_chunks, &f);
     return 0;
 }
 
