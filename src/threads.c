@@ -3,6 +3,7 @@
  * arithmetic does not change with the thread that runs them, or reduce in a
  * fixed order. */
 #include "gdfast.h"
+#include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -38,20 +39,23 @@ int gdfast_threads_for(gd_index work, gd_index grain) {
 
 /* The team guard. On cores shared with other busy processes a team of
  * threads can lose badly to one thread: a worker whose core is running
- * someone else starts (or finishes) its share a scheduler time slice late,
- * and the caller waits for it at the end of the pass (measured on 2 cores
- * with one busy process: a 64x256x128 GEMM 7 ms on 2 threads, 0.12 ms on
- * one). After every pass the caller compares the pass's time with what it
- * would have taken alone (its own time per chunk times all chunks) and keeps
- * the net time the team saved, capped at GD_GUARD_CREDIT. When the team has
- * lost more than that, passes run on the caller's thread alone for a while,
- * twice as long at each further loss (GD_GUARD_MIN up to GD_GUARD_MAX), back
- * to the shortest once the team has done well for GD_GUARD_RESET. Which
- * thread runs a chunk never changes its bits, so neither does the guard. */
+ * someone else starts its share a scheduler time slice late, and the caller
+ * waits for it to join at the end of the pass (and, in libgomp, to dock
+ * before the next pass can start). Measured on 2 cores with one busy
+ * process: a 64x256x128 GEMM 7 ms on 2 threads, 0.12 ms on one. After every
+ * pass the caller compares its time with what the pass would have taken
+ * alone (all chunks at the pace of the fastest thread) and keeps the net
+ * time the team saved, capped at GD_GUARD_CREDIT. When the team has lost
+ * more than that, passes run on the caller's thread alone for a while, twice
+ * as long at each further loss (GD_GUARD_MIN up to GD_GUARD_MAX), back to
+ * the shortest once the team has done well for GD_GUARD_RESET. Which thread
+ * runs a chunk never changes its bits, so neither does the guard. */
 #define GD_GUARD_CREDIT 100e-6
 #define GD_GUARD_MIN 0.01
 #define GD_GUARD_MAX 1.0
 #define GD_GUARD_RESET 2.0
+/* Threads whose pace a pass measures (the first ones of a larger team). */
+#define GD_GUARD_THREADS 16
 
 void gdfast_guard_init(gd_guard *g) {
     g->solo_until = g->credit = 0.0;
@@ -107,25 +111,28 @@ int gdfast_parallel(int nt, gd_index chunks, gd_chunk_fn body, void *ctx) {
     if (nt > 1) {
         /* Chunks go one at a time to whichever thread asks first, so a late
          * thread's share is done by the others. */
-        gd_index next = 0, mine = 0;
-        double t1 = t0;
+        gd_index next = 0;
+        double per_chunk[GD_GUARD_THREADS];
         int status = 0;
+        for (int t = 0; t < GD_GUARD_THREADS; t++) per_chunk[t] = HUGE_VAL;
 #pragma omp parallel num_threads(nt) reduction(| : status)
         {
             unsigned fp = gd_fpmode_enter();
+            double start = omp_get_wtime();
             gd_index done = 0;
             for (gd_index c; (c = take_chunk(&next)) < chunks; done++) status |= body(ctx, c, c + 1);
-            if (omp_get_thread_num() == 0) {
-                mine = done;
-                t1 = omp_get_wtime();
-            }
+            int t = omp_get_thread_num();
+            if (done > 0 && t < GD_GUARD_THREADS) per_chunk[t] = (omp_get_wtime() - start) / done;
             gd_fpmode_leave(fp);
         }
-        double t2 = omp_get_wtime();
-        /* mine == 0: the caller itself was held up; one thread would have been too */
-        if (mine > 0) {
+        double t2 = omp_get_wtime(), fastest = HUGE_VAL;
+        for (int t = 0; t < GD_GUARD_THREADS; t++) fastest = per_chunk[t] < fastest ? per_chunk[t] : fastest;
+        /* Alone, the caller would have done every chunk at the pace of the
+         * fastest thread (a thread preempted mid-pass looks slow), and paid
+         * nothing to start or join a team. */
+        if (fastest < HUGE_VAL) {
 #pragma omp critical(gdfast_guard)
-            gdfast_guard_record(&guard, t2, t2 - t0, (t1 - t0) * (double)chunks / (double)mine);
+            gdfast_guard_record(&guard, t2, t2 - t0, fastest * (double)chunks);
         }
         return status;
     }
