@@ -19,6 +19,7 @@ from .params import Params, _aligned_empty
 __all__ = ["LBFGS"]
 
 _LINE_SEARCHES = (None, "strong_wolfe")
+_EPS32 = float(np.finfo(np.float32).eps)
 
 
 def _bad(name, value, expected):
@@ -297,7 +298,7 @@ class LBFGS:
                                           self._d, self._t)
         if not (math.isfinite(ys) and math.isfinite(yy) and math.isfinite(ss)):
             return
-        if ys > 1e-10 and ys > np.finfo(np.float32).eps * math.sqrt(yy * ss):
+        if ys > 1e-10 and ys > _EPS32 * math.sqrt(yy * ss):
             if len(self._order) == history_size:
                 del self._order[0], self._rho[0]
             self._order.append(slot)
