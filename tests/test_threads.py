@@ -367,9 +367,10 @@ def run_everything(threads):
         a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
         b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
         out.append(gdfast.matmul(a, b, trans_a=ta, trans_b=tb))
-    # MLP steps: batched (GEMMs with fused column sums) and batch 1 (the fused update)
-    for batch in (128, 1):
-        net = gdfast.MLP([784, 256, 128, 10], seed=1)
+    # MLP steps: batched (GEMMs with fused column sums) and batch 1 (the fused
+    # update; with L2, its chunks end at whole weight rows)
+    for batch, alpha in ((128, 0.0), (1, 0.0), (1, 1e-3)):
+        net = gdfast.MLP([784, 256, 128, 10], seed=1, alpha=alpha)
         step_opt = gdfast.Adam(net.params, lr=1e-3)
         for _ in range(4):
             x = rng.random((batch, 784), dtype=np.float32)
