@@ -46,13 +46,14 @@ int gdfast_threads_for(gd_index work, gd_index grain) {
  * pass the caller compares its time with what the pass would have taken
  * alone (all chunks at the pace of the fastest thread) and keeps the net
  * time the team saved, capped at GD_GUARD_CREDIT. When the team has lost
- * more than that, passes run on the caller's thread alone for a while, twice
- * as long at each further loss (GD_GUARD_MIN up to GD_GUARD_MAX), back to
- * the shortest once the team has done well for GD_GUARD_RESET. Which thread
+ * more than that, passes run on the caller's thread alone for a while, four
+ * times as long at each further loss (GD_GUARD_MIN up to GD_GUARD_MAX: each
+ * try of a team on a busy machine costs a slow pass, tens of ms at worst),
+ * back to the shortest once the team has done well for GD_GUARD_RESET. Which thread
  * runs a chunk never changes its bits, so neither does the guard. */
 #define GD_GUARD_CREDIT 100e-6
 #define GD_GUARD_MIN 0.01
-#define GD_GUARD_MAX 1.0
+#define GD_GUARD_MAX 2.0
 #define GD_GUARD_RESET 2.0
 /* Threads whose pace a pass measures (the first ones of a larger team). */
 #define GD_GUARD_THREADS 16
@@ -74,7 +75,7 @@ void gdfast_guard_record(gd_guard *g, double now, double team_s, double alone_s)
     /* the last solo period ended long ago: this loss is news, not a trend */
     if (now - g->solo_until > GD_GUARD_RESET) g->backoff = GD_GUARD_MIN;
     g->solo_until = now + g->backoff;
-    g->backoff = 2 * g->backoff < GD_GUARD_MAX ? 2 * g->backoff : GD_GUARD_MAX;
+    g->backoff = 4 * g->backoff < GD_GUARD_MAX ? 4 * g->backoff : GD_GUARD_MAX;
     g->credit = 0.0;
     g->trips++;
 }

@@ -284,7 +284,7 @@ def test_same_fused_train_step_from_two_threads(omp_threads):
 # The team guard (src/threads.c): passes as (time, seconds on the team, seconds
 # the caller alone would have taken), replayed through a fresh guard; it
 # answers the team size allowed at each pass.
-MIN_SOLO, MAX_SOLO = 0.01, 1.0
+MIN_SOLO, MAX_SOLO = 0.01, 2.0
 
 
 def test_guard_keeps_a_team_that_saves_time():
@@ -299,29 +299,29 @@ def test_guard_runs_alone_after_a_losing_pass_then_tries_the_team_again():
     assert _kernels._guard_replay(passes) == [2, 2, 1, 1, 2]
 
 
-def test_guard_backs_off_twice_as_long_per_loss_up_to_a_limit():
-    """A team losing at every try is tried again after 10, 20, 40 ... ms, at
-    most 1 s apart: a machine busy for good pays one losing pass a second."""
+def test_guard_backs_off_four_times_as_long_per_loss_up_to_a_limit():
+    """A team losing at every try is tried again after 10, 40, 160 ... ms, at
+    most 2 s apart: a machine busy for good pays one losing pass in 2 s."""
     passes, now, solo = [], 0.0, MIN_SOLO
     periods = []
-    for _ in range(12):
+    for _ in range(8):
         passes.append((now, 5e-3, 1e-4))
         periods.append(solo)
         now += solo + 1e-6
-        solo = min(2 * solo, MAX_SOLO)
+        solo = min(4 * solo, MAX_SOLO)
     sizes = _kernels._guard_replay(passes)
-    assert sizes == [2] * 12   # every try is made, each right after the solo period
+    assert sizes == [2] * 8   # every try is made, each right after the solo period
     # and between tries the passes run alone
-    between = [(t + p / 2, 1e-4, 1e-4) for (t, _, _), p in zip(passes, periods)]
+    between = [(t + p * 0.99, 1e-4, 1e-4) for (t, _, _), p in zip(passes, periods)]
     merged = sorted(passes + between)
-    assert _kernels._guard_replay(merged) == [2, 1] * 12
+    assert _kernels._guard_replay(merged) == [2, 1] * 8
     assert periods[-1] == MAX_SOLO
 
 
 def test_guard_forgets_old_losses():
     """A loss long after the last one (> 2 s of the team doing well) is news:
     one short solo period, not the last, longest one."""
-    passes = [(0.0, 5e-3, 1e-4), (0.011, 5e-3, 1e-4), (0.032, 5e-3, 1e-4),   # 10, 20, 40 ms
+    passes = [(0.0, 5e-3, 1e-4), (0.011, 5e-3, 1e-4), (0.052, 5e-3, 1e-4),   # 10, 40, 160 ms
               (10.0, 5e-3, 1e-4), (10.0 + MIN_SOLO + 1e-4, 1e-4, 2e-4)]
     assert _kernels._guard_replay(passes) == [2, 2, 2, 2, 2]
 
