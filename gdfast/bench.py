@@ -595,8 +595,8 @@ class busy_processes:
 
 
 def under_load_cases(quick=False):
-    """{name: (setup, calls per timing)}: setup() returns the call to time
-    (which may return the seconds to count, if not all of its own),
+    """{name: (setup, calls per timing, self-timed)}: setup() returns the
+    call to time (self-timed: it returns the seconds to count itself),
     the issue-15 cases (a batch-128 Adam step of the default MLP, a small
     GEMM, a GEMM alternated with numpy.matmul, a Trainer epoch, ...)."""
     def step(bs):
@@ -638,21 +638,21 @@ def under_load_cases(quick=False):
         y = rng.integers(0, MLP_SIZES[-1], n)
         return mnist_trainers(x, y)[0]._run_epoch
 
-    return {"MLP train step, batch 128, Adam": (step(128), 1),
-            "MLP train step, batch 32, Adam": (step(32), 1),
-            "MLP train step, batch 1, Adam": (step(1), 1),
-            "Adam step n=1e5": (adam(100_000), 1),
-            "Adam step n=1e6": (adam(1_000_000), 1),
-            "GEMM 64x256 @ 256x128": (gemm(False), 1),
-            "GEMM 64x256 @ 256x128, 30 calls between 30 numpy.matmul": (gemm(True), 30),
+    return {"MLP train step, batch 128, Adam": (step(128), 1, False),
+            "MLP train step, batch 32, Adam": (step(32), 1, False),
+            "MLP train step, batch 1, Adam": (step(1), 1, False),
+            "Adam step n=1e5": (adam(100_000), 1, False),
+            "Adam step n=1e6": (adam(1_000_000), 1, False),
+            "GEMM 64x256 @ 256x128": (gemm(False), 1, False),
+            "GEMM 64x256 @ 256x128, 30 calls between 30 numpy.matmul": (gemm(True), 30, True),
             f"Trainer epoch, {2048 if quick else 8192} random images, batch 128":
-                (epoch, 1)}
+                (epoch, 1, False)}
 
 
-def timed_block(fn, calls, seconds, min_sample=0.002):
-    """Per-call seconds of fn (doing `calls` calls; its return value, when
-    not None, is the time to count), in samples of at least `min_sample` s,
-    for `seconds` s; returns (samples, total time, calls)."""
+def timed_block(fn, calls, seconds, self_timed=False, min_sample=0.002):
+    """Per-call seconds of fn (doing `calls` calls; self_timed: fn returns
+    the seconds to count), in samples of at least `min_sample` s, for
+    `seconds` s; returns (samples, total time, calls)."""
     samples, total, count = [], 0.0, 0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -660,7 +660,7 @@ def timed_block(fn, calls, seconds, min_sample=0.002):
         while elapsed < min_sample:
             t0 = time.perf_counter()
             counted = fn()
-            elapsed += time.perf_counter() - t0 if counted is None else counted
+            elapsed += counted if self_timed else time.perf_counter() - t0
             n += calls
         samples.append(elapsed / n)
         total, count = total + elapsed, count + n
@@ -680,17 +680,18 @@ def run_under_load(busy=1, threads=None, quick=False, block_seconds=None, rounds
     saved = gdfast.get_num_threads()
     try:
         with busy_processes(busy):
-            for name, (setup, calls) in under_load_cases(quick).items():
+            for name, (setup, calls, self_timed) in under_load_cases(quick).items():
                 fn = setup()
                 stats = {1: [[], 0.0, 0], nt: [[], 0.0, 0]}
                 for t in (1, nt):   # warm-up
                     gdfast.set_num_threads(t)
-                    timed_block(fn, calls, min(0.2, block_seconds))
+                    timed_block(fn, calls, min(0.2, block_seconds), self_timed)
                 trips = _kernels._guard_trips()
                 for r in range(rounds):
                     for t in ((1, nt) if r % 2 == 0 else (nt, 1)):
                         gdfast.set_num_threads(t)
-                        samples, total, count = timed_block(fn, calls, block_seconds)
+                        samples, total, count = timed_block(fn, calls, block_seconds,
+                                                            self_timed)
                         stats[t][0] += samples
                         stats[t][1] += total
                         stats[t][2] += count
