@@ -25,7 +25,7 @@
 #endif
 
 #ifndef GD_MC
-#define GD_MC 120
+#define GD_MC 144
 #endif
 /* k is cut into the fewest blocks of at most GD_KC, all of nearly equal
  * size (784 -> 3 x 261..262, not 256+256+256+16): no tiny last block, and
@@ -331,6 +331,11 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     gd_index rsa, csa;
     a_strides(g, &rsa, &csa);
     gd_index nkb = k_blocks(g->k);
+    /* Row blocks of nearly equal size, in whole panels: 128 rows are one
+     * block, not 120 + 8, which would load every B micro-panel into L1 twice
+     * for a 6- and a 2-row tile. */
+    gd_index nmb = (i1 - i0 + GD_MC - 1) / GD_MC;
+    gd_index mcb = ((i1 - i0 + nmb - 1) / nmb + GD_MR - 1) / GD_MR * GD_MR;
     for (gd_index jc = j0; jc < j1; jc += GD_NC) {
         gd_index nc = j1 - jc < GD_NC ? j1 - jc : GD_NC;
         for (gd_index kb = 0; kb < nkb; kb++) {
@@ -343,8 +348,8 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
                 continue;
             }
             if (g->pack_b) pack_b(g, pc, kc, jc, nc, bbuf);
-            for (gd_index ic = i0; ic < i1; ic += GD_MC) {
-                gd_index mc = i1 - ic < GD_MC ? i1 - ic : GD_MC;
+            for (gd_index ic = i0, mc; ic < i1; ic += mc) {
+                mc = i1 - ic < mcb ? i1 - ic : mcb;
                 if (g->pack_a) pack_a(g, ic, mc, pc, kc, abuf);
                 /* Short k: C traffic dominates, so walk C row panel by row
                  * panel (sequential stores); otherwise keep each B
