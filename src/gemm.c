@@ -54,6 +54,7 @@ typedef struct {
     gd_wide_fn wide; /* NULL: the portable tile does all columns itself */
     gd_dot_fn dot;
     gd_pack_bt_fn pack_bt;
+    gd_pack_a_fn pack_a;
     /* Columns per tile: one panel, or two on AVX-512, whose 32 registers
      * hold 6 x 32 accumulators (its dot products and packing are AVX2's). */
     int tile_cols;
@@ -61,16 +62,16 @@ typedef struct {
 
 static const gemm_kernels scalar_kernels = {
     gdfast_gemm_tile_scalar, gdfast_gemm_tile_copy_b_scalar, NULL, gdfast_gemm_dot_scalar,
-    gdfast_gemm_pack_bt_scalar, GD_NR};
+    gdfast_gemm_pack_bt_scalar, gdfast_gemm_pack_a_scalar, GD_NR};
 #if defined(GDFAST_BUILD_AVX2)
 static const gemm_kernels avx2_kernels = {
     gdfast_gemm_tile_avx2, gdfast_gemm_tile_copy_b_avx2, gdfast_gemm_wide_avx2,
-    gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, GD_NR};
+    gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, gdfast_gemm_pack_a_avx2, GD_NR};
 #endif
 #if defined(GDFAST_BUILD_AVX512)
 static const gemm_kernels avx512_kernels = {
     gdfast_gemm_tile_avx512, gdfast_gemm_tile_copy_b_avx512, gdfast_gemm_wide_avx512,
-    gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, 2 * GD_NR};
+    gdfast_gemm_dot_avx2, gdfast_gemm_pack_bt_avx2, gdfast_gemm_pack_a_avx2, 2 * GD_NR};
 #endif
 
 static const gemm_kernels *gk = &scalar_kernels;
@@ -154,25 +155,7 @@ static void pack_a(const gemm_job *g, gd_index i0, gd_index mc, gd_index p0, gd_
     a_strides(g, &rs, &cs);
     for (gd_index ir = 0; ir < mc; ir += GD_MR) {
         int mr = (int)(mc - ir < GD_MR ? mc - ir : GD_MR);
-        const float *src = g->a + (i0 + ir) * rs + p0 * cs;
-        if (g->trans_a) {
-            /* rows of op(A) are contiguous in memory: copy MR at a time */
-            for (gd_index p = 0; p < kc; p++) {
-                const float *s = src + p * cs;
-                for (int i = 0; i < mr; i++) dst[i] = s[i];
-                for (int i = mr; i < GD_MR; i++) dst[i] = 0.0f;
-                dst += GD_MR;
-            }
-        } else {
-            for (int i = 0; i < GD_MR; i++) {
-                const float *row = src + i * rs;
-                if (i < mr)
-                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = row[p];
-                else
-                    for (gd_index p = 0; p < kc; p++) dst[p * GD_MR + i] = 0.0f;
-            }
-            dst += kc * GD_MR;
-        }
+        gk->pack_a(kc, g->a + (i0 + ir) * rs + p0 * cs, rs, cs, mr, dst + ir * kc);
     }
 }
 

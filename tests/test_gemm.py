@@ -39,7 +39,10 @@ SHAPES = [(1, 1, 1), (2, 3, 5), (7, 13, 29), (31, 37, 41), (6, 16, 1), (5, 17, 3
           # AVX-512 tiles span two 16-column panels: partial second panels
           (9, 45, 33), (40, 60, 500), (13, 20, 77),
           # few flops but B or C past L2's 256K floats: packed (a 1024-wide layer)
-          (20, 1100, 240), (600, 500, 8), (13, 1024, 257)]
+          (20, 1100, 240), (600, 500, 8), (13, 1024, 257),
+          # a packed A block that fills its buffer (144 rows x 320): its last
+          # step must not spill into the packed B after it
+          (144, 832, 320)]
 
 
 @pytest.mark.parametrize("trans_b", [False, True])
