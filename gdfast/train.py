@@ -152,7 +152,7 @@ class Trainer:
             loss, norm = out if self._max_norm is not None else (out, math.nan)
             self._check_loss(loss, lr)
             return loss, norm
-        loss = self.model.loss_and_grad(xb, yb)
+        loss = self._loss_and_grad(xb, yb)
         self._check_loss(loss, lr)
         if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
             return loss, self.optimizer.step(max_grad_norm=self._max_norm)
@@ -212,15 +212,25 @@ class Trainer:
         improved = self._track_best(record[self.monitor])
         if isinstance(schedule, ReduceOnPlateau):
             schedule.step(record[self.monitor])
-        if self.checkpoint_dir is not None:
-            state = self.state_dict()   # copies every array: taken once for both files
-            self.last_checkpoint = ckpt.save(self._ckpt_path("last"), state)
-            if improved:    # last_checkpoint stays last.npz, the one to resume
-                ckpt.save(self._ckpt_path("best"), state)
-            self.save_history(self.checkpoint_dir / "history")
+        self._save_epoch(improved)
         if progress:
             progress.on_epoch_end(record)
         return record
+
+    def _loss_and_grad(self, xb, yb):
+        """The batch's mean loss, its gradients into params.grad (a data-parallel
+        trainer takes its share of the batch and sums the gradients across ranks)."""
+        return self.model.loss_and_grad(xb, yb)
+
+    def _save_epoch(self, improved):
+        """The end of an epoch's files: last.npz, best.npz when improved, the history."""
+        if self.checkpoint_dir is None:
+            return
+        state = self.state_dict()   # copies every array: taken once for both files
+        self.last_checkpoint = ckpt.save(self._ckpt_path("last"), state)
+        if improved:    # last_checkpoint stays last.npz, the one to resume
+            ckpt.save(self._ckpt_path("best"), state)
+        self.save_history(self.checkpoint_dir / "history")
 
     def _track_best(self, value):
         improved = (value < self.best - self.min_delta) if self.mode == "min" \
