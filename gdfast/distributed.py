@@ -264,8 +264,9 @@ class DistributedTrainer(Trainer):
             return self._ordered_loss_and_grad(xb, yb)
         grad = self.params.grad
         self._loss[0] = self._share(xb, yb, *_rows(len(yb), self.rank, self.size), grad)
-        self.comm.Allreduce(self._in_place, grad, op=self._sum)
-        self.comm.Allreduce(self._in_place, self._loss, op=self._sum)
+        loss = self.comm.Iallreduce(self._in_place, self._loss, op=self._sum)
+        self.comm.Allreduce(self._in_place, grad, op=self._sum)   # their latencies overlap
+        loss.Wait()
         return float(self._loss[0])
 
     def _ordered_loss_and_grad(self, xb, yb):
