@@ -9,9 +9,9 @@
     trainer.fit(10)                   # run as: mpirun -n 4 python script.py
 
 Every rank holds the whole model and data set and draws the same global
-mini-batches as a one-process run with the same seed; rank r computes the
-gradient of rows [r b / N, (r + 1) b / N) of each batch of b, scaled by its
-share of the batch, and one in-place Allreduce of the gradient arena (a
+mini-batches as a one-process run with the same seed; rank r gathers only
+rows [r b / N, (r + 1) b / N) of each batch of b and computes their
+gradient, scaled by their share of the batch, and one in-place Allreduce of the gradient arena (a
 single contiguous buffer) sums the shares. Every rank then takes the same
 optimizer step on the same gradients, so the parameters stay bitwise
 identical on all ranks (checked at the end of every epoch). The optimizer
@@ -151,6 +151,45 @@ def _rows(n, part, parts):
     return part * n // parts, (part + 1) * n // parts
 
 
+class _RankBatches:
+    """The rank's part of every global mini-batch of `batches`: x of its rows
+    only, y of the whole batch (labels are small, and the Trainer counts a
+    batch by them). The same randomness is drawn as by one process."""
+
+    def __init__(self, batches, rank, size):
+        self.batches, self.rank, self.size = batches, rank, size
+        if not batches.full:
+            rows = -(-batches.batch_size // size)         # the most a part can have
+            self._x = np.empty((rows,) + batches.x.shape[1:], batches.x.dtype)
+            self._raw = np.empty_like(self._x) if batches.shift else None
+            self._y = np.empty((batches.batch_size,) + batches.y.shape[1:], batches.y.dtype)
+
+    def __getattr__(self, name):    # get_state, batch_size, x, ...: the global batches'
+        return getattr(self.batches, name)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        b = self.batches
+        if b.full:
+            lo, hi = _rows(len(b.y), self.rank, self.size)
+            yield b.x[lo:hi], b.y
+            return
+        for idx, counts in b.plan():
+            lo, hi = _rows(len(idx), self.rank, self.size)
+            xb, yb = self._x[:hi - lo], self._y[:len(idx)]
+            if counts is None:
+                np.take(b.x, idx[lo:hi], axis=0, out=xb, mode="clip")
+            else:       # the batch's runs of each translation, cut to rows lo:hi
+                ends = np.cumsum(counts)
+                mine = np.clip(np.minimum(ends, hi) - np.maximum(ends - counts, lo), 0, None)
+                np.take(b.x, idx[lo:hi], axis=0, out=self._raw[:hi - lo], mode="clip")
+                b._shift_into(self._raw[:hi - lo], xb, mine)
+            np.take(b.y, idx, axis=0, out=yb, mode="clip")
+            yield xb, yb
+
+
 def _data_digest(pair):
     """Shape, dtypes, every label and an even sample of the rows of (x, y)."""
     if pair is None:
@@ -194,6 +233,7 @@ class DistributedTrainer(Trainer):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), size
         self.deterministic, self.shards = deterministic, int(shards or size)
         self._one_call = False          # the gradients must be summed before the update
+        self.batches = _RankBatches(self.batches, self.rank, size)
         self._in_place, self._sum = MPI.IN_PLACE, MPI.SUM
         self._loss = np.zeros(1)
         if deterministic:
@@ -248,22 +288,24 @@ class DistributedTrainer(Trainer):
 
     # -- the step ------------------------------------------------------------------
 
-    def _share(self, xb, yb, lo, hi, out):
-        """Rows lo:hi of the batch: their loss and gradient (into out), each
-        weighted by the rows' share of the batch, so that the shares sum to the batch mean."""
-        if hi == lo:                    # more parts than rows in a last short batch
+    def _share(self, x, y, n, out):
+        """The loss and gradient (into out) of rows x, y of a batch of n, both
+        weighted by the rows' share of it, so that the shares sum to the batch mean."""
+        if not len(y):                  # more parts than rows in a last short batch
             out.fill(0.0)
             return 0.0
-        loss = self.model.loss_and_grad(xb[lo:hi], yb[lo:hi])
-        w = (hi - lo) / len(yb)
+        loss = self.model.loss_and_grad(x, y)
+        w = len(y) / n
         np.multiply(self.params.grad, np.float32(w), out=out)
         return loss * w
 
     def _loss_and_grad(self, xb, yb):
+        """xb: this rank's rows of the batch, yb: the whole batch's targets."""
         if self.deterministic:
             return self._ordered_loss_and_grad(xb, yb)
         grad = self.params.grad
-        self._loss[0] = self._share(xb, yb, *_rows(len(yb), self.rank, self.size), grad)
+        lo, hi = _rows(len(yb), self.rank, self.size)
+        self._loss[0] = self._share(xb, yb[lo:hi], len(yb), grad)
         loss = self.comm.Iallreduce(self._in_place, self._loss, op=self._sum)
         self.comm.Allreduce(self._in_place, grad, op=self._sum)   # their latencies overlap
         loss.Wait()
@@ -271,10 +313,11 @@ class DistributedTrainer(Trainer):
 
     def _ordered_loss_and_grad(self, xb, yb):
         n, size, size_p = len(yb), self.size, self.params.size
-        parts = self.shards // size
+        parts, first = self.shards // size, _rows(n, self.rank, size)[0]
         for j in range(parts):
             lo, hi = _rows(n, self.rank * parts + j, self.shards)
-            self._losses[j] = self._share(xb, yb, lo, hi, self._part[:size_p])
+            self._losses[j] = self._share(xb[lo - first:hi - first], yb[lo:hi], n,
+                                          self._part[:size_p])
             self._send[:, j] = self._part.reshape(size, -1)
         # rank q receives slice q of every part's gradient, from rank 0's parts on: part order
         self.comm.Alltoall(self._send, self._recv)
@@ -289,6 +332,11 @@ class DistributedTrainer(Trainer):
         for v in self._all_losses:
             loss += float(v)
         return loss
+
+    def _hits(self, xb, yb):
+        lo, hi = _rows(len(yb), self.rank, self.size)
+        mine = int(np.count_nonzero(self.model.predict(xb) == yb[lo:hi])) if hi > lo else 0
+        return self.comm.allreduce(mine)
 
     # -- epochs, checkpoints -----------------------------------------------------------
 

@@ -156,7 +156,7 @@ class Trainer:
     def _train_step(self, xb, yb, lr):
         """One update; returns (loss, gradient norm before clipping, or nan)."""
         if self._closure:               # the loss before the step; none when not finite
-            loss = self.optimizer.step(lambda: self.model.loss_and_grad(xb, yb))
+            loss = self.optimizer.step(lambda: self._loss_and_grad(xb, yb))
             self._check_loss(loss, lr)
             return loss, math.nan
         if self._one_call:              # no update when the loss is not finite
@@ -196,7 +196,7 @@ class Trainer:
             norm_sum += gnorm
             seen += len(yb)
             if self.acc_every and yb.ndim == 1 and steps % self.acc_every == 1 % self.acc_every:
-                acc_hits += int(np.count_nonzero(self.model.predict(xb) == yb))
+                acc_hits += self._hits(xb, yb)
                 acc_seen += len(yb)
                 acc = acc_hits / acc_seen
             if progress:
@@ -234,6 +234,10 @@ class Trainer:
         """The batch's mean loss, its gradients into params.grad (a data-parallel
         trainer takes its share of the batch and sums the gradients across ranks)."""
         return self.model.loss_and_grad(xb, yb)
+
+    def _hits(self, xb, yb):
+        """How many of the batch's rows the model now classifies right."""
+        return int(np.count_nonzero(self.model.predict(xb) == yb))
 
     def _save_epoch(self, improved):
         """The end of an epoch's files: last.npz, best.npz when improved, the history."""

@@ -169,10 +169,24 @@ def check_early_stopping_and_plateau():
     assert np.array_equal(both.params.data, alone.params.data)      # the best, restored
 
 
+def check_lbfgs_closure():
+    # L-BFGS calls the closure (a collective here) as often as its line search needs
+    def lbfgs(comm):
+        model = gdfast.MLP([12, 16, 3], seed=2)
+        t = DistributedTrainer(model, gdfast.LBFGS(model.params, max_iter=5), data(),
+                               batch_size=None, comm=comm, deterministic=True, shards=2)
+        t.fit(2)
+        return t
+    both, alone = lbfgs(WORLD), lbfgs(MPI.COMM_SELF)
+    assert np.array_equal(both.params.data, alone.params.data)
+    assert both.history[-1]["train_loss"] < both.history[0]["train_loss"]
+
+
 def run_checks(tmp):
     checks = [check_identical_every_step, check_close_to_one_process,
               check_deterministic_equals_one_process, lambda: check_checkpoints(tmp),
-              lambda: check_write_failure(tmp), check_mismatch, check_early_stopping_and_plateau]
+              lambda: check_write_failure(tmp), check_mismatch, check_early_stopping_and_plateau,
+              check_lbfgs_closure]
     with abort_on_error():
         for check in checks:
             check()

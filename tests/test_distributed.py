@@ -15,6 +15,7 @@ import pytest
 
 import gdfast
 from gdfast import distributed
+from gdfast.batching import Batches
 from gdfast.train import Trainer
 
 from conftest import child_python
@@ -39,6 +40,24 @@ def test_launched_reads_the_launchers_environment():
     assert not distributed.launched({"OMPI_COMM_WORLD_SIZE": "1"})   # mpirun -n 1: one process
     assert not distributed.launched({"PMI_SIZE": "junk"})
     assert not distributed.launched({})
+
+
+@pytest.mark.parametrize("shift, batch_size, drop_last", [(0, 64, False), (1, 64, False),
+                                                        (1, 50, True), (0, None, False)])
+def test_each_rank_gathers_its_rows_of_the_one_process_batches(shift, batch_size, drop_last):
+    x = np.random.default_rng(0).random((230, 784), dtype=np.float32)
+    y = np.arange(230)
+
+    def two_epochs(batches):    # the second epoch's shuffle and translations too
+        return [(xb.copy(), yb.copy()) for _ in range(2) for xb, yb in batches]
+    whole = two_epochs(Batches(x, y, batch_size, shift=shift, drop_last=drop_last, seed=4))
+    for rank in range(3):
+        batches = Batches(x, y, batch_size, shift=shift, drop_last=drop_last, seed=4)
+        mine = two_epochs(distributed._RankBatches(batches, rank, 3))
+        assert len(mine) == len(whole)
+        for (xb, yb), (xw, yw) in zip(mine, whole):
+            lo, hi = rank * len(yw) // 3, (rank + 1) * len(yw) // 3
+            assert np.array_equal(yb, yw) and np.array_equal(xb, xw[lo:hi])
 
 
 @pytest.fixture
