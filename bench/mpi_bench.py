@@ -126,9 +126,32 @@ def ranks(comm, reps):
         out(f"  communication share of a step       {allreduce / (compute + allreduce + adam_all):8.1%}")
 
 
+def cpu_ms(fn, reps):
+    """The best CPU time of fn on this thread, in ms: on one thread, what it
+    costs when not descheduled (the paper model's compute on a busy machine)."""
+    times = []
+    for _ in range(reps):
+        t0 = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t0)
+    return 1e3 * min(times)
+
+
 def one_process(reps):
     from gdfast.batching import Batches
-    print(f"1 process x {gdfast.get_num_threads()} threads, batch {BATCH}")
+    threads = gdfast.get_num_threads()
+    gdfast.set_num_threads(1)
+    print("compute on 1 thread, best CPU time (the inputs of the paper model)")
+    for name, sizes in NETS.items():
+        model = MLP(sizes)
+        adam = gdfast.Adam(model.params, lr=1e-3)
+        r = reps if model.params.size < 1e6 else max(3, reps // 10)
+        data = {n: batch(sizes, n) for n in (128, 64, 16, 2)}
+        rows = {n: cpu_ms(lambda: model.loss_and_grad(*xy), r) for n, xy in data.items()}
+        print(f"  {name}: loss_and_grad " + ", ".join(f"{n} rows {t:.3f} ms" for n, t in rows.items())
+              + f"; Adam step {cpu_ms(adam.step, r):.3f} ms")
+    gdfast.set_num_threads(threads)
+    print(f"1 process x {threads} threads, batch {BATCH}")
     for name, sizes in NETS.items():
         model = MLP(sizes)
         x, y = batch(sizes, BATCH)
@@ -169,12 +192,17 @@ def compare():
         print(f"{label:<22} test accuracy {acc}%  training {rate} samples/s")
 
 
-# The paper model of docs/distributed.md. Per-node compute: one step of a
-# 128-row share (loss_and_grad + Adam, ms) on a node like the 2-core machine
-# of BENCHMARKS.md (quiet), and the rows per rank when a global batch of 128
-# is split (strong scaling). Networks: (latency alpha s, bandwidth beta B/s).
-COMPUTE_MS = {"MNIST 784-256-128-10": {128: 0.37, 16: 0.085, 2: 0.045},
-              "12M 784-2500-2000-1500-1000-500-10": {128: 33.0, 16: 5.5, 2: 1.9}}
+# The paper model of docs/distributed.md. A node computes like one core of
+# the machine of BENCHMARKS.md: ms per step (loss_and_grad of the rows per
+# node + Adam). Measured as 1-thread CPU times by `python bench/mpi_bench.py`
+# on a loaded machine (2026-12-02: MNIST 128 rows 2.423 + Adam 0.118, 16 rows
+# 0.257, 2 rows 0.126; 12M 218.8 + 14.66, 47.8, 20.3), times 0.256: the
+# quiet 1-thread MNIST train step of BENCHMARKS.md (650 us) over the loaded one.
+QUIET = 0.650 / (2.423 + 0.118)
+COMPUTE_MS = {"MNIST 784-256-128-10": {n: QUIET * (t + 0.118) for n, t in
+                                       ((128, 2.423), (16, 0.257), (2, 0.126))},
+              "12M 784-2500-2000-1500-1000-500-10": {n: QUIET * (t + 14.66) for n, t in
+                                                     ((128, 218.8), (16, 47.8), (2, 20.3))}}
 LINKS = {"100 Gb/s InfiniBand (alpha 1.5 us, 11 GB/s)": (1.5e-6, 11e9),
          "10 Gb/s Ethernet (alpha 25 us, 1.1 GB/s)": (25e-6, 1.1e9)}
 
@@ -188,7 +216,8 @@ def paper_model():
     for name, compute in COMPUTE_MS.items():
         nbytes = 4 * MLP(NETS[name]).params.size
         for link, (alpha, beta) in LINKS.items():
-            print(f"\n{name}, {nbytes / 1e6:.2f} MB per allreduce, {link}")
+            print(f"\n{name}, {nbytes / 1e6:.2f} MB per allreduce, {link}; compute per node "
+                  + ", ".join(f"{n} rows {t:.3f} ms" for n, t in compute.items()))
             print("| nodes | allreduce | 128 rows per node: samples/s (comm share) "
                   "| global batch 128: rows per node, samples/s (comm share) |")
             print("|---|---|---|---|")
