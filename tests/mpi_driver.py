@@ -18,7 +18,7 @@ from mpi4py import MPI
 
 import gdfast
 from gdfast import schedules
-from gdfast.distributed import DistributedError, DistributedTrainer, abort_on_error
+from gdfast.distributed import DistributedError, DistributedTrainer, abort_on_error, set_threads
 
 WORLD = MPI.COMM_WORLD
 RANK = WORLD.Get_rank()
@@ -182,8 +182,15 @@ def check_lbfgs_closure():
     assert both.history[-1]["train_loss"] < both.history[0]["train_loss"]
 
 
+def check_threads():
+    # both ranks run on this host: each gets half its cores (or those it is bound to)
+    os.environ.pop("OMP_NUM_THREADS", None)
+    cores, usable = os.cpu_count(), len(os.sched_getaffinity(0))
+    assert set_threads() == max(1, min(usable, cores // 2)) == gdfast.get_num_threads()
+
+
 def run_checks(tmp):
-    checks = [check_identical_every_step, check_close_to_one_process,
+    checks = [check_threads, check_identical_every_step, check_close_to_one_process,
               check_deterministic_equals_one_process, lambda: check_checkpoints(tmp),
               lambda: check_write_failure(tmp), check_mismatch, check_early_stopping_and_plateau,
               check_lbfgs_closure]
