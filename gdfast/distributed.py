@@ -221,6 +221,13 @@ class DistributedTrainer(Trainer):
         MPI = _mpi()
         comm = MPI.COMM_WORLD if comm is None else comm
         size = comm.Get_size()
+        unsupported = [k for k in ("alpha", "dropout") if np.any(getattr(model, k, 0))]
+        if unsupported:
+            raise ValueError(
+                f"DistributedTrainer cannot train a model with {' or '.join(unsupported)} yet: "
+                "every part of a batch would add the whole L2 penalty (alpha / rows * W) once, "
+                "and dropout masks are keyed by the row within a call, so parts would repeat "
+                "each other's masks")
         if not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
         if shards is not None:

@@ -111,6 +111,13 @@ def test_bad_arguments(mpi, kw, error, match):
     assert np.array_equal(model.params.data, before)
 
 
+@pytest.mark.parametrize("reg", [{"alpha": 1e-3}, {"dropout": 0.2}, {"dropout": [0.0, 0.1]}])
+def test_refuses_what_it_would_get_wrong(mpi, reg):
+    model = gdfast.MLP([6, 4, 4, 2], **reg)
+    with pytest.raises(ValueError, match="cannot train a model with (alpha|dropout)"):
+        distributed.DistributedTrainer(model, gdfast.SGD(model.params), _data(), comm=mpi.COMM_SELF)
+
+
 def test_set_threads(mpi, monkeypatch):
     before = gdfast.get_num_threads()
     try:
