@@ -53,7 +53,6 @@ from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import _kernels
-from .batching import Batches
 from .mlp import MLP
 from .optim import SGD, Adam
 
@@ -77,6 +76,25 @@ def _threads(n):
         yield
     finally:
         _kernels.set_num_threads(old)
+
+
+def _batches(X, T, size, rng, order):
+    """One epoch of (x, targets) mini-batches, shuffled by rng (a RandomState)
+    unless it is None. order is permuted in place, as scikit-learn shuffles its
+    sample indices, so a random_state gives scikit-learn's batches."""
+    if rng is None:
+        for start in range(0, len(X), size):
+            yield X[start:start + size], T[start:start + size]
+        return
+    rng.shuffle(order)
+    xb, tb = np.empty((size,) + X.shape[1:], X.dtype), np.empty((size,) + T.shape[1:], T.dtype)
+    for start in range(0, len(X), size):
+        idx = order[start:start + size]
+        m = len(idx)
+        # mode="clip" lets np.take write straight into out (the indices are valid)
+        np.take(X, idx, axis=0, out=xb[:m], mode="clip")
+        np.take(T, idx, axis=0, out=tb[:m], mode="clip")
+        yield xb[:m], tb[:m]
 
 
 class _BaseMLP(BaseEstimator):
@@ -250,15 +268,14 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped")
             batch_size = min(self.batch_size, n)
-        batches = Batches(X, T, batch_size, shuffle=self.shuffle,
-                          seed=np.random.default_rng(rng.randint(np.iinfo(np.int32).max)))
         weights = opt.param_groups[1]
         # scikit-learn's squared loss is a mean over the outputs too
         scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+        order = np.arange(n)
         self.n_iter_ = 0
         for _ in range(self.max_iter):
             total = 0.0
-            for xb, tb in batches:
+            for xb, tb in _batches(X, T, batch_size, rng if self.shuffle else None, order):
                 m = xb.shape[0]
                 weights["weight_decay"] = self.alpha / m
                 penalty = 0.0
