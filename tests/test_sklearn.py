@@ -234,3 +234,19 @@ def test_n_threads_applies_during_fit_only():
 
     Spy((8,), max_iter=1, n_threads=1).fit(X, y)
     assert seen == [1] and gdfast.get_num_threads() == old
+
+
+def test_bench_section_fits_both_estimators(monkeypatch):
+    from types import SimpleNamespace
+    from gdfast import bench, datasets
+    X, y = classification(n_classes=10, n=400)
+    X = (X - X.min()).astype(np.float32)
+    data = SimpleNamespace(x_train=X[:300], y_train=y[:300], x_test=X[300:], y_test=y[300:])
+    monkeypatch.setattr(datasets, "load", lambda name, progress=True: data)
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0)
+    rows = bench.bench_sklearn(1, True, 10.0, log=print)
+    assert [r.case for r in rows] == ["float64 input", "float32 input"]
+    for r in rows:
+        assert r.gdfast_s > 0 and r.extra["scikit-learn"] > 0
+        assert r.extra["test acc gdfast"].endswith("%")
+    assert "vs scikit-learn" in bench.table(rows, markdown=True)
