@@ -143,10 +143,6 @@ class _BaseMLP(BaseEstimator):
         self._validate_params()
         return self._fit(X, y, incremental=False)
 
-    def _partial_fit(self, X, y):
-        self._validate_params()
-        return self._fit(X, y, incremental=True)
-
     def _stochastic(self):
         return self.solver in ("sgd", "adam")
 
@@ -230,7 +226,8 @@ class _BaseMLP(BaseEstimator):
             self._set_model(model)
         return self._model
 
-    def _make_optimizer(self):
+    def _make_optimizer(self, state=None):
+        """A fresh optimizer over the network, or one continuing from `state`."""
         model = self._net()
         # weight decay on the weights only: group 0 the biases, group 1 the weights
         groups = [{"params": [f"b{l}" for l in range(1, model.n_layers + 1)],
@@ -241,16 +238,17 @@ class _BaseMLP(BaseEstimator):
         else:
             opt = SGD(model.params, lr=self.learning_rate_init, momentum=self.momentum,
                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0), groups=groups)
-        if self._optimizer_state is not None:  # unpickled: continue where it was
-            opt.load_state_dict(self._optimizer_state)
-            self._optimizer_state = None
+        if state is not None:
+            opt.load_state_dict(state)
         return opt
 
     def _fit_stochastic(self, X, T, y, rng, incremental):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if not incremental or self._optimizer is None:
-            self._optimizer = self._make_optimizer()
+            # partial_fit after unpickling continues with the pickled optimizer state
+            self._optimizer = self._make_optimizer(self._optimizer_state if incremental else None)
+            self._optimizer_state = None
         opt, model = self._optimizer, self._net()
         X_val = y_val = None
         if self.early_stopping:
@@ -356,15 +354,9 @@ class _BaseMLP(BaseEstimator):
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_model", None)
-        opt = state.pop("_optimizer", None)
-        if opt is not None:
-            state["_optimizer_state"] = opt.state_dict()
+        if state.get("_optimizer") is not None:
+            state["_optimizer"], state["_optimizer_state"] = None, state["_optimizer"].state_dict()
         return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "_optimizer_state" in state:
-            self._optimizer = None
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -440,6 +432,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def partial_fit(self, X, y, classes=None):
         """One epoch over X, y. classes (all the labels, np.unique(y_all)) is needed
         on the first call; multi-label targets take theirs from y."""
+        self._validate_params()
         if not hasattr(self, "classes_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
         if classes is not None:
@@ -452,7 +445,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             multilabel = type_of_target(np.asarray(y)).startswith("multilabel")
             self._label_binarizer = lb.fit(y if multilabel else classes)
             self.classes_ = lb.classes_
-        return self._partial_fit(X, y)
+        return self._fit(X, y, incremental=True)
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns as classes_."""
@@ -535,7 +528,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     @available_if(_BaseMLP._stochastic)
     def partial_fit(self, X, y):
         """One epoch over X, y (stochastic solvers only)."""
-        return self._partial_fit(X, y)
+        self._validate_params()
+        return self._fit(X, y, incremental=True)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -131,7 +131,10 @@ def test_partial_fit():
     clf = MLPClassifier((8,), random_state=0)
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(X, y)
-    assert not hasattr(clf, "coefs_")
+    bad = clone(clf).set_params(alpha=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        bad.partial_fit(X, y, classes=[0, 1, 2])
+    assert not hasattr(bad, "classes_") and not hasattr(clf, "coefs_")
     clf.partial_fit(X[:300], y[:300], classes=[0, 1, 2])
     clf.partial_fit(X[300:], y[300:])
     assert clf.n_iter_ == 1 and clf.t_ == len(X) and len(clf.loss_curve_) == 2
@@ -148,6 +151,13 @@ def test_pickle_keeps_training_state():
     np.testing.assert_array_equal(copy.predict_proba(X), clf.predict_proba(X))
     clf.partial_fit(X, y)
     copy.partial_fit(X, y)  # Adam's moments came along
+    np.testing.assert_array_equal(copy.coefs_[0], clf.coefs_[0])
+    clf.set_params(warm_start=True, max_iter=2)
+    copy = pickle.loads(pickle.dumps(clf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+        copy.fit(X, y)  # fit starts a fresh optimizer, pickled or not
     np.testing.assert_array_equal(copy.coefs_[0], clf.coefs_[0])
 
 
