@@ -17,8 +17,10 @@ What differs from scikit-learn, and why:
   PyTorch's too; with a constant learning rate the steps are the same as
   scikit-learn's, with 'invscaling' or 'adaptive' the velocity is not rescaled
   when the rate changes.
-- The L2 term (alpha) is the optimizer's coupled weight decay alpha / batch on
-  the weights (not the biases), the gradient scikit-learn adds.
+- The L2 term (alpha) is gdfast.MLP's alpha: scikit-learn's penalty, fused.
+- solver='lbfgs' is gdfast.LBFGS (strong Wolfe line search), not SciPy's
+  L-BFGS-B: the same kind of minimum, not the same path.
+- dropout (training only) needs a stochastic solver.
 - No sparse input and no sample_weight (scikit-learn >= 1.7 has it).
   MLPRegressor's loss='poisson' is refused.
 - n_threads: the threads gdfast's kernels use during fit and predict (None:
@@ -54,6 +56,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from . import _kernels
 from .mlp import MLP
+from .lbfgs import LBFGS
 from .optim import SGD, Adam
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -154,11 +157,9 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _fit(self, X, y, incremental):
-        if self.dropout:
-            raise NotImplementedError("dropout > 0 needs gdfast.MLP(dropout=), not in this "
-                                      "build yet")
-        if self.solver == "lbfgs":
-            raise NotImplementedError("solver='lbfgs' needs gdfast.LBFGS, not in this build yet")
+        if self.dropout and not self._stochastic():
+            raise ValueError("dropout > 0 needs solver 'adam' or 'sgd': L-BFGS's line search "
+                             "needs the same loss at every evaluation")
         hidden = self._hidden_sizes()
         first = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, T, y = self._validate_input(X, y, incremental, reset=first)
@@ -170,7 +171,10 @@ class _BaseMLP(BaseEstimator):
         if first:
             self._initialize(sizes, rng)
         with _threads(self.n_threads):
-            self._fit_stochastic(X, T, y, rng, incremental)
+            if self._stochastic():
+                self._fit_stochastic(X, T, y, rng, incremental)
+            else:
+                self._fit_lbfgs(X, T)
         if not np.isfinite(self._net().params.data).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
@@ -179,7 +183,8 @@ class _BaseMLP(BaseEstimator):
     def _new_model(self, sizes):
         return MLP(sizes, activation=_ACTIVATION[self.activation],
                    loss=_LOSS[self.out_activation_],
-                   output_activation="identity" if self.out_activation_ == "identity" else None)
+                   output_activation="identity" if self.out_activation_ == "identity" else None,
+                   alpha=self.alpha, dropout=self.dropout, seed=self._dropout_seed)
 
     def _initialize(self, sizes, rng):
         self.n_iter_ = 0
@@ -187,6 +192,8 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(sizes)
         self.n_outputs_ = sizes[-1]
         self.out_activation_ = self._out_activation()
+        # drawn only for dropout, so that without it the batches stay scikit-learn's
+        self._dropout_seed = int(rng.randint(np.iinfo(np.int32).max)) if self.dropout else 0
         model = self._new_model(sizes)
         # Glorot uniform for weights and biases, drawn in scikit-learn's order from
         # the same RandomState, so a random_state starts from the same values
@@ -198,6 +205,8 @@ class _BaseMLP(BaseEstimator):
         self._set_model(model)
         self._optimizer = self._optimizer_state = None
         self._best_params = model.params.data.copy()
+        if not self._stochastic():
+            return
         self.loss_curve_ = []
         self._no_improvement_count = 0
         if self.early_stopping:
@@ -216,28 +225,32 @@ class _BaseMLP(BaseEstimator):
         self.intercepts_ = [model.params[f"b{l}"] for l in range(1, model.n_layers + 1)]
 
     def _net(self):
-        """The gdfast.MLP, rebuilt from coefs_ and intercepts_ after unpickling."""
-        if getattr(self, "_model", None) is None:
-            sizes = [w.shape[0] for w in self.coefs_] + [self.coefs_[-1].shape[1]]
-            model = self._new_model(sizes)
-            for l, (w, b) in enumerate(zip(self.coefs_, self.intercepts_), 1):
-                model.params[f"w{l}"] = w
-                model.params[f"b{l}"] = b
-            self._set_model(model)
-        return self._model
+        """The gdfast.MLP behind coefs_ and intercepts_: rebuilt from them after
+        unpickling, or when alpha or dropout changed since it was built (warm_start,
+        partial_fit); the optimizer then continues over the new arena."""
+        model = getattr(self, "_model", None)
+        if model is not None and (model.alpha, model.dropout) == (self.alpha, self.dropout):
+            return model
+        sizes = [w.shape[0] for w in self.coefs_] + [self.coefs_[-1].shape[1]]
+        new = self._new_model(sizes)
+        for l, (w, b) in enumerate(zip(self.coefs_, self.intercepts_), 1):
+            new.params[f"w{l}"] = w
+            new.params[f"b{l}"] = b
+        new.step = model.step if model is not None else self._dropout_step
+        if getattr(self, "_optimizer", None) is not None:
+            self._optimizer, self._optimizer_state = None, self._optimizer.state_dict()
+        self._set_model(new)
+        return new
 
     def _make_optimizer(self, state=None):
         """A fresh optimizer over the network, or one continuing from `state`."""
         model = self._net()
-        # weight decay on the weights only: group 0 the biases, group 1 the weights
-        groups = [{"params": [f"b{l}" for l in range(1, model.n_layers + 1)],
-                   "weight_decay": 0.0}]
         if self.solver == "adam":
             opt = Adam(model.params, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
-                       eps=self.epsilon, groups=groups)
+                       eps=self.epsilon)
         else:
             opt = SGD(model.params, lr=self.learning_rate_init, momentum=self.momentum,
-                      nesterov=bool(self.nesterovs_momentum and self.momentum > 0), groups=groups)
+                      nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         if state is not None:
             opt.load_state_dict(state)
         return opt
@@ -245,11 +258,12 @@ class _BaseMLP(BaseEstimator):
     def _fit_stochastic(self, X, T, y, rng, incremental):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        model = self._net()
         if not incremental or self._optimizer is None:
-            # partial_fit after unpickling continues with the pickled optimizer state
+            # partial_fit continues with the optimizer state pickled or moved by _net
             self._optimizer = self._make_optimizer(self._optimizer_state if incremental else None)
             self._optimizer_state = None
-        opt, model = self._optimizer, self._net()
+        opt = self._optimizer
         X_val = y_val = None
         if self.early_stopping:
             stratify = y if isinstance(self, ClassifierMixin) and self.n_outputs_ == 1 else None
@@ -266,21 +280,14 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped")
             batch_size = min(self.batch_size, n)
-        weights = opt.param_groups[1]
-        # scikit-learn's squared loss is a mean over the outputs too
-        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
         order = np.arange(n)
         self.n_iter_ = 0
         for _ in range(self.max_iter):
             total = 0.0
             for xb, tb in _batches(X, T, batch_size, rng if self.shuffle else None, order):
                 m = xb.shape[0]
-                weights["weight_decay"] = self.alpha / m
-                penalty = 0.0
-                if self.alpha:
-                    penalty = 0.5 * self.alpha / m * sum(float(np.dot(w.ravel(), w.ravel()))
-                                                         for w in self.coefs_)
-                total += (model.train_step(xb, tb, opt) * scale + penalty) * m
+                penalty = self._penalty(m)  # of the weights before the step, as the loss's
+                total += self._sklearn_loss(model.train_step(xb, tb, opt), penalty) * m
             self.n_iter_ += 1
             self.t_ += n
             self.loss_ = total / n
@@ -314,6 +321,36 @@ class _BaseMLP(BaseEstimator):
                               ConvergenceWarning)
         if self.early_stopping:
             model.params.data[...] = self._best_params
+
+    def _penalty(self, n):
+        """The L2 term of the loss over a batch of n (multi-output regression only:
+        _sklearn_loss needs it)."""
+        if self.out_activation_ != "identity" or self.n_outputs_ == 1 or not self.alpha:
+            return 0.0
+        return 0.5 * self.alpha / n * sum(float(np.dot(w.ravel(), w.ravel())) for w in self.coefs_)
+
+    def _sklearn_loss(self, loss, penalty):
+        """gdfast's loss on scikit-learn's scale: its squared error is a mean over
+        the outputs too (0.5 ||a - y||^2 / n_outputs), its L2 term is not."""
+        if self.out_activation_ != "identity":
+            return loss
+        return (loss - penalty) / self.n_outputs_ + penalty
+
+    def _fit_lbfgs(self, X, T):
+        """Full-batch L-BFGS (gdfast.LBFGS with a strong Wolfe line search and
+        scikit-learn's history of 10 pairs): max_iter iterations, max_fun loss
+        evaluations, stopping when every gradient entry is within tol."""
+        model = self._net()
+        opt = LBFGS(model.params, lr=1, max_iter=self.max_iter, max_eval=self.max_fun,
+                    tolerance_grad=self.tol, history_size=10, line_search_fn="strong_wolfe")
+        opt.step(lambda: model.loss_and_grad(X, T))
+        self.n_iter_ = opt.n_iter
+        self.loss_ = self._sklearn_loss(model.loss_and_grad(X, T), self._penalty(len(X)))
+        if opt.n_iter >= self.max_iter or opt.func_evals >= self.max_fun:
+            warnings.warn(f"lbfgs failed to converge after {opt.n_iter} iterations and "
+                          f"{opt.func_evals} loss evaluations (max_iter={self.max_iter}, "
+                          f"max_fun={self.max_fun}): increase them or scale the data.",
+                          ConvergenceWarning)
 
     def _update_no_improvement_count(self, X_val, y_val):
         if self.early_stopping:
@@ -353,7 +390,9 @@ class _BaseMLP(BaseEstimator):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.pop("_model", None)
+        model = state.pop("_model", None)
+        if model is not None:
+            state["_dropout_step"] = model.step
         if state.get("_optimizer") is not None:
             state["_optimizer"], state["_optimizer_state"] = None, state["_optimizer"].state_dict()
         return state

@@ -260,3 +260,59 @@ def test_bench_section_fits_both_estimators(monkeypatch):
         assert r.gdfast_s > 0 and r.extra["scikit-learn"] > 0
         assert r.extra["test acc gdfast"].endswith("%")
     assert "vs scikit-learn" in bench.table(rows, markdown=True)
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_lbfgs_follows_sklearn(Estimator):
+    if Estimator is MLPClassifier:
+        X, y = classification()
+    else:
+        X, y = make_regression(300, 8, noise=1.0, random_state=0)
+        y = y / 100
+    ours, theirs = fit_both(Estimator(hidden_layer_sizes=(16,), solver="lbfgs", alpha=1e-3,
+                                      max_iter=60, random_state=0), X, y)
+    assert not hasattr(ours, "partial_fit") and not hasattr(ours, "loss_curve_")
+    assert 1 <= ours.n_iter_ <= 60 and ours.t_ == 0
+    # different line searches and float32: the same kind of minimum, not the same path
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=0.5, abs=0.02)
+    assert ours.score(X, y) == pytest.approx(theirs.score(X, y), abs=0.05)
+
+
+def test_lbfgs_loss_is_the_final_full_batch_loss():
+    X, y = classification()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((8,), solver="lbfgs", alpha=1e-2, max_iter=30, random_state=0)
+        clf.fit(X, y)
+    model = gdfast.MLP([12, 8, 3], activation="relu", alpha=1e-2)
+    for l, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_), 1):
+        model.params[f"w{l}"], model.params[f"b{l}"] = w, b
+    labels = np.searchsorted(clf.classes_, y)
+    assert clf.loss_ == pytest.approx(model.loss_and_grad(X.astype(np.float32), labels), rel=1e-6)
+    with pytest.warns(ConvergenceWarning, match="lbfgs"):
+        clone(clf).set_params(max_iter=2).fit(X, y)
+
+
+def test_dropout_trains_and_predicts_deterministically():
+    X, y = classification()
+    plain = MLPClassifier((32,), learning_rate_init=0.01, max_iter=20, random_state=0)
+    drop = clone(plain).set_params(dropout=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain.fit(X, y)
+        drop.fit(X, y)
+    assert drop.score(X, y) > 0.8
+    assert drop.loss_ > plain.loss_  # the training loss is measured with units dropped
+    np.testing.assert_array_equal(drop.predict_proba(X), drop.predict_proba(X))
+    with pytest.raises(ValueError, match="dropout"):
+        clone(drop).set_params(solver="lbfgs").fit(X, y)
+
+
+def test_changing_alpha_between_partial_fits_keeps_the_optimizer_state():
+    X, y = classification()
+    clf = MLPClassifier((8,), random_state=0).partial_fit(X, y, classes=[0, 1, 2])
+    steps = clf._optimizer.state_dict()["step"]
+    before = clf.coefs_[0].copy()
+    clf.set_params(alpha=0.5).partial_fit(X, y)
+    assert clf._net().alpha == 0.5 and not np.array_equal(clf.coefs_[0], before)
+    assert clf._optimizer.state_dict()["step"] == 2 * steps  # Adam continued, not restarted
