@@ -43,8 +43,8 @@ except ImportError as e:  # scikit-learn is an optional extra
     raise ImportError("gdfast.sklearn needs scikit-learn: pip install 'gdfast[sklearn]' "
                       "(or pip install scikit-learn)") from e
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.preprocessing import LabelBinarizer
@@ -55,8 +55,8 @@ from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import _kernels
-from .mlp import MLP
 from .lbfgs import LBFGS
+from .mlp import MLP
 from .optim import SGD, Adam
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
