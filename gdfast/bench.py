@@ -541,6 +541,57 @@ def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
                 ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))]
 
 
+SKLEARN_EPOCHS = 10
+SKLEARN_PARAMS = dict(hidden_layer_sizes=(256, 128), solver="adam", batch_size=200,
+                      random_state=0)
+
+
+def bench_sklearn(threads, quick, peak, log):
+    """scikit-learn's MLPClassifier and gdfast.sklearn's fit one after the other on
+    Fashion-MNIST (the same data, parameters and epochs), with their test
+    accuracies: on float64 input (what most data is; scikit-learn then trains in
+    float64, gdfast converts it once to float32) and on float32 input (both
+    train in float32)."""
+    import warnings
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+        from gdfast.sklearn import MLPClassifier
+    except ImportError:
+        log("scikit-learn section skipped: scikit-learn is not installed")
+        return []
+    from gdfast.datasets import DatasetError, load
+    try:
+        data = load("fashion-mnist", progress=False)
+    except (FileNotFoundError, DatasetError, OSError) as exc:
+        log(f"scikit-learn section skipped: Fashion-MNIST not usable: {' '.join(str(exc).split())}")
+        return []
+    n = 10000 if quick else len(data.x_train)
+    epochs = 2 if quick else SKLEARN_EPOCHS
+    rows = []
+    for dtype in (np.float64, np.float32):
+        x, x_test = data.x_train[:n].astype(dtype), data.x_test.astype(dtype)
+        fits = {}
+        for name, cls in (("gdfast", MLPClassifier), ("scikit-learn", SkMLPClassifier)):
+            est = cls(max_iter=epochs, **SKLEARN_PARAMS)
+            quiet_cores()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter epochs, as asked
+                start = time.perf_counter()
+                est.fit(x, data.y_train[:n])
+                fits[name] = time.perf_counter() - start, est.score(x_test, data.y_test)
+        (ours, our_acc), (theirs, their_acc) = fits["gdfast"], fits["scikit-learn"]
+        rows.append(Row(
+            f"MLPClassifier.fit, Fashion-MNIST ({n} images, {epochs} epochs, (256, 128), adam, "
+            f"batch 200)", f"{np.dtype(dtype).name} input", threads, gdfast_s=ours,
+            unit="samples/s", work=n * epochs,
+            ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES),
+            extra={"scikit-learn": theirs, "vs scikit-learn": f"{theirs / ours:.1f}x",
+                   "test acc gdfast": f"{100 * our_acc:.2f}%",
+                   "test acc scikit-learn": f"{100 * their_acc:.2f}%"}))
+    return rows
+
+
 def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repeats=None,
         log=print):
     """Every benchmark row for each thread count, plus the machine they ran on."""
@@ -581,6 +632,8 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
                                        nt, repeats, peak, torch)
             if "mnist" in sections:
                 rows += bench_mnist_epoch(nt, quick, peak, log)
+            if "sklearn" in sections:
+                rows += bench_sklearn(nt, quick, peak, log)
             if limits is not None:
                 limits.restore_original_limits()
     finally:
@@ -821,8 +874,10 @@ def main(argv=None):
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 min)")
     parser.add_argument("--threads", type=int, nargs="+", help="thread counts (default: 1 and all)")
-    parser.add_argument("--sections", nargs="+", choices=["optim", "gemm", "mlp", "big", "mnist"],
-                        help="which benchmarks to run (default: all)")
+    parser.add_argument("--sections", nargs="+",
+                        choices=["optim", "gemm", "mlp", "big", "mnist", "sklearn"],
+                        help="which benchmarks to run (default: all but sklearn, gdfast.sklearn's "
+                             "MLPClassifier against scikit-learn's, which takes minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", help="optimizer parameter counts")
     parser.add_argument("--batches", type=int, nargs="+", help="MLP batch sizes")
     parser.add_argument("--repeats", type=int, help="timed repeats per case (median taken)")
