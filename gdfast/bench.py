@@ -302,6 +302,10 @@ GEMM_SHAPES = {
 }
 MLP_SIZES = [784, 256, 128, 10]
 MLP_BATCHES = [1, 32, 128, 512]
+# Networks far larger than the default, timed at the batches where their
+# steps are GEMM-bound; the second is Ciresan et al. 2010's 12M-weight MLP.
+BIG_MLPS = [[784, 1024, 1024, 10], [784, 2500, 2000, 1500, 1000, 500, 10]]
+BIG_BATCHES = [128, 512]
 
 
 def mlp_flops_per_sample(sizes):
@@ -318,15 +322,15 @@ def gemm_operands(m, n, k, trans_a, trans_b, seed=0):
     return a, b, np.empty((m, n), np.float32)
 
 
-def mlp_batch(n, seed=0):
+def mlp_batch(n, seed=0, sizes=MLP_SIZES):
     rng = np.random.default_rng(seed)
-    return rng.random((n, MLP_SIZES[0]), dtype=np.float32), rng.integers(0, MLP_SIZES[-1], n)
+    return rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
 
 
-def mlp_batches(n, samples=8192):
+def mlp_batches(n, samples=8192, sizes=MLP_SIZES):
     """A cycle of distinct random batches of n: steps on one batch over and
     over would fit it, which is not what a training run times."""
-    return itertools.cycle([mlp_batch(n, seed) for seed in range(max(4, samples // n))])
+    return itertools.cycle([mlp_batch(n, seed, sizes) for seed in range(max(4, samples // n))])
 
 
 def mlp_cases(batches):
@@ -335,11 +339,11 @@ def mlp_cases(batches):
     return [(bs, "Adam", 1e-3) for bs in batches] + [(1, "SGD", 1e-2)] * (1 in batches)
 
 
-def mlp_pair(seed=0, optimizer="Adam", lr=1e-3):
+def mlp_pair(seed=0, optimizer="Adam", lr=1e-3, sizes=MLP_SIZES):
     """gdfast's MLP + optimizer and the NumPy reference twins, from the same start."""
     from gdfast.reference.train import ReferenceMLP, ReferenceOptimizer
-    model = gdfast.MLP(MLP_SIZES, seed=seed)
-    ref = ReferenceMLP(MLP_SIZES, init_from=model.params)
+    model = gdfast.MLP(sizes, seed=seed)
+    ref = ReferenceMLP(sizes, init_from=model.params)
     return ((model, getattr(gdfast, optimizer)(model.params, lr=lr)),
             (ref, ReferenceOptimizer(optimizer, ref.params, lr=lr)))
 
@@ -447,10 +451,10 @@ def bench_mlp(batches, threads, repeats, peak, torch=None):
     return rows
 
 
-def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3):
+def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3, sizes=MLP_SIZES):
     """One PyTorch training step of the same MLP (nn.Sequential; Adam fused) per call."""
     layers = []
-    for a, b in zip(MLP_SIZES, MLP_SIZES[1:]):
+    for a, b in zip(sizes, sizes[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
     fused = {"fused": True} if optimizer == "Adam" else {}
@@ -463,6 +467,34 @@ def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3):
         loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
     return step
+
+
+def bench_big_mlps(networks, batches, threads, repeats, peak, torch=None):
+    """Adam train steps of bigger MLPs, as GFLOP/s of their matrix products
+    (mlp_flops_per_sample) against the FMA ceiling, and against torch."""
+    rows = []
+    for sizes in networks:
+        for bs in batches:
+            data = mlp_batches(bs, sizes=sizes)
+            (model, opt), (ref, ref_opt) = mlp_pair(sizes=sizes)
+
+            def ref_step():
+                ref.loss_and_grad(*next(data))
+                ref_opt.step()
+
+            quiet_cores()
+            row = Row("MLP train step, bigger networks (Adam)",
+                      f"{'-'.join(map(str, sizes))}, batch {bs}", threads,
+                      gdfast_s=median_time(lambda: model.train_step(*next(data), opt),
+                                           repeats=repeats),
+                      numpy_s=median_time(ref_step, repeats=repeats), unit="GFLOP/s",
+                      work=mlp_flops_per_sample(sizes) * bs / 1e9, ceiling=peak)
+            if torch is not None:
+                quiet_cores()
+                t = median_time(torch_mlp_step(torch, data, sizes=sizes), repeats=repeats)
+                row.extra.update({"torch": t, "torch / gdfast": f"{t / row.gdfast_s:.2f}x"})
+            rows.append(row)
+    return rows
 
 
 def mnist_trainers(x, y, batch_size=128, shift=0):
@@ -509,6 +541,57 @@ def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
                 ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))]
 
 
+SKLEARN_EPOCHS = 10
+SKLEARN_PARAMS = dict(hidden_layer_sizes=(256, 128), solver="adam", batch_size=200,
+                      random_state=0)
+
+
+def bench_sklearn(threads, quick, peak, log):
+    """scikit-learn's MLPClassifier and gdfast.sklearn's fit one after the other on
+    Fashion-MNIST (the same data, parameters and epochs), with their test
+    accuracies: on float64 input (what most data is; scikit-learn then trains in
+    float64, gdfast converts it once to float32) and on float32 input (both
+    train in float32)."""
+    import warnings
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+        from gdfast.sklearn import MLPClassifier
+    except ImportError:
+        log("scikit-learn section skipped: scikit-learn is not installed")
+        return []
+    from gdfast.datasets import DatasetError, load
+    try:
+        data = load("fashion-mnist", progress=False)
+    except (FileNotFoundError, DatasetError, OSError) as exc:
+        log(f"scikit-learn section skipped: Fashion-MNIST not usable: {' '.join(str(exc).split())}")
+        return []
+    n = 10000 if quick else len(data.x_train)
+    epochs = 2 if quick else SKLEARN_EPOCHS
+    rows = []
+    for dtype in (np.float64, np.float32):
+        x, x_test = data.x_train[:n].astype(dtype), data.x_test.astype(dtype)
+        fits = {}
+        for name, cls in (("gdfast", MLPClassifier), ("scikit-learn", SkMLPClassifier)):
+            est = cls(max_iter=epochs, **SKLEARN_PARAMS)
+            quiet_cores()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter epochs, as asked
+                start = time.perf_counter()
+                est.fit(x, data.y_train[:n])
+                fits[name] = time.perf_counter() - start, est.score(x_test, data.y_test)
+        (ours, our_acc), (theirs, their_acc) = fits["gdfast"], fits["scikit-learn"]
+        rows.append(Row(
+            f"MLPClassifier.fit, Fashion-MNIST ({n} images, {epochs} epochs, (256, 128), adam, "
+            f"batch 200)", f"{np.dtype(dtype).name} input", threads, gdfast_s=ours,
+            unit="samples/s", work=n * epochs,
+            ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES),
+            extra={"scikit-learn": theirs, "vs scikit-learn": f"{theirs / ours:.1f}x",
+                   "test acc gdfast": f"{100 * our_acc:.2f}%",
+                   "test acc scikit-learn": f"{100 * their_acc:.2f}%"}))
+    return rows
+
+
 def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repeats=None,
         log=print):
     """Every benchmark row for each thread count, plus the machine they ran on."""
@@ -517,7 +600,7 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
     sizes = sizes or (OPTIMIZER_SIZES[:-1] if quick else OPTIMIZER_SIZES)
     batches = batches or (MLP_BATCHES[:-1] if quick else MLP_BATCHES)
     repeats = repeats or (5 if quick else 9)
-    sections = sections or ["optim", "gemm", "mlp", "mnist"]
+    sections = sections or ["optim", "gemm", "mlp", "big", "mnist"]
     shapes = dict(list(GEMM_SHAPES.items())[:-1]) if quick else GEMM_SHAPES
     torch = _torch()
     info = machine()
@@ -544,8 +627,13 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
                 rows += bench_gemm(shapes, nt, repeats, peak, torch)
             if "mlp" in sections:
                 rows += bench_mlp(batches, nt, repeats, peak, torch)
+            if "big" in sections:
+                rows += bench_big_mlps(BIG_MLPS, BIG_BATCHES[:1] if quick else BIG_BATCHES,
+                                       nt, repeats, peak, torch)
             if "mnist" in sections:
                 rows += bench_mnist_epoch(nt, quick, peak, log)
+            if "sklearn" in sections:
+                rows += bench_sklearn(nt, quick, peak, log)
             if limits is not None:
                 limits.restore_original_limits()
     finally:
@@ -787,8 +875,10 @@ def main(argv=None):
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 min)")
     parser.add_argument("--threads", type=int, nargs="+", help="thread counts (default: 1 and all)")
-    parser.add_argument("--sections", nargs="+", choices=["optim", "gemm", "mlp", "mnist"],
-                        help="which benchmarks to run (default: all)")
+    parser.add_argument("--sections", nargs="+",
+                        choices=["optim", "gemm", "mlp", "big", "mnist", "sklearn"],
+                        help="which benchmarks to run (default: all but sklearn, gdfast.sklearn's "
+                             "MLPClassifier against scikit-learn's, which takes minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", help="optimizer parameter counts")
     parser.add_argument("--batches", type=int, nargs="+", help="MLP batch sizes")
     parser.add_argument("--repeats", type=int, help="timed repeats per case (median taken)")

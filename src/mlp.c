@@ -71,8 +71,10 @@ static gd_index b_offset(const gd_mlp *net, int l) {
     return w_offset(net, l) + net->sizes[l - 1] * net->sizes[l];
 }
 
+/* The output layer's GEMM epilogue: logits for the losses that take their
+ * probabilities from the logits in the loss pass. */
 static int out_act(const gd_mlp *net) {
-    return net->loss == GD_LOSS_CROSS_ENTROPY ? GD_ACT_IDENTITY : net->out_act;
+    return net->loss == GD_LOSS_MSE ? net->out_act : GD_ACT_IDENTITY;
 }
 
 static uint64_t splitmix64(uint64_t x) {
@@ -139,6 +141,10 @@ static int mlp_forward(const gd_mlp *net, const float *params, const float *x, g
             softmax_row(z, k, &mx, &ls);
             for (gd_index j = 0; j < k; j++) z[j] = (float)exp((double)(z[j] - mx) - ls);
         }
+    } else if (net->loss == GD_LOSS_BINARY) {
+        gd_index total = n * net->sizes[net->n_layers];
+        float *out = gdfast_mlp_output(net, ws, n);
+        for (gd_index i = 0; i < total; i++) out[i] = (float)(1.0 / (1.0 + exp(-(double)out[i])));
     }
     return 0;
 }
@@ -171,6 +177,15 @@ static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
             for (gd_index j = 0; j < k; j++) {
                 float tj = t ? t[j] : (float)(labels[i] == j);
                 d[j] = (a[j] * (float)tsum - tj) * inv_n;
+            }
+        } else if (net->loss == GD_LOSS_BINARY) {
+            for (gd_index j = 0; j < k; j++) {
+                double z = a[j];
+                float tj = t ? t[j] : (float)(labels[i] == j);
+                /* -t log p - (1 - t) log(1 - p) = softplus(z) - t z, stable for any z */
+                li += (z > 0.0 ? z : 0.0) + log1p(exp(-fabs(z))) - tj * z;
+                a[j] = (float)(1.0 / (1.0 + exp(-z)));
+                d[j] = (a[j] - tj) * inv_n;
             }
         } else {
             for (gd_index j = 0; j < k; j++) {

@@ -243,3 +243,20 @@ def test_under_load_flag(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         bench.main(["--under-load", "-1"])
     assert "number of processes >= 0" in capsys.readouterr().err
+
+
+def test_bigger_networks_rate_their_matrix_products_against_the_fma_ceiling():
+    rows = bench.bench_big_mlps([[12, 16, 8, 3]], [4, 6], threads=1, repeats=3, peak=1e6,
+                                torch=None)
+    assert [r.case for r in rows] == ["12-16-8-3, batch 4", "12-16-8-3, batch 6"]
+    for r, bs in zip(rows, (4, 6)):
+        assert r.section == "MLP train step, bigger networks (Adam)" and r.unit == "GFLOP/s"
+        assert r.work == bench.mlp_flops_per_sample([12, 16, 8, 3]) * bs / 1e9
+        assert r.ceiling == 1e6 and 0 < r.fraction < 1 and r.numpy_s > 0
+
+
+def test_bigger_networks_compare_with_torch_in_the_same_run():
+    torch = pytest.importorskip("torch")
+    (r,) = bench.bench_big_mlps([[12, 16, 3]], [4], threads=1, repeats=3, peak=1e6, torch=torch)
+    assert r.extra["torch"] > 0
+    assert r.extra["torch / gdfast"] == f"{r.extra['torch'] / r.gdfast_s:.2f}x"
