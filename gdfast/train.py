@@ -72,6 +72,10 @@ class Trainer:
     acc_every: estimate the training accuracy ("train_acc") from every
         acc_every-th batch, predicted right after its update (0: never; integer
         labels only).
+
+    The optimizer may instead take ``step(closure)`` (gdfast.LBFGS): each
+    batch is then one call, the closure computing the loss and gradients
+    (full batch is what L-BFGS expects: batch_size=None).
     """
 
     def __init__(self, model, optimizer, train, *, batch_size=128, schedule=None,
@@ -112,6 +116,11 @@ class Trainer:
         self._max_norm = clip_norm or (math.inf if track_grad_norm else None)
         step_args = inspect.signature(optimizer.step).parameters
         self._fused_norm = "max_grad_norm" in step_args and self._max_norm is not None
+        # optimizers that evaluate the loss themselves (L-BFGS): step(closure)
+        self._closure = "closure" in step_args
+        if self._closure and clip_norm is not None:
+            raise ValueError(f"clip_norm does not apply to {type(optimizer).__name__}, which "
+                             f"evaluates the loss and gradients itself")
         # gdfast's MLP and optimizers: forward, backward and update in one call
         # (dW is never stored at batch 1; MNIST, 2 threads: 15.8k -> 21.3k examples/s)
         self._one_call = isinstance(model, MLP) and hasattr(optimizer, "_begin_step")
@@ -146,6 +155,10 @@ class Trainer:
 
     def _train_step(self, xb, yb, lr):
         """One update; returns (loss, gradient norm before clipping, or nan)."""
+        if self._closure:               # the loss before the step; none when not finite
+            loss = self.optimizer.step(lambda: self.model.loss_and_grad(xb, yb))
+            self._check_loss(loss, lr)
+            return loss, math.nan
         if self._one_call:              # no update when the loss is not finite
             out = self.model.train_step(xb, yb, self.optimizer, max_grad_norm=self._max_norm,
                                         skip_nonfinite=True)
@@ -265,6 +278,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "step": self.step, "epoch": self.epoch,
+            "model_step": getattr(self.model, "step", None),   # the MLP's dropout counter
             "rng": self.batches.get_state(),
             "history": self.history,
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs,
@@ -325,6 +339,8 @@ class Trainer:
         step, epoch, history = int(state["step"]), int(state["epoch"]), list(state["history"])
         for name, arr in state["params"].items():
             self.params[name] = arr
+        if state.get("model_step") is not None and hasattr(self.model, "step"):
+            self.model.step = state["model_step"]
         self.step, self.epoch, self.history = step, epoch, history
         self.best, self.bad_epochs, self.stopped_early = best, bad_epochs, stopped
         self.best_params = best_params
@@ -385,9 +401,10 @@ def _check_counters(state):
 def _model_info(model):
     """What a checkpoint must match beyond the parameter layout (MLP settings)."""
     info = {"class": type(model).__name__}
-    for k in ("sizes", "activation", "output_activation", "loss"):
+    for k in ("sizes", "activation", "output_activation", "loss", "alpha", "dropout"):
         v = getattr(model, k, None)
-        if isinstance(v, (str, int, float, list, tuple)):
+        # no regularization is left out, as in checkpoints from before it existed
+        if isinstance(v, (str, int, float, list, tuple)) and not (k in ("alpha", "dropout") and not v):
             info[k] = list(v) if isinstance(v, tuple) else v
     return info
 

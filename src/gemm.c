@@ -13,16 +13,13 @@
  * (any strides), and B too when C has at most 12 rows (unit column stride, not
  * transposed; 1-2 rows go to a wider tile), or packs B one micro-panel at a
  * time as it goes; 1-2 rows against a transposed B are dot products.
- * Threads split the columns (or rows) of C into fixed tile
- * ranges; the K loop is never split, so every element of C is computed by the
- * same operations in the same order whatever the thread count.
+ * Threads take chunks of whole tiles of C's columns (or rows) as they come;
+ * the K loop is never split, so every element of C is computed by the same
+ * operations in the same order whatever the chunk and the thread.
  */
 #include <stdlib.h>
 #include <string.h>
 #include "gemm.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #ifndef GD_MC
 #define GD_MC 144
@@ -46,6 +43,8 @@
 #define GD_DOT_ROWS 2
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
+/* Chunks of C per thread, which threads take as they come (see gdfast_parallel). */
+#define GD_CHUNKS_PER_THREAD 4
 
 /* One instruction set's GEMM pieces. */
 typedef struct {
@@ -363,15 +362,23 @@ static int gemm_range(const gemm_job *g, gd_index i0, gd_index i1, gd_index j0, 
     return 0;
 }
 
-#ifdef _OPENMP
-/* [lo, hi) of `units` tiles for part t of nt, in elements of size `unit`. */
-static void split(gd_index total, gd_index unit, int t, int nt, gd_index *lo, gd_index *hi) {
-    gd_index units = (total + unit - 1) / unit;
-    gd_index a = units * t / nt, b = units * (t + 1) / nt;
-    *lo = a * unit;
-    *hi = b * unit < total ? b * unit : total;
+/* A pass of the threads: C cut into `chunks` ranges of whole tiles along
+ * its columns (or rows). */
+typedef struct {
+    const gemm_job *g;
+    int by_cols;
+    gd_index tiles, chunks;
+} gemm_pass;
+
+static int gemm_chunks(void *ctx, gd_index c0, gd_index c1) {
+    const gemm_pass *x = ctx;
+    const gemm_job *g = x->g;
+    gd_index unit = x->by_cols ? gk->tile_cols : GD_MR, total = x->by_cols ? g->n : g->m;
+    gd_index lo = x->tiles * c0 / x->chunks * unit, hi = x->tiles * c1 / x->chunks * unit;
+    if (hi > total) hi = total;
+    if (lo >= hi) return 0;
+    return x->by_cols ? gemm_range(g, 0, g->m, lo, hi) : gemm_range(g, lo, hi, 0, g->n);
 }
-#endif
 
 static gemm_job make_job(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                          float alpha, const float *a, gd_index lda, const float *b,
@@ -406,31 +413,8 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
     gd_index grain = GD_THREAD_GRAIN;
     int nt = gdfast_threads_for((gd_index)(flops / (double)grain) + 1, 1);
     if (nt > tiles) nt = (int)tiles;
-    int status = 0;
-    if (nt <= 1) {
-        unsigned fp = gd_fpmode_enter();
-        status = gemm_range(&g, 0, m, 0, n);
-        gd_fpmode_leave(fp);
-        return status;
-    }
-
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) reduction(| : status)
-    {
-        unsigned fp = gd_fpmode_enter();
-        int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        gd_index lo, hi;
-        if (by_cols) {
-            split(n, gk->tile_cols, t, nth, &lo, &hi);
-            if (lo < hi) status |= gemm_range(&g, 0, m, lo, hi);
-        } else {
-            split(m, GD_MR, t, nth, &lo, &hi);
-            if (lo < hi) status |= gemm_range(&g, lo, hi, 0, n);
-        }
-        gd_fpmode_leave(fp);
-    }
-#else
-    status = gemm_range(&g, 0, m, 0, n);
-#endif
-    return status;
+    /* Packed blocks are packed again for every chunk: one per thread then. */
+    gd_index per_thread = g.pack_a ? 1 : GD_CHUNKS_PER_THREAD;
+    gemm_pass x = {&g, by_cols, tiles, nt * per_thread < tiles ? nt * per_thread : tiles};
+    return gdfast_parallel(nt, x.chunks, gemm_chunks, &x);
 }
