@@ -310,7 +310,8 @@ def test_bad_closure_or_groups_change_nothing():
     with pytest.raises(ValueError, match=r"grads\[0\] has shape \(3,\), expected \(2,\)"):
         opt.step(lambda: (1.0, [np.ones(3, np.float32)]))
     opt.param_groups[0]["history_size"] = 200
-    with pytest.raises(ValueError, match="history_size must be at most 100"):
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['history_size'\] must be at "
+                                         r"most 100"):
         opt.step(lambda: (1.0, [p.copy()]))
     opt.param_groups[0]["history_size"] = 100
     np.testing.assert_array_equal(p, 1)
