@@ -35,6 +35,21 @@ def _sizes(text):
     return sizes
 
 
+def _rates(text):
+    """Dropout: one rate for every hidden layer, or one per layer (0.2 or 0.2,0.1)."""
+    rates = []
+    for part in text.split(","):
+        try:
+            rate = float(part)
+        except ValueError:
+            rate = math.nan
+        if not 0 <= rate < 1:
+            raise argparse.ArgumentTypeError(f"dropout rates must be numbers in [0, 1) like 0.2 or "
+                                             f"0.2,0.1, got {text!r}")
+        rates.append(rate)
+    return rates[0] if len(rates) == 1 else rates
+
+
 def _number(kind=float, low=None, high=None, low_open=False, high_open=True):
     """An argparse type: a finite `kind` in [low, high) (open/closed ends as given)."""
     bounds = (f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
@@ -88,6 +103,11 @@ def _add_train(p):
     m.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
     m.add_argument("--loss", choices=["cross_entropy", "mse"], default="cross_entropy")
     m.add_argument("--init", choices=INITS, default="he", help="weight initialisation (default he)")
+    m.add_argument("--dropout", type=_rates, default=0.0, metavar="P",
+                   help="inverted dropout of the hidden layers: one rate, or one per hidden "
+                        "layer (0.2,0.1) (default 0)")
+    m.add_argument("--alpha", type=_number(float, 0), default=0.0,
+                   help="L2 penalty on the weights, as scikit-learn's alpha (default 0)")
     o = p.add_argument_group("optimizer")
     o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="lbfgs: full batch, strong-Wolfe line search, lr 1 (default adam)")
@@ -285,8 +305,11 @@ def _run_train(args, argv):
     n_out = 10 if not args.train_file else 1 + max(
         int(y.max()) for y in (data.y_train, data.y_val, data.y_test) if y is not None)
     sizes = [data.x_train.shape[1]] + list(args.hidden) + [n_out]
+    if isinstance(args.dropout, list) and len(args.dropout) != len(args.hidden):
+        _fail("train", f"--dropout has {len(args.dropout)} rates but --hidden has "
+              f"{len(args.hidden)} layers (give one rate for all, or one per layer)")
     model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
-                       seed=args.seed)
+                       seed=args.seed, alpha=args.alpha, dropout=args.dropout)
     optimizer = _make_optimizer(args.optimizer, model.params, args)
     batch = args.batch_size or None
     n = len(data.x_train)
@@ -295,7 +318,9 @@ def _run_train(args, argv):
     warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
     schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
                               steps_per_epoch=steps_per_epoch)
-    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} "
+    reg = "".join(f", {k} {v if isinstance(v, float) else ','.join(map(str, v))}"
+                  for k, v in (("dropout", args.dropout), ("alpha", args.alpha)) if v)
+    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}{reg}, {args.optimizer} "
                 f"lr {args.lr:g} {args.schedule}, batch {batch or 'full'}, shift {args.shift if batch else 0}, "
                 f"{args.epochs} epochs")
     n_test = "no" if data.x_test is None else len(data.x_test)

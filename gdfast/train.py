@@ -278,6 +278,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "step": self.step, "epoch": self.epoch,
+            "model_step": getattr(self.model, "step", None),   # the MLP's dropout counter
             "rng": self.batches.get_state(),
             "history": self.history,
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs,
@@ -338,6 +339,8 @@ class Trainer:
         step, epoch, history = int(state["step"]), int(state["epoch"]), list(state["history"])
         for name, arr in state["params"].items():
             self.params[name] = arr
+        if state.get("model_step") is not None and hasattr(self.model, "step"):
+            self.model.step = state["model_step"]
         self.step, self.epoch, self.history = step, epoch, history
         self.best, self.bad_epochs, self.stopped_early = best, bad_epochs, stopped
         self.best_params = best_params
@@ -398,9 +401,10 @@ def _check_counters(state):
 def _model_info(model):
     """What a checkpoint must match beyond the parameter layout (MLP settings)."""
     info = {"class": type(model).__name__}
-    for k in ("sizes", "activation", "output_activation", "loss"):
+    for k in ("sizes", "activation", "output_activation", "loss", "alpha", "dropout"):
         v = getattr(model, k, None)
-        if isinstance(v, (str, int, float, list, tuple)):
+        # no regularization is left out, as in checkpoints from before it existed
+        if isinstance(v, (str, int, float, list, tuple)) and not (k in ("alpha", "dropout") and not v):
             info[k] = list(v) if isinstance(v, tuple) else v
     return info
 
