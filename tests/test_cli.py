@@ -1,4 +1,5 @@
 """The gdfast command, run in-process on small generated data sets."""
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 import gdfast
 from conftest import child_python
-from gdfast import cli, testfuncs
+from gdfast import cli, datasets, testfuncs
 from test_datasets import idx_bytes
 
 
@@ -135,6 +136,9 @@ def test_nielsen_preset_values_and_overrides():
 def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "none"))
+    # Debian's dataset-fashion-mnist may be installed on this machine: hide it.
+    spec = datasets.DATASETS["fashion-mnist"]
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", dataclasses.replace(spec, system_dirs=()))
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--dataset", "fashion-mnist", "--no-download", "--no-progress"])
     msg = str(e.value)
@@ -157,7 +161,7 @@ def test_train_offline_uses_the_bundled_sample(tmp_path):
 
 
 def test_bad_flags_are_refused(capsys):
-    for argv in (["train", "--hidden", "a,b"], ["train", "--optimizer", "lbfgs"], ["frobnicate"]):
+    for argv in (["train", "--hidden", "a,b"], ["train", "--optimizer", "newton"], ["frobnicate"]):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
