@@ -541,6 +541,66 @@ def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
                 ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))]
 
 
+def bench_lbfgs(threads, quick, log):
+    """L-BFGS on the MNIST MLP, full batch: time per iteration of gdfast.LBFGS
+    (strong Wolfe) against SciPy's L-BFGS-B driving the same loss_and_grad
+    (with its float64 conversions), both with 10 pairs, in the same run.
+    "outside closure" is each optimizer's own time per iteration: everything
+    but loss_and_grad."""
+    from gdfast.datasets import DatasetError, load_mnist
+    try:
+        data = load_mnist(progress=False)
+    except (FileNotFoundError, DatasetError, OSError) as exc:
+        log(f"L-BFGS skipped: MNIST files unusable: {' '.join(str(exc).split())}")
+        return []
+    x, y = data.x_train, data.y_train
+    if quick:
+        x, y = x[:4096], y[:4096]
+    iters = 3 if quick else 10
+    inside = {"gdfast": 0.0, "scipy": 0.0}
+
+    def timed(model, who):
+        t0 = time.perf_counter()
+        loss = model.loss_and_grad(x, y)
+        inside[who] += time.perf_counter() - t0
+        return loss
+
+    model = gdfast.MLP(MLP_SIZES, seed=0)
+    start = model.params.data.copy()
+    opt = gdfast.LBFGS(model.params, max_iter=iters, history_size=10, tolerance_grad=0,
+                       tolerance_change=0, line_search_fn="strong_wolfe")
+    quiet_cores()
+    t0 = time.perf_counter()
+    opt.step(lambda: timed(model, "gdfast"))
+    total = time.perf_counter() - t0
+    row = Row(f"L-BFGS full batch ({len(x)} MNIST images, 10 pairs, {iters} iterations)",
+              "784-256-128-10", threads, gdfast_s=total / opt.n_iter, unit="iterations/s",
+              work=1.0)
+    row.extra["evals/iter"] = f"{opt.func_evals / opt.n_iter:.2f}"
+    row.extra["outside closure"] = (total - inside["gdfast"]) / opt.n_iter
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        row.extra["scipy L-BFGS-B"] = "n/a"
+        return [row]
+    twin = gdfast.MLP(MLP_SIZES, seed=0)
+
+    def fun(w):
+        twin.params.data[...] = w
+        loss = timed(twin, "scipy")
+        return float(loss), twin.params.grad.astype(np.float64)
+
+    quiet_cores()
+    t0 = time.perf_counter()
+    res = minimize(fun, start.astype(np.float64), jac=True, method="L-BFGS-B",
+                   options=dict(maxiter=iters, maxcor=10, ftol=0.0, gtol=0.0))
+    total = time.perf_counter() - t0
+    row.extra["scipy L-BFGS-B"] = total / res.nit
+    row.extra["scipy evals/iter"] = f"{res.nfev / res.nit:.2f}"
+    row.extra["scipy outside closure"] = (total - inside["scipy"]) / res.nit
+    return [row]
+
+
 SKLEARN_EPOCHS = 10
 SKLEARN_PARAMS = dict(hidden_layer_sizes=(256, 128), solver="adam", batch_size=200,
                       random_state=0)
@@ -600,7 +660,7 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
     sizes = sizes or (OPTIMIZER_SIZES[:-1] if quick else OPTIMIZER_SIZES)
     batches = batches or (MLP_BATCHES[:-1] if quick else MLP_BATCHES)
     repeats = repeats or (5 if quick else 9)
-    sections = sections or ["optim", "gemm", "mlp", "big", "mnist"]
+    sections = sections or ["optim", "gemm", "mlp", "big", "mnist", "lbfgs"]
     shapes = dict(list(GEMM_SHAPES.items())[:-1]) if quick else GEMM_SHAPES
     torch = _torch()
     info = machine()
@@ -632,6 +692,8 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
                                        nt, repeats, peak, torch)
             if "mnist" in sections:
                 rows += bench_mnist_epoch(nt, quick, peak, log)
+            if "lbfgs" in sections:
+                rows += bench_lbfgs(nt, quick, log)
             if "sklearn" in sections:
                 rows += bench_sklearn(nt, quick, peak, log)
             if limits is not None:
@@ -876,7 +938,7 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 min)")
     parser.add_argument("--threads", type=int, nargs="+", help="thread counts (default: 1 and all)")
     parser.add_argument("--sections", nargs="+",
-                        choices=["optim", "gemm", "mlp", "big", "mnist", "sklearn"],
+                        choices=["optim", "gemm", "mlp", "big", "mnist", "lbfgs", "sklearn"],
                         help="which benchmarks to run (default: all but sklearn, gdfast.sklearn's "
                              "MLPClassifier against scikit-learn's, which takes minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", help="optimizer parameter counts")

@@ -34,25 +34,28 @@ def _is_num(v):
     return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
 
 
-def _check_group(g, where="", history_cap=None):
-    """The hyperparameters of a param group (or the constructor's)."""
+def _check_group(g, where=None, history_cap=None):
+    """The hyperparameters of a param group (or the constructor's); `where`
+    names the group's dict in messages ("param_groups[0]")."""
+    def bad(key, expected):
+        _bad(key if where is None else f"{where}[{key!r}]", g[key], expected)
+
     if not (_is_num(g["lr"]) and 0 <= g["lr"] < math.inf):
-        _bad(f"{where}lr", g["lr"], "a finite number >= 0")
+        bad("lr", "a finite number >= 0")
     if not (_is_int(g["max_iter"]) and g["max_iter"] >= 1):
-        _bad(f"{where}max_iter", g["max_iter"], "an integer >= 1")
+        bad("max_iter", "an integer >= 1")
     if not (_is_int(g["max_eval"]) and g["max_eval"] >= 1):
-        _bad(f"{where}max_eval", g["max_eval"], "an integer >= 1 (or None: max_iter * 5 // 4)")
+        bad("max_eval", "an integer >= 1 (or None: max_iter * 5 // 4)")
     for key in ("tolerance_grad", "tolerance_change"):
         if not (_is_num(g[key]) and 0 <= g[key] < math.inf):
-            _bad(f"{where}{key}", g[key], "a finite number >= 0")
+            bad(key, "a finite number >= 0")
     h = g["history_size"]
     if not (_is_int(h) and h >= 1):
-        _bad(f"{where}history_size", h, "an integer >= 1")
+        bad("history_size", "an integer >= 1")
     if history_cap is not None and h > history_cap:
-        _bad(f"{where}history_size", h, f"at most {history_cap}, the history allocated at "
-             f"construction")
+        bad("history_size", f"at most {history_cap}, the history allocated at construction")
     if g["line_search_fn"] not in _LINE_SEARCHES:
-        _bad(f"{where}line_search_fn", g["line_search_fn"], "None or 'strong_wolfe'")
+        bad("line_search_fn", "None or 'strong_wolfe'")
 
 
 def _cubic_min(x1, f1, g1, x2, f2, g2, bounds=None):
@@ -235,7 +238,7 @@ class LBFGS:
             raise TypeError(f"closure must be callable (it returns the loss), "
                             f"got {type(closure).__name__}")
         group = self.param_groups[0]
-        _check_group(group, "param_groups[0]['", self._slots - 1)
+        _check_group(group, "param_groups[0]", self._slots - 1)
         self._check_params()
         lr, max_iter, max_eval = float(group["lr"]), group["max_iter"], group["max_eval"]
         tol_grad, tol_change = float(group["tolerance_grad"]), float(group["tolerance_change"])
@@ -430,7 +433,7 @@ class LBFGS:
         if set(g) != set(self.defaults):
             raise ValueError(f"state_dict's param group has options {sorted(g)}, "
                              f"expected {sorted(self.defaults)}")
-        _check_group(g, "state_dict param_groups[0]['", self._slots - 1)
+        _check_group(g, "state_dict['param_groups'][0]", self._slots - 1)
         n = self._n
         counters = {}
         for key in ("func_evals", "n_iter"):

@@ -310,7 +310,8 @@ def test_bad_closure_or_groups_change_nothing():
     with pytest.raises(ValueError, match=r"grads\[0\] has shape \(3,\), expected \(2,\)"):
         opt.step(lambda: (1.0, [np.ones(3, np.float32)]))
     opt.param_groups[0]["history_size"] = 200
-    with pytest.raises(ValueError, match="history_size must be at most 100"):
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['history_size'\] must be at "
+                                         r"most 100"):
         opt.step(lambda: (1.0, [p.copy()]))
     opt.param_groups[0]["history_size"] = 100
     np.testing.assert_array_equal(p, 1)
@@ -413,3 +414,18 @@ def test_cli_train_lbfgs(tmp_path, capsys):
         cli.main(["train", "--train", str(path), "--optimizer", "lbfgs", "--batch-size", "32"])
     assert e.value.code == 2
     assert "--batch-size does not apply to lbfgs" in capsys.readouterr().err
+
+
+def test_bench_lbfgs_row(monkeypatch):
+    from types import SimpleNamespace
+
+    from gdfast import bench, datasets
+    pytest.importorskip("scipy")
+    x, y = _mlp_data(n=32)
+    monkeypatch.setattr(datasets, "load_mnist", lambda **kw: SimpleNamespace(x_train=x, y_train=y))
+    monkeypatch.setattr(bench, "quiet_cores", lambda: None)
+    [row] = bench.bench_lbfgs(1, True, print)
+    assert row.section.startswith("L-BFGS full batch (32 MNIST images, 10 pairs, 3 iterations)")
+    assert row.gdfast_s > 0 and row.extra["scipy L-BFGS-B"] > 0
+    assert 0 < row.extra["outside closure"] < row.gdfast_s
+    assert "scipy outside closure" in bench.table([row])
