@@ -24,9 +24,6 @@
 #include "mlp.h"
 #include "gemm.h"
 #include "optim.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Rows of all weight matrices together. */
 static gd_index weight_rows(const gd_mlp *net) {
@@ -339,6 +336,30 @@ static void fused_range(const gd_mlp *net, float *params, const float *x, float 
     }
 }
 
+typedef struct {
+    const gd_mlp *net;
+    float *params;
+    const float *x;
+    float *ws;
+    const gd_plan *plan;
+    gd_index total;
+    int chunks;
+} fused_pass;
+
+/* Chunks [c0, c1) of the fused pass over the arena, cut as an optimizer pass is. */
+static int fused_chunks(void *ctx, gd_index c0, gd_index c1) {
+    fused_pass *f = ctx;
+    gd_index lo, hi, unused;
+    gdfast_optim_split(f->total, f->chunks, (int)c0, &lo, &unused);
+    gdfast_optim_split(f->total, f->chunks, (int)c1 - 1, &unused, &hi);
+    if (f->net->alpha > 0.0) {
+        lo = row_start(f->net, lo);
+        hi = row_start(f->net, hi);
+    }
+    fused_range(f->net, f->params, f->x, f->ws, f->plan, lo, hi);
+    return 0;
+}
+
 /* Whether position pos of the arena starts a tensor (or ends the last). */
 static int tensor_edge(const gd_mlp *net, gd_index pos) {
     for (int l = 1; l <= net->n_layers + 1; l++)
@@ -418,25 +439,10 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
      * update; any value gives the unclipped update meanwhile */
     if (plan->max_norm > 0.0) plan->norm = net->alpha > 0.0 ? 0.0 : outer_grad_norm(net, x, ws);
     gdfast_optim_begin_pieces(plan);
-    int nt = gdfast_threads_for(total, gdfast_optim_grain(plan));
-    if (nt <= 1) {
-        fused_range(net, params, x, ws, plan, 0, total);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-        {
-            unsigned fp = gd_fpmode_enter();
-            gd_index lo, hi;
-            gdfast_optim_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-            if (net->alpha > 0.0) {
-                lo = row_start(net, lo);
-                hi = row_start(net, hi);
-            }
-            fused_range(net, params, x, ws, plan, lo, hi);
-            gd_fpmode_leave(fp);
-        }
-#endif
-    }
+    gd_index grain = gdfast_optim_grain(plan);
+    int nt = gdfast_threads_for(total, grain);
+    fused_pass f = {net, params, x, ws, plan, total, (int)gdfast_optim_chunks(total, nt, grain)};
+    gdfast_parallel(nt, f.chunks, fused_chunks, &f);
     if (net->alpha > 0.0) {
         *loss += l2_penalty(net, params, 1, row_sums(net, ws, 1));
         if (plan->max_norm > 0.0) plan->norm = l2_grad_norm(net, ws);
