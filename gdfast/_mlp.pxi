@@ -206,17 +206,21 @@ cdef class MLPCore:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
         return loss
 
-    def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False):
+    def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False,
+                   double agc=0.0, double agc_eps=1e-3, gd_index agc_end=0):
         """Forward, backward and the optimizer's update in one GIL-free stretch.
-        Returns (loss, gradient norm or None); see MLP.train_step."""
+        Returns (loss, gradient norm or None); see MLP.train_step. agc > 0:
+        AGC of the tensors before arena position agc_end for this step."""
         cdef double mx = max_norm_arg(max_grad_norm)
         self._enter()
         try:
-            return self._train_step(x, y, optimizer, params, mx, skip_nonfinite)
+            return self._train_step(x, y, optimizer, params, mx, skip_nonfinite, agc, agc_eps,
+                                    agc_end)
         finally:
             self.busy = False
 
-    cdef _train_step(self, x, y, optimizer, params, double mx, bint skip):
+    cdef _train_step(self, x, y, optimizer, params, double mx, bint skip, double agc,
+                     double agc_eps, gd_index agc_end):
         keep = self._prepare(x, y, True)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
@@ -227,6 +231,8 @@ cdef class MLPCore:
                             f"got {type(optimizer).__name__}")
         cdef StepPlan plan = begin(params)
         plan.plan.max_norm = mx
+        if agc > 0:
+            plan._agc_only_below(agc, agc_eps, agc_end)
         try:
             with nogil:
                 status = gdfast_mlp_train_step(

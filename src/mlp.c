@@ -232,13 +232,13 @@ static int tensor_edge(const gd_mlp *net, gd_index pos) {
  * read back (a third of a batch-1 Adam step). From two examples on, dW is a
  * real GEMM that has to be written (tried a block at a time inside the
  * update: 5-15% slower steps at batches 2-64). It also needs no clipping
- * (the norm needs every gradient first; an infinite max_norm only asks for
+ * (the norm, and AGC's unit norms, need every gradient first; an infinite max_norm only asks for
  * the norm, see outer_grad_norm), update kernels with an outer-product
  * form (not Lookahead's sync), and a plan whose segments are views of this
  * arena and its grads covering whole tensors. */
 static int fusable(const gd_mlp *net, const float *params, const float *grads, gd_index total,
                    gd_index n, const gd_plan *plan) {
-    if (n != 1 || (plan->max_norm > 0.0 && plan->max_norm < INFINITY) ||
+    if (n != 1 || (plan->max_norm > 0.0 && plan->max_norm < INFINITY) || plan->agc_on ||
         !gdfast_optim_outer_ok(plan))
         return 0;
     for (int k = 0; k < plan->nseg; k++) {
