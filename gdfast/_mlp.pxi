@@ -18,6 +18,10 @@ cdef extern from "mlp.h" nogil:
     gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss)
+    gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
+                                      const float *x, gd_index n, const int64_t *labels,
+                                      const float *targets, float *ws, double *loss,
+                                      gd_index n_mean, int acc)
     gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads,
                                    const float *x, gd_index n, const int64_t *labels,
                                    const float *targets, float *ws, gd_plan *plan,
@@ -181,27 +185,34 @@ cdef class MLPCore:
         self._n = n
         return (X, T)
 
-    cdef gd_index _loss_grad(self, const float *x, double *loss) noexcept nogil:
-        return gdfast_mlp_loss_grad(&self.net, <const float *>cnp.PyArray_DATA(self.data),
-                                    <float *>cnp.PyArray_DATA(self.grad), x, self._n,
-                                    self._labels, self._targets,
-                                    <float *>cnp.PyArray_DATA(self.ws), loss)
+    cdef gd_index _loss_grad(self, const float *x, double *loss, gd_index n_mean,
+                             int acc) noexcept nogil:
+        return gdfast_mlp_loss_grad_acc(&self.net, <const float *>cnp.PyArray_DATA(self.data),
+                                        <float *>cnp.PyArray_DATA(self.grad), x, self._n,
+                                        self._labels, self._targets,
+                                        <float *>cnp.PyArray_DATA(self.ws), loss, n_mean, acc)
 
-    def loss_and_grad(self, x, y):
-        """Mean loss over the batch; gradients overwrite params.grad."""
+    def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0):
+        """Mean loss over the batch; gradients overwrite params.grad (accumulate:
+        are added to it), as those of a mean over mean_over examples (0: the batch)."""
         self._enter()
         try:
-            return self._loss_and_grad(x, y)
+            return self._loss_and_grad(x, y, accumulate, mean_over)
         finally:
             self.busy = False
 
-    cdef _loss_and_grad(self, x, y):
+    cdef _loss_and_grad(self, x, y, bint acc, gd_index mean_over):
         keep = self._prepare(x, y, False)
+        if mean_over == 0:
+            mean_over = self._n
+        if mean_over < self._n:
+            raise ValueError(f"mean_over must be at least the batch's {self._n} examples, "
+                             f"got {mean_over}")
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status
         with nogil:
-            status = self._loss_grad(px, &loss)
+            status = self._loss_grad(px, &loss, mean_over, acc)
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
         return loss

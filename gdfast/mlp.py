@@ -117,9 +117,21 @@ class MLP:
         """Most likely class of each row of x, as int64."""
         return np.argmax(self.forward(x), axis=1).astype(np.int64)
 
-    def loss_and_grad(self, x, y):
-        """Mean loss over the batch; the gradients overwrite params.grad."""
-        return self._core.loss_and_grad(x, y)
+    def loss_and_grad(self, x, y, accumulate=False, mean_over=None):
+        """Mean loss over the batch; the gradients overwrite params.grad.
+
+        Gradient accumulation: accumulate=True adds the gradients to
+        params.grad instead (inside the weight-gradient GEMMs, beta = 1: no
+        extra pass), and mean_over=N makes them those of a mean over N
+        examples, this batch's share of a bigger one. K micro-batches of n
+        with mean_over=K*n, the first with accumulate=False, leave the
+        gradients of their K*n-example batch, to float32 rounding. The
+        returned loss is this batch's own mean."""
+        if mean_over is not None and (isinstance(mean_over, bool) or int(mean_over) != mean_over
+                                      or mean_over < 1):
+            raise ValueError(f"mean_over must be a positive integer or None, got {mean_over!r}")
+        return self._core.loss_and_grad(x, y, bool(accumulate),
+                                        0 if mean_over is None else int(mean_over))
 
     def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False, agc=None,
                    agc_eps=1e-3, agc_output=False):
