@@ -44,7 +44,7 @@ cdef extern from "optim.h" nogil:
         gd_index off, n, units
         double clip, eps
         float *scale
-        double *acc
+        float *acc
     ctypedef struct gd_plan:
         gd_segment *seg
         int nseg
@@ -111,10 +111,10 @@ cdef class StepPlan:
         if self.plan.agc == NULL or self.agc_group == NULL:
             raise MemoryError()
         scale = np.ones(max(units, 1), np.float32)
-        acc = np.zeros(2 * max(units, 1), np.float64)
+        acc = np.zeros(2 * max(units, 1), np.float32)
         self._agc_bufs = (scale, acc)
         cdef float *ps = <float *>cnp.PyArray_DATA(<cnp.ndarray>scale)
-        cdef double *pa = <double *>cnp.PyArray_DATA(<cnp.ndarray>acc)
+        cdef float *pa = <float *>cnp.PyArray_DATA(<cnp.ndarray>acc)
         cdef gd_index used = 0
         for k in range(n):
             seg, off, size, u, grp = tensors[k]

@@ -260,16 +260,16 @@ static void agc_norms_part(const gd_plan *pl, int t, int T) {
         const float *p = s->p + a->off, *g = s->g + a->off;
         if (a->units == 1) {
             if (k % T == t) {
-                a->acc[0] = gd_optim_k.sumsq(p, a->n);
-                a->acc[1] = gd_optim_k.sumsq(g, a->n);
+                a->acc[0] = (float)gd_optim_k.sumsq(p, a->n);
+                a->acc[1] = (float)gd_optim_k.sumsq(g, a->n);
             }
             continue;
         }
         gd_index lo, hi;
         gdfast_optim_split(a->units, T, t, &lo, &hi);
         if (lo >= hi) continue;
-        memset(a->acc + lo, 0, (size_t)(hi - lo) * sizeof(double));
-        memset(a->acc + a->units + lo, 0, (size_t)(hi - lo) * sizeof(double));
+        memset(a->acc + lo, 0, (size_t)(hi - lo) * sizeof(float));
+        memset(a->acc + a->units + lo, 0, (size_t)(hi - lo) * sizeof(float));
         gd_optim_k.colsumsq2(p + lo, g + lo, a->n / a->units, a->units, hi - lo, a->acc + lo,
                              a->acc + a->units + lo);
     }
@@ -303,7 +303,7 @@ void gdfast_optim_agc_scales(gd_plan *pl) {
         const gd_agc *a = &pl->agc[k];
         if (!(a->clip > 0.0)) continue;
         for (gd_index j = 0; j < a->units; j++) {
-            double pn = sqrt(a->acc[j]), gn = sqrt(a->acc[a->units + j]);
+            double pn = sqrt((double)a->acc[j]), gn = sqrt((double)a->acc[a->units + j]);
             double mx = max_nan(pn, a->eps) * a->clip;
             a->scale[j] = gn < mx ? 1.0f : (float)(mx / max_nan(gn, 1e-6));
         }
@@ -316,7 +316,8 @@ void gdfast_optim_agc_clip(gd_plan *pl) {
         const gd_agc *a = &pl->agc[k];
         if (!(a->clip > 0.0)) continue;
         float *g = (float *)pl->seg[a->seg].g + a->off;
-        for (gd_index i = 0; i < a->n; i++) g[i] = g[i] * a->scale[i % a->units];
+        for (gd_index r = 0; r < a->n / a->units; r++, g += a->units)
+            for (gd_index j = 0; j < a->units; j++) g[j] = g[j] * a->scale[j];
     }
 }
 

@@ -66,6 +66,7 @@ typedef struct {
 /* A tensor under adaptive gradient clipping (AGC, Brock et al. 2021): n floats
  * from position off of segment seg, `units` columns of n / units rows (a
  * (fan_in, fan_out) weight: one unit per output column; a vector: units = 1).
+ * Norms: float32 sums of squares per column (vectors: float64, rounded).
  * Unit j's gradient is scaled by scale[j] = min(1, clip * max(||p_j||, eps) /
  * max(||g_j||, 1e-6)) (1 when ||g_j|| < clip * max(||p_j||, eps)) before the
  * update; clip = 0 leaves the tensor alone. */
@@ -74,7 +75,7 @@ typedef struct {
     gd_index off, n, units;
     double clip, eps; /* this step's clip factor and eps (set by the caller) */
     float *scale;     /* units floats, computed by the driver */
-    double *acc;      /* 2 * units doubles: sums of squares of p and g */
+    float *acc;       /* 2 * units floats: sums of squares of p and g */
 } gd_agc;
 
 typedef struct {
@@ -114,7 +115,7 @@ typedef struct {
     /* AGC: column sums of squares of p and g (rows x cols, row stride ld) added to
      * accp/accg in row order; out = g * s[j] (vector) or g * s[0] (scalar). */
     void (*colsumsq2)(const float *p, const float *g, gd_index rows, gd_index ld,
-                      gd_index cols, double *accp, double *accg);
+                      gd_index cols, float *accp, float *accg);
     void (*mulv)(float *out, const float *g, const float *s, gd_index n);
     void (*muls)(float *out, const float *g, float s, gd_index n);
     void (*ema)(const float *p, float *e, float m, float m1m, gd_index n);

@@ -63,7 +63,7 @@ def test_agc_against_the_optax_timm_formula():
         want = _agc_formula(p, g, 0.01, 1e-3)
         got = g.copy()
         gdfast.adaptive_clip_grad([p], [got])   # the defaults: 0.01, 1e-3
-        np.testing.assert_allclose(got, want, rtol=2e-7, atol=0)
+        np.testing.assert_allclose(got, want, rtol=3e-6, atol=0)   # float32 norms
         # and inside a plain SGD step: p - lr * clipped g
         q = p.copy()
         gdfast.SGD([q], lr=1.0, agc=0.01).step([g])
@@ -104,7 +104,7 @@ def test_adaptive_clip_grad_on_an_arena():
     want = [_agc_formula(arena[n], arena.grad_of(n), 0.01, 1e-3) for n in ("w", "b")]
     gdfast.adaptive_clip_grad(arena, None)
     for n, w in zip(("w", "b"), want):
-        np.testing.assert_allclose(arena.grad_of(n), w, rtol=2e-7)
+        np.testing.assert_allclose(arena.grad_of(n), w, rtol=3e-6)
 
 
 def test_nan_gradient_propagates_to_its_unit_only():

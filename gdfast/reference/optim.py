@@ -57,19 +57,20 @@ def sumsq(x):
 
 
 def unit_sumsq(x):
-    """AGC's per-unit sums of squares in float64: over every axis but the last
-    for a tensor of 2 or more axes (its columns, rows added in order), the
-    whole of a vector (as sumsq)."""
+    """AGC's per-unit sums of squares (float32): over every axis but the last
+    for a tensor of 2 or more axes (its columns, rows added in order, in
+    float32 as optax and timm), the whole of a vector (sumsq, rounded)."""
     if x.ndim < 2:
-        return np.array([sumsq(x)])
-    x64 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    return np.add.reduce(x64 * x64, axis=0)
+        return np.array([sumsq(x)], dtype=f32)
+    x2 = x.reshape(-1, x.shape[-1])
+    return np.add.reduce(x2 * x2, axis=0)
 
 
 def agc_scales(p, g, clip, eps):
     """Per-unit AGC factors (float32, broadcasting over g): 1 where
     ||g_i|| < clip * max(||p_i||, eps), else clip * max(||p_i||, eps) / max(||g_i||, 1e-6)."""
-    pn, gn = np.sqrt(unit_sumsq(p)), np.sqrt(unit_sumsq(g))
+    pn = np.sqrt(unit_sumsq(p).astype(np.float64))
+    gn = np.sqrt(unit_sumsq(g).astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         mx = np.maximum(pn, eps) * clip
         scale = np.where(gn < mx, 1.0, mx / np.maximum(gn, 1e-6)).astype(f32)
