@@ -1,6 +1,6 @@
 # The MLP's compiled core (src/mlp.c): input checks, reusable work buffers,
 # one GIL-free C call per forward or forward+backward.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "mlp.h" nogil:
@@ -11,6 +11,9 @@ cdef extern from "mlp.h" nogil:
         const int *hidden_act
         int out_act
         int loss
+        double alpha
+        const double *dropout
+        uint64_t drop_seed, drop_step
     gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n)
     float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n)
     int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
@@ -39,7 +42,7 @@ cdef gd_index FORWARD_CHUNK = 1024
 cdef class MLPCore:
     """C state of an MLP: layer sizes, arena pointers and grown-on-demand buffers."""
     cdef gd_mlp net
-    cdef cnp.ndarray sizes, acts, data, grad, ws, labels
+    cdef cnp.ndarray sizes, acts, data, grad, ws, labels, dropout
     cdef object params  # the Params arena: its buffers must stay data and grad
     cdef gd_index rows  # batch size the buffers currently hold
     cdef gd_index _n    # the checked batch (set by _prepare)
@@ -57,8 +60,10 @@ cdef class MLPCore:
         self.busy = True
         return 0
 
-    def __init__(self, sizes, activations, str output_activation, str loss, params):
-        # activations: one name per hidden layer (len(sizes) - 2 of them)
+    def __init__(self, sizes, activations, str output_activation, str loss, params,
+                 double alpha=0.0, dropout=None, uint64_t seed=0):
+        # activations and dropout (checked rates, or None): one per hidden
+        # layer (len(sizes) - 2 of them); seed keys the dropout masks
         self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
         self.params = params
         self.data = check_f32(params.data, "params.data", writeable=True)
@@ -72,8 +77,27 @@ cdef class MLPCore:
         self.net.hidden_act = <const int *>cnp.PyArray_DATA(self.acts)
         self.net.out_act = ACTIVATIONS[output_activation]
         self.net.loss = LOSSES[loss]
+        self.net.alpha = alpha
+        self.net.dropout = NULL
+        if dropout is not None:
+            self.dropout = np.ascontiguousarray(dropout, dtype=np.float64)
+            if len(self.dropout) != self.net.n_layers - 1:
+                raise ValueError(f"dropout must hold {self.net.n_layers - 1} rates, one per "
+                                 f"hidden layer, got {len(self.dropout)}")
+            self.net.dropout = <const double *>cnp.PyArray_DATA(self.dropout)
+        self.net.drop_seed = seed
+        self.net.drop_step = 0
         self.rows = 0
         self._reserve(1)
+
+    @property
+    def step(self):
+        """Training calls (loss_and_grad, train_step) so far: the dropout masks' counter."""
+        return self.net.drop_step
+
+    @step.setter
+    def step(self, uint64_t value):
+        self.net.drop_step = value
 
     cdef int _check_arena(self, bint writes_grad, bint writes_data) except -1:
         """The arena still holds the buffers the C core points into, and the
@@ -215,6 +239,7 @@ cdef class MLPCore:
             status = self._loss_grad(px, &loss, mean_over, acc)
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
+        self.net.drop_step += 1
         return loss
 
     def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False,
@@ -253,6 +278,8 @@ cdef class MLPCore:
         finally:
             # a skipped update is no step: the optimizer's count stays
             optimizer._end_step(status != GD_MLP_SKIPPED)
+        if status == 0 or status == GD_MLP_SKIPPED:  # the masks were drawn either way
+            self.net.drop_step += 1
         if status == GD_MLP_SKIPPED:
             return loss, (float("nan") if mx > 0 else None)
         if status != 0:

@@ -14,7 +14,7 @@ __all__ = ["main", "COMMANDS"]
 
 _IMAGE_SIDE = 28    # MNIST and Fashion-MNIST images are 28x28: a shift must stay inside
 INITS = ("he", "xavier", "glorot", "normal")    # gdfast.mlp.INITS, without importing the extension
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion", "lbfgs")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "plateau")
 
 # The classic network of Nielsen's "Neural Networks and Deep Learning", chapter 1.
@@ -33,6 +33,21 @@ def _sizes(text):
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"hidden sizes must be >= 1, got {text!r}")
     return sizes
+
+
+def _rates(text):
+    """Dropout: one rate for every hidden layer, or one per layer (0.2 or 0.2,0.1)."""
+    rates = []
+    for part in text.split(","):
+        try:
+            rate = float(part)
+        except ValueError:
+            rate = math.nan
+        if not 0 <= rate < 1:
+            raise argparse.ArgumentTypeError(f"dropout rates must be numbers in [0, 1) like 0.2 or "
+                                             f"0.2,0.1, got {text!r}")
+        rates.append(rate)
+    return rates[0] if len(rates) == 1 else rates
 
 
 def _number(kind=float, low=None, high=None, low_open=False, high_open=True):
@@ -88,8 +103,14 @@ def _add_train(p):
     m.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
     m.add_argument("--loss", choices=["cross_entropy", "mse"], default="cross_entropy")
     m.add_argument("--init", choices=INITS, default="he", help="weight initialisation (default he)")
+    m.add_argument("--dropout", type=_rates, default=0.0, metavar="P",
+                   help="inverted dropout of the hidden layers: one rate, or one per hidden "
+                        "layer (0.2,0.1) (default 0)")
+    m.add_argument("--alpha", type=_number(float, 0), default=0.0,
+                   help="L2 penalty on the weights, as scikit-learn's alpha (default 0)")
     o = p.add_argument_group("optimizer")
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="lbfgs: full batch, strong-Wolfe line search, lr 1 (default adam)")
     o.add_argument("--lr", type=_number(float, 0, low_open=True), default=2e-3,
                    help="peak learning rate (default 2e-3)")
     o.add_argument("--momentum", type=_number(float, 0, 1),
@@ -159,8 +180,28 @@ def _apply_preset(args, argv):
             setattr(args, key, value)
 
 
+def _lbfgs_settings(args, argv):
+    """L-BFGS trains full batch with a line search: lr 1 (its first trial
+    step) and a constant schedule unless given; no weight decay or clipping."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for flag, ok in (("--batch-size", "--batch-size" not in given or args.batch_size == 0),
+                     ("--weight-decay", not args.weight_decay),
+                     ("--clip-norm", args.clip_norm is None), ("--agc", args.agc is None),
+                     ("--ema", args.ema is None), ("--accumulate", args.accumulate == 1)):
+        if not ok:
+            _fail("train", f"{flag} does not apply to lbfgs (full batch, no weight decay or "
+                  f"clipping)")
+    args.batch_size = 0
+    if "--lr" not in given:
+        args.lr = 1.0
+    if "--schedule" not in given:
+        args.schedule, args.warmup = "constant", 0.0
+
+
 def _make_optimizer(name, params, args):
     import gdfast
+    if name == "lbfgs":     # 20 iterations per epoch, each with its line search
+        return gdfast.LBFGS(params, lr=args.lr, line_search_fn="strong_wolfe")
     kw = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.eps is not None:
         kw["eps"] = args.eps
@@ -240,11 +281,13 @@ def _run_train(args, argv):
         _fail("train", f"--momentum applies to momentum, nesterov and rmsprop, not {args.optimizer}")
     if args.betas is not None and args.optimizer not in ("adam", "adamw", "lion"):
         _fail("train", f"--betas applies to adam, adamw and lion, not {args.optimizer}")
-    if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion"):
+    if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion", "lbfgs"):
         _fail("train", f"--eps does not apply to {args.optimizer}")
     if args.agc and not args.hidden:
         _fail("train", "--agc clips the hidden layers (the output layer is left out): "
               "give --hidden sizes")
+    if args.optimizer == "lbfgs":
+        _lbfgs_settings(args, argv)
     if args.test_file and not args.train_file:
         _fail("train", "--test needs --train (the test set of --dataset is used otherwise)")
     if args.checkpoint_dir and not args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
@@ -281,8 +324,11 @@ def _run_train(args, argv):
     n_out = 10 if not args.train_file else 1 + max(
         int(y.max()) for y in (data.y_train, data.y_val, data.y_test) if y is not None)
     sizes = [data.x_train.shape[1]] + list(args.hidden) + [n_out]
+    if isinstance(args.dropout, list) and len(args.dropout) != len(args.hidden):
+        _fail("train", f"--dropout has {len(args.dropout)} rates but --hidden has "
+              f"{len(args.hidden)} layers (give one rate for all, or one per layer)")
     model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
-                       seed=args.seed)
+                       seed=args.seed, alpha=args.alpha, dropout=args.dropout)
     optimizer = _make_optimizer(args.optimizer, model.params, args)
     batch = args.batch_size or None
     n = len(data.x_train)
@@ -291,7 +337,9 @@ def _run_train(args, argv):
     warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
     schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
                               steps_per_epoch=steps_per_epoch)
-    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}, {args.optimizer} "
+    reg = "".join(f", {k} {v if isinstance(v, float) else ','.join(map(str, v))}"
+                  for k, v in (("dropout", args.dropout), ("alpha", args.alpha)) if v)
+    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}{reg}, {args.optimizer} "
                 f"lr {args.lr:g} {args.schedule}, batch {batch or 'full'}, shift {args.shift if batch else 0}, "
                 f"{args.epochs} epochs")
     n_test = "no" if data.x_test is None else len(data.x_test)

@@ -17,6 +17,16 @@ Conventions:
     mse            L =  (1/n) sum_i 0.5 * ||a_i - onehot(y_i)||^2   (Nielsen's C)
   y is integer class labels (1-D, any integer dtype) or a float32 (n, n_out)
   target array (soft targets for cross-entropy).
+- alpha > 0 adds scikit-learn's L2 penalty on the weights (not the biases)
+  to the training loss: L += (0.5 * alpha / n) sum_l ||W_l||^2, and
+  (alpha / n) W_l to their gradients (loss_and_grad, train_step; evaluate
+  reports the data loss only, as a test loss should).
+- dropout: inverted dropout of the hidden layers' outputs in training calls
+  (loss_and_grad, train_step): each unit is zeroed with probability p and
+  the others scaled by 1 / (1 - p); forward, predict and evaluate never
+  drop. The masks are hashes of (seed, step, layer, element) (see
+  reference.mlp.dropout_mask), so they do not depend on the thread count,
+  and `step`, the number of training calls so far, is saved with the model.
 - Inits: "he" W ~ N(0, 2/fan_in); "xavier"/"glorot" W ~ U(+-sqrt(6/(fan_in+fan_out)));
   "normal" W ~ N(0, 1)/sqrt(fan_in) and b ~ N(0, 1) (Nielsen's default
   initializer). Biases are zero for "he" and "xavier".
@@ -42,6 +52,8 @@ VERSION = 1
 # what a loaded state must match: the architecture (init/seed only say how the
 # starting values were drawn, and loading replaces those values)
 _ARCH = ("sizes", "activation", "output_activation", "loss")
+# ... and its regularization, which files from before it existed lack (none)
+_REGULARIZATION = {"alpha": 0.0, "dropout": 0.0}
 
 
 class MLP:
@@ -55,12 +67,15 @@ class MLP:
     output_activation: the output layer's activation with loss="mse" only
         (default: `activation`, or the last of a list); cross-entropy always
         uses softmax.
+    alpha: L2 penalty (scikit-learn's alpha), >= 0.
+    dropout: rate in [0, 1) of every hidden layer, or a list of one per
+        hidden layer; keyed by `seed` (0 when seed is None).
     The weights and biases are views into `params` (a gdfast.Params), the
     arena an optimizer updates: ``gdfast.Adam(model.params, lr=1e-3)``.
     """
 
     def __init__(self, sizes=(784, 256, 128, 10), activation="relu", loss="cross_entropy",
-                 init="he", seed=0, output_activation=None):
+                 init="he", seed=0, output_activation=None, alpha=0.0, dropout=0.0):
         sizes = list(sizes)
         if len(sizes) < 2 or any(int(s) != s or s < 1 for s in sizes):
             raise ValueError(f"sizes must be at least two positive integers, got {sizes}")
@@ -77,15 +92,21 @@ class MLP:
             if output_activation not in ACTIVATIONS:
                 raise ValueError(f"output_activation must be one of {ACTIVATIONS}, "
                                  f"got {output_activation!r}")
+        alpha = _check_alpha(alpha)
+        rates = _check_dropout(dropout, len(sizes) - 2)
         self.sizes = sizes
         # a list is kept as a list (a tuple too), so configs compare equal after a round trip
         self.activation = activation if isinstance(activation, str) else list(activation)
         self.loss = loss
         self.output_activation = output_activation or default_output_activation(activation)
         self.init, self.seed = init, seed
+        self.alpha = alpha
+        self.dropout = list(rates) if isinstance(dropout, (list, tuple)) else float(dropout)
         self.params = Params(_shapes(sizes))
         self._init(init, seed)
-        self._core = _kernels.MLPCore(sizes, acts, self.output_activation, loss, self.params)
+        drop_seed = int(seed) % 2 ** 64 if isinstance(seed, (int, np.integer)) else 0
+        self._core = _kernels.MLPCore(sizes, acts, self.output_activation, loss, self.params,
+                                      alpha, rates if any(rates) else None, drop_seed)
 
     def _init(self, init, seed):
         rng = np.random.default_rng(seed)
@@ -107,6 +128,19 @@ class MLP:
     @property
     def n_layers(self):
         return len(self.sizes) - 1
+
+    @property
+    def step(self):
+        """Training calls (loss_and_grad, train_step) so far: the dropout masks'
+        counter, saved by state_dict() so a resumed run draws the same masks."""
+        return self._core.step
+
+    @step.setter
+    def step(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+                not 0 <= value < 2 ** 64:
+            raise ValueError(f"step must be an integer >= 0, got {value!r}")
+        self._core.step = int(value)
 
     def forward(self, x):
         """Outputs for x (float32, C-contiguous, (n, sizes[0])): class
@@ -190,27 +224,30 @@ class MLP:
         """Exact float64 log-softmax of the logits of x (NumPy; for the rare rows
         whose float32 probabilities underflow)."""
         ref = _ReferenceMLP(self.sizes, self.activation, self.loss, self.output_activation,
-                            dict(self.params.items()))
+                            dict(self.params.items()))  # no dropout: inference
         return log_softmax(ref._forward(x)[-1])
 
     # -- saving and loading ---------------------------------------------------
 
     def state_dict(self):
-        """{"format", "version", "config", "params"}: the settings to rebuild
-        this model and copies of its tensors (w1, b1, ...)."""
+        """{"format", "version", "config", "params", "step"}: the settings to
+        rebuild this model, copies of its tensors (w1, b1, ...) and its
+        training-call count (the dropout masks' position)."""
         seed = int(self.seed) if isinstance(self.seed, (int, np.integer)) else None
         config = {"sizes": list(self.sizes), "activation": self.activation,
                   "output_activation": self.output_activation, "loss": self.loss,
-                  "init": self.init, "seed": seed}
+                  "init": self.init, "seed": seed, "alpha": self.alpha, "dropout": self.dropout}
         return {"format": FORMAT, "version": VERSION, "config": config,
-                "params": {name: np.array(arr) for name, arr in self.params.items()}}
+                "params": {name: np.array(arr) for name, arr in self.params.items()},
+                "step": self.step}
 
     def load_state_dict(self, state):
         """Copy the tensors of `state` (from state_dict()) into this model, in
         place (the optimizer's views stay valid). Everything is checked first,
         and a refused state changes nothing: format and version, the
-        architecture (sizes, activation, output_activation, loss must equal
-        this model's; a ValueError names what differs), the tensor names, and
+        architecture (sizes, activation, output_activation, loss, alpha and
+        dropout must equal this model's, a state without the last two meaning
+        none; a ValueError names what differs), the step, the tensor names, and
         each tensor's shape and values. Tensors may be any float dtype
         (float16/32/64): they are stored as float32, as the arena holds them,
         and must be finite there (a float64 beyond float32's range is refused).
@@ -218,15 +255,24 @@ class MLP:
         config, params = _check_state(state)
         mine = self.state_dict()["config"]
 
-        def arch(c, k):  # "relu" and ["relu", "relu"] are the same layers
-            return hidden_activations(c[k], self.n_layers - 1) if k == "activation" else c[k]
-        diff = [f"{k}: file {config[k]!r}, this model {mine[k]!r}"
-                for k in _ARCH if arch(config, k) != arch(mine, k)]
+        def arch(c, k):  # "relu" and ["relu", "relu"] are the same layers, 0.2 and [0.2, 0.2] too
+            if k == "activation":
+                return hidden_activations(c[k], self.n_layers - 1)
+            if k == "dropout":
+                return _check_dropout(c.get(k, 0.0), self.n_layers - 1)
+            return c.get(k, _REGULARIZATION.get(k))
+        diff = [f"{k}: file {config.get(k, _REGULARIZATION.get(k))!r}, this model {mine[k]!r}"
+                for k in _ARCH + tuple(_REGULARIZATION) if arch(config, k) != arch(mine, k)]
         if diff:
             raise ValueError(f"state is for a different model ({'; '.join(diff)})")
+        step = state.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or \
+                not 0 <= step < 2 ** 64:
+            raise ValueError(f"state 'step' must be an integer >= 0, got {step!r}")
         params = _check_params(params, _shapes(self.sizes))
         for name, arr in params.items():
             self.params[name][...] = arr
+        self.step = int(step)
         self.init = config.get("init", self.init)
         self.seed = config.get("seed", self.seed)
 
@@ -242,23 +288,28 @@ class MLP:
         raises gdfast.checkpoint.CheckpointError naming the file."""
         state = ckpt.load(path)
         try:
-            config, params = _check_state(_from_trainer(state) if _is_trainer(state) else state)
+            if _is_trainer(state):
+                state = _from_trainer(state)
+            config, params = _check_state(state)
             params = _check_params(params, _shapes(config["sizes"]))
             output_activation = config["output_activation"] if config["loss"] == "mse" else None
             model = cls(config["sizes"], config["activation"], config["loss"],
                         init=config.get("init", "he"), seed=config.get("seed", 0),
-                        output_activation=output_activation)
+                        output_activation=output_activation,
+                        **{k: config.get(k, v) for k, v in _REGULARIZATION.items()})
         except ckpt.CheckpointError as e:
             raise ckpt.CheckpointError(f"{path}: {e}") from None
         except ValueError as e:
             raise ckpt.CheckpointError(f"{path}: not a usable gdfast.MLP file: {e}") from None
         model.load_state_dict({"format": FORMAT, "version": VERSION, "config": config,
-                               "params": params})
+                               "params": params, "step": state.get("step", 0)})
         return model
 
     def __repr__(self):
+        reg = "".join(f", {k}={getattr(self, k)!r}" for k, none in _REGULARIZATION.items()
+                      if getattr(self, k) != none)
         return (f"MLP(sizes={self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
-                f"output_activation={self.output_activation!r})")
+                f"output_activation={self.output_activation!r}{reg})")
 
 
 def _shapes(sizes):
@@ -286,6 +337,28 @@ def _check_activation(activation, n_hidden, name="activation"):
     return list(activation)
 
 
+def _check_alpha(alpha, name="alpha"):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_dropout(dropout, n_hidden, name="dropout"):
+    """The hidden layers' dropout rates as floats, from one rate or a list of n_hidden."""
+    def rate(p, where):
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
+                or not 0 <= p < 1:
+            raise ValueError(f"{where} must be a number in [0, 1), got {p!r}")
+        return float(p)
+    if isinstance(dropout, (list, tuple)):
+        if len(dropout) != n_hidden:
+            raise ValueError(f"{name} must be one rate or a list of {n_hidden} (one per hidden "
+                             f"layer), got {len(dropout)} rates")
+        return [rate(p, f"{name}[{i}]") for i, p in enumerate(dropout)]
+    return [rate(dropout, name)] * n_hidden
+
+
 def _is_trainer(state):
     return isinstance(state, dict) and "format" not in state and \
         all(k in state for k in ("params", "layout", "model"))
@@ -301,8 +374,9 @@ def _from_trainer(state):
     missing = [k for k in _ARCH if k not in info]
     if missing:
         raise ckpt.CheckpointError(f"Trainer checkpoint lacks model {missing}")
-    return {"format": FORMAT, "version": VERSION, "config": {k: info[k] for k in _ARCH},
-            "params": state["params"]}
+    config = {k: info[k] for k in _ARCH + tuple(_REGULARIZATION) if k in info}
+    return {"format": FORMAT, "version": VERSION, "config": config,
+            "params": state["params"], "step": state.get("model_step", 0)}
 
 
 def _check_state(state):
@@ -331,6 +405,10 @@ def _check_state(state):
             raise ValueError(f"config {k!r} must be one of {allowed}, got {config[k]!r}")
     if "init" in config and config["init"] not in INITS:
         raise ValueError(f"config 'init' must be one of {INITS}, got {config['init']!r}")
+    if "alpha" in config:
+        _check_alpha(config["alpha"], "config 'alpha'")
+    if "dropout" in config:
+        _check_dropout(config["dropout"], len(sizes) - 2, "config 'dropout'")
     seed = config.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise ValueError(f"config 'seed' must be an integer or None, got {seed!r}")

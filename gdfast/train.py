@@ -90,6 +90,10 @@ class Trainer:
         layer of an MLP the fraction of units dead on that step's batch
         ("dead/1"). Off by default; on, it costs one copy of the parameters
         and one NumPy forward pass of a batch per epoch.
+
+    The optimizer may instead take ``step(closure)`` (gdfast.LBFGS): each
+    batch is then one call, the closure computing the loss and gradients
+    (full batch is what L-BFGS expects: batch_size=None).
     """
 
     def __init__(self, model, optimizer, train, *, batch_size=128, schedule=None,
@@ -144,6 +148,14 @@ class Trainer:
         self._max_norm = clip_norm or (math.inf if track_grad_norm else None)
         step_args = inspect.signature(optimizer.step).parameters
         self._fused_norm = "max_grad_norm" in step_args and self._max_norm is not None
+        # optimizers that evaluate the loss themselves (L-BFGS): step(closure)
+        self._closure = "closure" in step_args
+        if self._closure and self.accumulate > 1:
+            raise ValueError(f"accumulate does not apply to {type(optimizer).__name__}, which "
+                             f"evaluates the loss and gradients itself")
+        if self._closure and clip_norm is not None:
+            raise ValueError(f"clip_norm does not apply to {type(optimizer).__name__}, which "
+                             f"evaluates the loss and gradients itself")
         # gdfast's MLP and optimizers: forward, backward and update in one call
         # (dW is never stored at batch 1; MNIST, 2 threads: 15.8k -> 21.3k examples/s)
         self._one_call = isinstance(model, MLP) and hasattr(optimizer, "_begin_step")
@@ -178,6 +190,10 @@ class Trainer:
 
     def _train_step(self, xb, yb, lr):
         """One update; returns (loss, gradient norm before clipping, or nan)."""
+        if self._closure:               # the loss before the step; none when not finite
+            loss = self.optimizer.step(lambda: self.model.loss_and_grad(xb, yb))
+            self._check_loss(loss, lr)
+            return loss, math.nan
         if self._one_call:              # no update when the loss is not finite
             out = self.model.train_step(xb, yb, self.optimizer, max_grad_norm=self._max_norm,
                                         skip_nonfinite=True)
@@ -231,7 +247,7 @@ class Trainer:
             if k > 1:
                 loss, gnorm = self._accumulated_step(xb, yb, lr, pos == 0,
                                                      sum(sizes[i - pos:i - pos + k]), last)
-            elif monitored:     # gradients stored (the same bits as train_step)
+            elif monitored and not self._closure:   # gradients stored (train_step's bits)
                 loss = self.model.loss_and_grad(xb, yb)
                 self._check_loss(loss, lr)
                 grads = self.params.grad.copy()
@@ -239,7 +255,8 @@ class Trainer:
             else:
                 loss, gnorm = self._train_step(xb, yb, lr)
             if monitored:
-                layers = self._layer_stats(xb, before, grads if k == 1 else self.params.grad)
+                layers = self._layer_stats(xb, before, self.params.grad if k > 1 or
+                                           self._closure else grads)
             if last:
                 self.step += 1
                 steps += 1
@@ -376,6 +393,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "step": self.step, "epoch": self.epoch,
+            "model_step": getattr(self.model, "step", None),   # the MLP's dropout counter
             "rng": self.batches.get_state(),
             "history": self.history,
             "early_stopping": {"best": self.best, "bad_epochs": self.bad_epochs,
@@ -436,6 +454,8 @@ class Trainer:
         step, epoch, history = int(state["step"]), int(state["epoch"]), list(state["history"])
         for name, arr in state["params"].items():
             self.params[name] = arr
+        if state.get("model_step") is not None and hasattr(self.model, "step"):
+            self.model.step = state["model_step"]
         self.step, self.epoch, self.history = step, epoch, history
         self.best, self.bad_epochs, self.stopped_early = best, bad_epochs, stopped
         self.best_params = best_params
@@ -504,9 +524,10 @@ def _check_counters(state):
 def _model_info(model):
     """What a checkpoint must match beyond the parameter layout (MLP settings)."""
     info = {"class": type(model).__name__}
-    for k in ("sizes", "activation", "output_activation", "loss"):
+    for k in ("sizes", "activation", "output_activation", "loss", "alpha", "dropout"):
         v = getattr(model, k, None)
-        if isinstance(v, (str, int, float, list, tuple)):
+        # no regularization is left out, as in checkpoints from before it existed
+        if isinstance(v, (str, int, float, list, tuple)) and not (k in ("alpha", "dropout") and not v):
             info[k] = list(v) if isinstance(v, tuple) else v
     return info
 

@@ -8,7 +8,10 @@
  *   v += bias[j]                  (bias != NULL)
  *   v  = act(v)                   (act != GD_ACT_IDENTITY)
  *   v *= act'(y) for y = dact[i*ld_dact + j], the saved *output* y = act(z)
- *                                 (dact != NULL; kind dact_kind)
+ *                                 (dact != NULL; kind dact_kind; with drop, y is
+ *                                 that output undone of the dropout scale: y * keep)
+ *   v *= drop mask of (i, j)      (drop != NULL: 0 or 1 / keep, see gd_dropout)
+ *   v += add_scale * add[i*ld_add + j]   (add != NULL; the L2 term of a weight gradient)
  *   colsum[j] += v                (colsum != NULL; rows added in ascending order)
  * beta == 0 never reads C, so C may hold garbage. Results are the same bit
  * for bit for any thread count: work is split over output tiles only and the
@@ -21,6 +24,32 @@
 
 enum { GD_ACT_IDENTITY = 0, GD_ACT_RELU = 1, GD_ACT_SIGMOID = 2, GD_ACT_TANH = 3, GD_ACT_COUNT };
 
+/* Inverted dropout of an n x ld activation: element (i, j) is kept when
+ * gdfast_drop_hash(k0, k1, i*ld + j) >> 8 >= thresh (a 24-bit threshold,
+ * round(p * 2^24) for rate p), and a kept value is multiplied by
+ * scale = 1 / keep, keep = 1 - p. A counter-based mask: any element, any
+ * thread, any order gives the same bits. */
+typedef struct {
+    uint32_t k0, k1;
+    int32_t thresh;
+    float scale, keep;
+    gd_index ld;
+} gd_dropout;
+
+/* The mask's 32-bit hash of one element index e (a mix of Wellons'
+ * lowbias32 applied twice, keyed before each round). */
+static inline uint32_t gdfast_mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+static inline uint32_t gdfast_drop_hash(uint32_t k0, uint32_t k1, uint32_t e) {
+    return gdfast_mix32(gdfast_mix32(e ^ k0) + k1);
+}
+
 typedef struct {
     const float *bias;
     int act;
@@ -28,6 +57,10 @@ typedef struct {
     gd_index ld_dact;
     int dact_kind;
     float *colsum;
+    const float *add;
+    gd_index ld_add;
+    float add_scale;
+    const gd_dropout *drop;
 } gd_epilogue;
 
 /* Packing format shared by every ISA: A in MR-row panels, B in NR-column

@@ -76,7 +76,16 @@ void gdfast_gemm_tile_scalar(gd_index k, const float *a, gd_index rsa, gd_index 
 float gdfast_epilogue_scalar(const gd_epilogue *ep, float v, gd_index i, gd_index j) {
     if (ep->bias) v += ep->bias[j];
     if (ep->act != GD_ACT_IDENTITY) v = gdfast_act_scalar(ep->act, v);
-    if (ep->dact) v *= gdfast_dact_scalar(ep->dact_kind, ep->dact[i * ep->ld_dact + j]);
+    const gd_dropout *d = ep->drop;
+    if (ep->dact) {
+        float y = ep->dact[i * ep->ld_dact + j];
+        v *= gdfast_dact_scalar(ep->dact_kind, d ? y * d->keep : y);
+    }
+    if (d) {
+        uint32_t h = gdfast_drop_hash(d->k0, d->k1, (uint32_t)(i * d->ld + j));
+        v *= (int32_t)(h >> 8) >= d->thresh ? d->scale : 0.0f;
+    }
+    if (ep->add) v += ep->add_scale * ep->add[i * ep->ld_add + j];
     if (ep->colsum) ep->colsum[j] += v;
     return v;
 }

@@ -102,6 +102,23 @@ GD_INLINE void store_part(float *p, int full, __m256i m, __m256 v) {
     else _mm256_maskstore_ps(p, m, v);
 }
 
+/* The dropout multipliers (0 or scale) of elements (i, j .. j+7). */
+GD_INLINE __m256 drop_mask256(const gd_dropout *d, gd_index i, gd_index j) {
+    __m256i e = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)(i * d->ld + j)),
+                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i x = _mm256_xor_si256(e, _mm256_set1_epi32((int)d->k0));
+    for (int round = 0; round < 2; round++) {
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+        x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int)0x7feb352dU));
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+        x = _mm256_mullo_epi32(x, _mm256_set1_epi32((int)0x846ca68bU));
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+        if (round == 0) x = _mm256_add_epi32(x, _mm256_set1_epi32((int)d->k1));
+    }
+    __m256i dropped = _mm256_cmpgt_epi32(_mm256_set1_epi32(d->thresh), _mm256_srli_epi32(x, 8));
+    return _mm256_andnot_ps(_mm256_castsi256_ps(dropped), _mm256_set1_ps(d->scale));
+}
+
 /* Write one 8-wide half-row of a finished tile back to C. */
 GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valpha, float beta,
                           const gd_epilogue *ep, gd_index i, gd_index j, int last) {
@@ -111,7 +128,16 @@ GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valp
     if (last && ep) {
         if (ep->bias) v = _mm256_add_ps(v, load_part(ep->bias + j, full, m));
         v = act256(ep->act, v);
-        if (ep->dact) v = dact256(ep->dact_kind, v, load_part(ep->dact + i * ep->ld_dact + j, full, m));
+        const gd_dropout *d = ep->drop;
+        if (ep->dact) {
+            __m256 y = load_part(ep->dact + i * ep->ld_dact + j, full, m);
+            if (d) y = _mm256_mul_ps(y, _mm256_set1_ps(d->keep));
+            v = dact256(ep->dact_kind, v, y);
+        }
+        if (d) v = _mm256_mul_ps(v, drop_mask256(d, i, j));
+        if (ep->add)
+            v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->add_scale),
+                                               load_part(ep->add + i * ep->ld_add + j, full, m)));
         if (ep->colsum) store_part(ep->colsum + j, full, m,
                                    _mm256_add_ps(load_part(ep->colsum + j, full, m), v));
     }

@@ -13,6 +13,11 @@
  * each row of W_l with its gradient a_i * dZ_l formed inside the update
  * kernel, so dW is never written to memory (params.grad is left holding
  * only the biases' gradients).
+ *
+ * L2 (alpha): the weight-gradient GEMM's epilogue adds (alpha / n) W_l; the
+ * one-example step adds it where it forms the outer product. Dropout: the
+ * forward epilogue multiplies a hidden layer's output by its mask, and the
+ * backward epilogue of the same layer applies the mask again after act'.
  */
 #include <math.h>
 #include <string.h>
@@ -23,11 +28,19 @@
 #include <omp.h>
 #endif
 
-/* The work space holds A_1..A_L, then dZ_1..dZ_L in the same layout. */
+/* Rows of all weight matrices together. */
+static gd_index weight_rows(const gd_mlp *net) {
+    gd_index rows = 0;
+    for (int l = 1; l <= net->n_layers; l++) rows += net->sizes[l - 1];
+    return rows;
+}
+
+/* The work space holds A_1..A_L, then dZ_1..dZ_L in the same layout, then
+ * two doubles per weight row (the one-example L2 step's sums of squares). */
 gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n) {
     gd_index total = 0;
     for (int l = 1; l <= net->n_layers; l++) total += n * net->sizes[l];
-    return 2 * total;
+    return 2 * total + 4 * weight_rows(net);
 }
 
 /* A_l (l >= 1) in the work space. */
@@ -42,6 +55,12 @@ static float *dz_buf(const gd_mlp *net, float *ws, gd_index n, int l) {
 
 float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n) {
     return act_buf(net, ws, n, net->n_layers);
+}
+
+/* The one-example L2 step's sums: weight_rows doubles of ||w_row||^2, then
+ * as many of ||gradient row||^2. */
+static double *row_sums(const gd_mlp *net, float *ws, gd_index n) {
+    return (double *)dz_buf(net, ws, n, net->n_layers + 1);
 }
 
 /* Offsets of w_l and b_l in the arena. */
@@ -59,15 +78,40 @@ static int out_act(const gd_mlp *net) {
     return net->loss == GD_LOSS_CROSS_ENTROPY ? GD_ACT_IDENTITY : net->out_act;
 }
 
-/* A_L = the last layer's activations (logits for cross-entropy). */
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Hidden layer l's dropout in this step (see mlp.h) in *d, or NULL for none. */
+static const gd_dropout *layer_dropout(const gd_mlp *net, int l, gd_dropout *d) {
+    if (!net->dropout || l >= net->n_layers || !(net->dropout[l - 1] > 0.0)) return NULL;
+    double p = net->dropout[l - 1];
+    uint64_t k = splitmix64(splitmix64(splitmix64(net->drop_seed) ^ net->drop_step) ^
+                            (uint64_t)l);
+    d->k0 = (uint32_t)k;
+    d->k1 = (uint32_t)(k >> 32);
+    d->thresh = (int32_t)floor(p * 16777216.0 + 0.5);
+    d->keep = (float)(1.0 - p);
+    d->scale = (float)(1.0 / (1.0 - p));
+    d->ld = net->sizes[l];
+    return d;
+}
+
+/* A_L = the last layer's activations (logits for cross-entropy); `train`
+ * applies dropout. */
 static int forward_layers(const gd_mlp *net, const float *params, const float *x, gd_index n,
-                          float *ws) {
+                          float *ws, int train) {
     const float *in = x;
     for (int l = 1; l <= net->n_layers; l++) {
         gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
         float *out = act_buf(net, ws, n, l);
         int act = l == net->n_layers ? out_act(net) : net->hidden_act[l - 1];
-        gd_epilogue ep = {params + b_offset(net, l), act, NULL, 0, 0, NULL};
+        gd_dropout drop;
+        gd_epilogue ep = {params + b_offset(net, l), act, NULL, 0, 0, NULL, NULL, 0, 0.0f,
+                          train ? layer_dropout(net, l, &drop) : NULL};
         if (gdfast_sgemm(0, 0, n, fo, fi, 1.0f, in, fi, params + w_offset(net, l), fo,
                          0.0f, out, fo, &ep) != 0)
             return -1;
@@ -88,7 +132,7 @@ static void softmax_row(float *z, gd_index k, float *max_out, double *logsum_out
 
 static int mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
                        float *ws) {
-    if (forward_layers(net, params, x, n, ws) != 0) return -1;
+    if (forward_layers(net, params, x, n, ws, 0) != 0) return -1;
     if (net->loss == GD_LOSS_CROSS_ENTROPY) {
         gd_index k = net->sizes[net->n_layers];
         float *out = gdfast_mlp_output(net, ws, n);
@@ -156,7 +200,7 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
     if (labels)
         for (gd_index i = 0; i < n; i++)
             if (labels[i] < 0 || labels[i] >= net->sizes[L]) return 1 + i;
-    if (forward_layers(net, params, x, n, ws) != 0) return -1;
+    if (forward_layers(net, params, x, n, ws, 1) != 0) return -1;
     *loss = loss_and_output_grad(net, gdfast_mlp_output(net, ws, n), n, labels, targets,
                                  dz_buf(net, ws, n, L), grads + b_offset(net, L), n_mean, acc);
     for (int l = L; l >= 2; l--) {
@@ -164,8 +208,10 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
         const float *in = act_buf(net, ws, n, l - 1);
         float *db = grads + b_offset(net, l - 1);
         if (!acc) memset(db, 0, (size_t)fi * sizeof(float));
-        /* act' of layer l - 1, whose output `in` is */
-        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, in, fi, net->hidden_act[l - 2], db};
+        /* act' of layer l - 1, whose output `in` is, and its dropout mask */
+        gd_dropout drop;
+        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, in, fi, net->hidden_act[l - 2], db, NULL, 0,
+                          0.0f, layer_dropout(net, l - 1, &drop)};
         if (gdfast_sgemm(0, 1, n, fi, fo, 1.0f, dz_buf(net, ws, n, l), fo,
                          params + w_offset(net, l), fo, 0.0f, dz_buf(net, ws, n, l - 1), fi,
                          &ep) != 0)
@@ -179,34 +225,92 @@ static const float *layer_input(const gd_mlp *net, const float *x, float *ws, gd
     return l == 1 ? x : act_buf(net, ws, n, l - 1);
 }
 
+/* The L2 penalty (0.5 * alpha / n) ||W||^2 from the rows' sums of squares
+ * `rowsq` (NULL: computed here, each row as the one-example step does). */
+static double l2_penalty(const gd_mlp *net, const float *params, gd_index n,
+                         const double *rowsq) {
+    double total = 0.0;
+    gd_index r = 0;
+    for (int l = 1; l <= net->n_layers; l++) {
+        const float *w = params + w_offset(net, l);
+        gd_index fo = net->sizes[l];
+        for (gd_index i = 0; i < net->sizes[l - 1]; i++, r++)
+            total += rowsq ? rowsq[r] : gd_optim_k.sumsq(w + i * fo, fo);
+    }
+    return 0.5 * net->alpha / (double)n * total;
+}
+
 /* Gradient accumulation (acc) adds this batch's gradients to grads: beta = 1
- * in the weight-gradient GEMMs, the bias sums continued, no extra pass. */
+ * in the weight-gradient GEMMs, the bias sums continued, no extra pass; the
+ * L2 term of the mean over n_mean examples goes in once, with the first. */
 static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss, gd_index n_mean,
                               int acc) {
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
                                     acc);
+    float l2 = (float)(net->alpha / (double)n_mean);
     for (int l = 1; l <= net->n_layers && status == 0; l++) {
         gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
+        /* dW = A^T dZ + (alpha / n) W: the L2 term in the epilogue */
+        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, NULL, 0, 0, NULL, params + w_offset(net, l),
+                          fo, l2, NULL};
         if (gdfast_sgemm(1, 0, fi, fo, n, 1.0f, layer_input(net, x, ws, n, l), fi,
                          dz_buf(net, ws, n, l), fo, acc ? 1.0f : 0.0f,
-                         grads + w_offset(net, l), fo, NULL) != 0)
+                         grads + w_offset(net, l), fo, net->alpha > 0.0 && !acc ? &ep : NULL) != 0)
             status = -1;
     }
+    if (status == 0 && net->alpha > 0.0) *loss += l2_penalty(net, params, n_mean, NULL);
     return status;
+}
+
+/* Floats of a gradient row the L2 step forms at a time (on the stack). */
+#define L2_CHUNK 256
+
+/* One row of W_l at arena position a in a one-example step with the L2
+ * term: gradient in_r * dz + l2 * w, formed a chunk at a time and never
+ * stored in the arena (the same bits as the epilogue's); *wsq and *gsq get
+ * the sums of squares of the row before its update and of its gradient. */
+static void l2_row(const gd_plan *plan, float *params, gd_index a, gd_index cols, float in_r,
+                   const float *dz, float l2, double *wsq, double *gsq) {
+    float g[L2_CHUNK];
+    const float *w = params + a;
+    double gs = 0.0;
+    *wsq = gd_optim_k.sumsq(w, cols);
+    for (gd_index c = 0; c < cols; c += L2_CHUNK) {
+        gd_index m = cols - c < L2_CHUNK ? cols - c : L2_CHUNK;
+        for (gd_index j = 0; j < m; j++) g[j] = in_r * dz[c + j] + l2 * w[c + j];
+        gs += gd_optim_k.sumsq(g, m);
+        gdfast_optim_update_grad(plan, params, a + c, a + c + m, g);
+    }
+    *gsq = gs;
+}
+
+/* The start of the weight row holding arena position pos (pos itself
+ * outside the weights): the L2 step cuts its thread ranges there, so each
+ * row's sums come from one thread. */
+static gd_index row_start(const gd_mlp *net, gd_index pos) {
+    for (int l = 1; l <= net->n_layers; l++) {
+        gd_index w0 = w_offset(net, l), fo = net->sizes[l];
+        if (pos >= w0 && pos < b_offset(net, l)) return w0 + (pos - w0) / fo * fo;
+    }
+    return pos;
 }
 
 /* Arena positions [lo, hi) of a one-example step: each W_l row i gets the
  * update with gradient in_i * dZ_l (an outer product, formed in registers by
- * the kernel and never stored); biases, whose gradients the backward pass
- * left in the arena, get the plain update. */
+ * the kernel and never stored; with alpha, by l2_row, [lo, hi) whole rows);
+ * biases, whose gradients the backward pass left in the arena, get the
+ * plain update. */
 static void fused_range(const gd_mlp *net, float *params, const float *x, float *ws,
                         const gd_plan *plan, gd_index lo, gd_index hi) {
+    double *wsq = row_sums(net, ws, 1), *gsq = wsq + weight_rows(net);
     for (int l = 1; l <= net->n_layers; l++) {
         gd_index fo = net->sizes[l], w0 = w_offset(net, l), b0 = b_offset(net, l);
         const float *in = layer_input(net, x, ws, 1, l), *dz = dz_buf(net, ws, 1, l);
         gd_index a = lo > w0 ? lo : w0, end = hi < b0 ? hi : b0;
+        for (gd_index row = (a - w0) / fo; net->alpha > 0.0 && a < end; a += fo, row++)
+            l2_row(plan, params, a, fo, in[row], dz, (float)net->alpha, wsq + row, gsq + row);
         while (a < end) {
             gd_index row = (a - w0) / fo, col = (a - w0) % fo;
             if (col != 0 || end - a < fo) { /* part of one row (a thread's range ends there) */
@@ -222,6 +326,8 @@ static void fused_range(const gd_mlp *net, float *params, const float *x, float 
         a = lo > b0 ? lo : b0;
         end = hi < b0 + fo ? hi : b0 + fo;
         if (a < end) gdfast_optim_update_piece(plan, params, a, end);
+        wsq += net->sizes[l - 1];
+        gsq += net->sizes[l - 1];
     }
 }
 
@@ -257,6 +363,19 @@ static int fusable(const gd_mlp *net, const float *params, const float *grads, g
     return 1;
 }
 
+/* The global gradient norm of a one-example L2 step: the weight rows' sums
+ * from l2_row, and db = dZ. */
+static double l2_grad_norm(const gd_mlp *net, float *ws) {
+    const double *gsq = row_sums(net, ws, 1) + weight_rows(net);
+    double total = 0.0;
+    for (gd_index r = 0; r < weight_rows(net); r++) total += gsq[r];
+    for (int l = 1; l <= net->n_layers; l++) {
+        const float *dz = dz_buf(net, ws, 1, l);
+        for (gd_index j = 0; j < net->sizes[l]; j++) total += (double)dz[j] * dz[j];
+    }
+    return sqrt(total);
+}
+
 /* The global gradient norm of a one-example step from its factors: layer l's
  * dW is the outer product of its input a and dZ, so ||dW||^2 = ||a||^2 ||dZ||^2,
  * and db = dZ. The same value as the norm of the stored gradients up to
@@ -287,23 +406,33 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
     if (status != 0) return status;
     if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
-    if (plan->max_norm > 0.0) plan->norm = outer_grad_norm(net, x, ws);
+    /* with alpha the norm (max_norm infinite here) is only known after the
+     * update; any value gives the unclipped update meanwhile */
+    if (plan->max_norm > 0.0) plan->norm = net->alpha > 0.0 ? 0.0 : outer_grad_norm(net, x, ws);
     gdfast_optim_begin_pieces(plan);
     int nt = gdfast_threads_for(total, gdfast_optim_grain(plan));
     if (nt <= 1) {
         fused_range(net, params, x, ws, plan, 0, total);
-        return 0;
-    }
+    } else {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
-    {
-        unsigned fp = gd_fpmode_enter();
-        gd_index lo, hi;
-        gdfast_optim_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-        fused_range(net, params, x, ws, plan, lo, hi);
-        gd_fpmode_leave(fp);
-    }
+        {
+            unsigned fp = gd_fpmode_enter();
+            gd_index lo, hi;
+            gdfast_optim_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+            if (net->alpha > 0.0) {
+                lo = row_start(net, lo);
+                hi = row_start(net, hi);
+            }
+            fused_range(net, params, x, ws, plan, lo, hi);
+            gd_fpmode_leave(fp);
+        }
 #endif
+    }
+    if (net->alpha > 0.0) {
+        *loss += l2_penalty(net, params, 1, row_sums(net, ws, 1));
+        if (plan->max_norm > 0.0) plan->norm = l2_grad_norm(net, ws);
+    }
     return 0;
 }
 

@@ -8,7 +8,17 @@
  * Losses are means over the batch of n rows:
  *   cross-entropy  L = -(1/n) sum_i sum_j t_ij log softmax(z_i)_j
  *   quadratic      L =  (1/n) sum_i 0.5 * ||a_i - t_i||^2   (Nielsen's C)
- * with t one-hot labels or a given target matrix.
+ * with t one-hot labels or a given target matrix, plus with alpha > 0 the L2
+ * penalty of scikit-learn's MLP, on the weights only:
+ *   L += (0.5 * alpha / n) sum_l ||W_l||^2,   dL/dW_l += (alpha / n) W_l.
+ * ||W_l||^2 adds up each row's sum of squares (the optimizers' sumsq, a fixed
+ * order) row after row, so every path and thread count gives the same bits.
+ *
+ * Dropout (training passes only): hidden layer l's output is multiplied by
+ * the mask of gd_dropout (gemm.h) with rate dropout[l-1], keyed by
+ *   k = splitmix64(splitmix64(splitmix64(drop_seed) ^ drop_step) ^ l),
+ *   k0 = low 32 bits of k, k1 = high 32 bits, element index i * sizes[l] + j;
+ * forward-only calls never drop.
  */
 #ifndef GDFAST_MLP_H
 #define GDFAST_MLP_H
@@ -24,6 +34,9 @@ typedef struct {
     const int *hidden_act; /* GD_ACT_*, one per hidden layer: L - 1 entries */
     int out_act;           /* GD_ACT_*, MSE only */
     int loss;              /* GD_LOSS_* */
+    double alpha;          /* L2 penalty (0: none) */
+    const double *dropout; /* NULL, or a rate in [0, 1) per hidden layer */
+    uint64_t drop_seed, drop_step;
 } gd_mlp;
 
 /* Floats of work space for a batch of n rows. */
@@ -61,7 +74,11 @@ gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float 
  * and plans the fused pass cannot run (see fusable) take the two steps one
  * after the other. With plan->max_norm > 0, plan->norm gets the gradient
  * norm (for one example and an infinite max_norm, from the outer products'
- * factors: equal up to rounding). Returns as gdfast_mlp_loss_grad, no update
+ * factors: equal up to rounding). With alpha > 0 the one-example step forms
+ * each gradient row in_i * dZ + (alpha / n) W_i a chunk at a time on the
+ * stack, and takes ||W||^2 from the rows as it updates them; the loss is then
+ * checked for skip_nonfinite without the penalty (non-finite weights make it
+ * non-finite, short of saturated sigmoid/tanh units). Returns as gdfast_mlp_loss_grad, no update
  * when that fails; or GD_MLP_SKIPPED, with no update, when skip_nonfinite is
  * set and the loss is NaN or infinite. */
 #define GD_MLP_SKIPPED (-2)

@@ -371,6 +371,20 @@ void gdfast_optim_update_piece(const gd_plan *pl, const float *base, gd_index lo
     }
 }
 
+void gdfast_optim_update_grad(const gd_plan *pl, const float *base, gd_index lo, gd_index hi,
+                              const float *g) {
+    for (int k = 0; k < pl->nseg; k++) {
+        const gd_segment *s = &pl->seg[k];
+        gd_index off = s->p - base, from = lo - off;
+        if (from < 0 || off + s->n < hi) continue;
+        const gd_hyper *h = &pl->hyper[s->group];
+        gd_optim_k.update[h->kind](h, s->p + from, g, s->s[0] ? s->s[0] + from : NULL,
+                                   s->s[1] ? s->s[1] + from : NULL,
+                                   s->s[2] ? s->s[2] + from : NULL, hi - lo);
+        return;
+    }
+}
+
 void gdfast_optim_scale(gd_plan *pl, float c) { apply(pl, OP_SCALE, c, 0.0f, GD_GRAIN_STREAM); }
 
 void gdfast_optim_clamp(gd_plan *pl, float lo, float hi) {

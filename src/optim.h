@@ -147,6 +147,9 @@ gd_index gdfast_optim_grain(const gd_plan *plan);
  * caller's thread and floating-point mode. */
 void gdfast_optim_begin_pieces(gd_plan *plan);
 void gdfast_optim_update_piece(const gd_plan *plan, const float *base, gd_index lo, gd_index hi);
+/* update_piece with the gradients of [lo, hi), inside one segment, read from g. */
+void gdfast_optim_update_grad(const gd_plan *plan, const float *base, gd_index lo, gd_index hi,
+                              const float *g);
 int gdfast_optim_outer_ok(const gd_plan *plan);
 void gdfast_optim_update_outer(const gd_plan *plan, const float *base, gd_index lo,
                                gd_index rows, gd_index cols, const float *ga, const float *b);

@@ -28,7 +28,7 @@ def test_save_load_round_trip_is_bitwise(tmp_path):
     assert_same(snapshot(model), loaded)
     assert loaded.state_dict()["config"] == {
         "sizes": [6, 5, 4, 3], "activation": "tanh", "output_activation": "sigmoid",
-        "loss": "mse", "init": "xavier", "seed": 7}
+        "loss": "mse", "init": "xavier", "seed": 7, "alpha": 0.0, "dropout": 0.0}
     x = np.random.default_rng(0).random((9, 6), dtype=np.float32)
     assert loaded.forward(x).tobytes() == model.forward(x).tobytes()
     assert (loaded.predict(x) == model.predict(x)).all()

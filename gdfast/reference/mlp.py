@@ -10,7 +10,11 @@ Conventions (shared with the C kernels):
   Nielsen's network; for a list, its last name, "identity" if it is empty);
 - cross-entropy  L = -(1/n) sum_i sum_j t_ij log softmax(z_i)_j
 - quadratic      L =  (1/n) sum_i 0.5 * ||a_i - t_i||^2
-  where t is one-hot of integer labels, or a given (n, n_out) target array.
+  where t is one-hot of integer labels, or a given (n, n_out) target array;
+- alpha: + (0.5 * alpha / n) sum_l ||W_l||^2 (scikit-learn's L2 penalty;
+  weights only);
+- dropout (loss_and_grad only): hidden layer l's output act(z) * mask, the
+  mask of dropout_mask(seed, step, l, ...).
 """
 import numpy as np
 
@@ -62,6 +66,39 @@ def targets_of(y, n_out, dtype):
     return y.astype(dtype)
 
 
+_M64 = 2 ** 64 - 1
+
+
+def splitmix64(x):
+    """Vigna's splitmix64 finalizer of x + golden gamma, on Python ints mod 2^64."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _mix32(x):
+    """Wellons' lowbias32 on a uint32 array (multiplies wrap mod 2^32)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def dropout_mask(seed, step, layer, n, width, p):
+    """Multipliers (n, width) of hidden layer `layer` (1-based) in training call
+    `step`: 0 for a dropped unit, float32(1 / (1 - p)) for a kept one. Unit
+    (i, j) is dropped when the 24-bit hash of its index i * width + j is below
+    round(p * 2^24): the C kernels' mask, bit for bit."""
+    k = splitmix64(splitmix64(splitmix64(seed % 2 ** 64) ^ step) ^ layer)
+    k0, k1 = np.uint32(k & 0xFFFFFFFF), np.uint32(k >> 32)
+    e = np.arange(n * width, dtype=np.uint64).astype(np.uint32).reshape(n, width)
+    h = _mix32(_mix32(e ^ k0) + k1)
+    keep = (h >> np.uint32(8)).astype(np.int64) >= int(np.floor(p * 2 ** 24 + 0.5))
+    return np.where(keep, np.float32(1.0 / (1.0 - p)), np.float32(0.0))
+
+
 def softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -69,13 +106,17 @@ def softmax(z):
 
 class MLP:
     def __init__(self, sizes, activation="relu", loss="cross_entropy", output_activation=None,
-                 params=None, dtype=np.float64):
+                 params=None, dtype=np.float64, alpha=0.0, dropout=0.0, seed=0):
         self.sizes = list(sizes)
         self.activation = activation
         self.activations = hidden_activations(activation, len(self.sizes) - 2)
         self.loss = loss
         self.output_activation = output_activation or default_output_activation(activation)
         self.dtype = dtype
+        self.alpha = alpha
+        n_hidden = len(self.sizes) - 2
+        self.dropout = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * n_hidden
+        self.seed = seed
         self.params = {}
         for l in range(1, len(self.sizes)):
             self.params[f"w{l}"] = np.zeros((self.sizes[l - 1], self.sizes[l]), dtype)
@@ -88,26 +129,38 @@ class MLP:
     def n_layers(self):
         return len(self.sizes) - 1
 
-    def _forward(self, x):
-        """Activations of every layer; the last is logits for cross-entropy."""
-        acts = [np.asarray(x, self.dtype)]
+    def _layers(self, x, step=None):
+        """(activations of every layer, the last being logits for cross-entropy;
+        {l: act' of hidden layer l, times its dropout mask}). With a training
+        `step`, hidden outputs are dropped out."""
+        acts, dacts = [np.asarray(x, self.dtype)], {}
         for l in range(1, self.n_layers + 1):
             z = acts[-1] @ self.params[f"w{l}"] + self.params[f"b{l}"]
             if l < self.n_layers:
-                acts.append(activate(self.activations[l - 1], z))
+                a = activate(self.activations[l - 1], z)
+                dacts[l] = activation_grad(self.activations[l - 1], a)
+                p = self.dropout[l - 1]
+                if step is not None and p > 0:
+                    mask = dropout_mask(self.seed, step, l, *a.shape, p).astype(self.dtype)
+                    a, dacts[l] = a * mask, dacts[l] * mask
+                acts.append(a)
             elif self.loss == "cross_entropy":
                 acts.append(z)
             else:
                 acts.append(activate(self.output_activation, z))
-        return acts
+        return acts, dacts
+
+    def _forward(self, x):
+        """Activations of every layer without dropout (inference)."""
+        return self._layers(x)[0]
 
     def forward(self, x):
         out = self._forward(x)[-1]
         return softmax(out) if self.loss == "cross_entropy" else out
 
-    def loss_and_grad(self, x, y):
-        """(mean loss, {name: gradient}) for a batch."""
-        acts = self._forward(x)
+    def loss_and_grad(self, x, y, step=0):
+        """(mean loss, {name: gradient}) for a batch; `step` keys the dropout masks."""
+        acts, dacts = self._layers(x, step)
         n = acts[0].shape[0]
         t = targets_of(y, self.sizes[-1], self.dtype)
         out = acts[-1]
@@ -122,9 +175,10 @@ class MLP:
             dz = diff * activation_grad(self.output_activation, out) / n
         grads = {}
         for l in range(self.n_layers, 0, -1):
-            grads[f"w{l}"] = acts[l - 1].T @ dz
+            w = self.params[f"w{l}"]
+            grads[f"w{l}"] = acts[l - 1].T @ dz + (self.alpha / n) * w
             grads[f"b{l}"] = dz.sum(axis=0)
+            loss += 0.5 * self.alpha / n * float((w * w).sum())
             if l > 1:
-                dz = (dz @ self.params[f"w{l}"].T) * activation_grad(self.activations[l - 2],
-                                                                     acts[l - 1])
+                dz = (dz @ w.T) * dacts[l - 1]
         return float(loss), grads

@@ -1,0 +1,294 @@
+"""L2 penalty (alpha) and inverted dropout of gdfast.MLP: against the NumPy
+reference, scikit-learn's definition, finite differences, mask statistics,
+thread counts, resume, inference and bad input."""
+import math
+
+import numpy as np
+import pytest
+
+import gdfast
+from gdfast.reference.mlp import MLP as RefMLP, dropout_mask
+from gdfast.train import Trainer
+from test_mlp import ACTS, batch
+
+SIZES = [30, 23, 17, 7]
+REGS = {"alpha": dict(alpha=0.7), "dropout": dict(dropout=0.3),
+        "both": dict(alpha=0.2, dropout=0.5), "per layer": dict(dropout=[0.0, 0.6], alpha=1e-3)}
+
+
+def reference_of(net, dtype=np.float64):
+    params = {name: net.params[name] for name in net.params}
+    return RefMLP(net.sizes, net.activation, net.loss, net.output_activation, params, dtype,
+                  alpha=net.alpha, dropout=net.dropout, seed=net.seed)
+
+
+def assert_step_matches_reference(net, x, y):
+    """The loss and gradients of net's next training call against the reference's."""
+    ref = reference_of(net)
+    loss_r, grads = ref.loss_and_grad(x, y, step=net.step)
+    loss_c = net.loss_and_grad(x, y)
+    assert loss_c == pytest.approx(loss_r, rel=1e-5)
+    for name in net.params:
+        scale = np.abs(grads[name]).max() + 1e-12
+        np.testing.assert_allclose(net.params.grad_of(name) / scale, grads[name] / scale,
+                                   atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("n", [1, 2, 37])  # GEMM's dot-product, few-row and tiled paths
+@pytest.mark.parametrize("reg", list(REGS))
+@pytest.mark.parametrize("act", ACTS + [["tanh", "sigmoid"]], ids=str)
+def test_c_mlp_matches_reference_with_regularization(simd, act, reg, n):
+    rng = np.random.default_rng(1)
+    for loss in ("cross_entropy", "mse"):
+        net = gdfast.MLP(SIZES, activation=act, loss=loss, init="xavier", seed=2, **REGS[reg])
+        for step in range(3):  # a new mask each call
+            assert net.step == step
+            assert_step_matches_reference(net, *batch(rng, n, SIZES))
+
+
+def test_dropout_changes_the_gradients_and_every_call_draws_a_new_mask():
+    rng = np.random.default_rng(2)
+    x, y = batch(rng, 64, SIZES)
+    plain, dropped = gdfast.MLP(SIZES, seed=1), gdfast.MLP(SIZES, seed=1, dropout=0.5)
+    loss_plain = plain.loss_and_grad(x, y)
+    losses = [dropped.loss_and_grad(x, y) for _ in range(3)]
+    assert len(set(losses + [loss_plain])) == 4
+    dropped.step = 1  # the counter alone picks the mask
+    assert dropped.loss_and_grad(x, y) == losses[1]
+
+
+def test_reference_gradients_with_alpha_and_dropout_match_finite_differences():
+    rng = np.random.default_rng(0)
+    for act in ("tanh", "sigmoid", ["relu", "tanh"]):
+        ref = RefMLP([5, 6, 4, 3], act, alpha=0.9, dropout=[0.4, 0.3], seed=7)
+        for p in ref.params.values():
+            p[...] = rng.standard_normal(p.shape)
+        x, y = batch(rng, 6, ref.sizes)
+        x = x.astype(np.float64) + 0.1
+        _, grads = ref.loss_and_grad(x, y, step=3)
+        h = 1e-6
+        for name, p in ref.params.items():
+            numeric = np.zeros_like(p)
+            for idx in np.ndindex(p.shape):
+                old = p[idx]
+                p[idx] = old + h
+                up, _ = ref.loss_and_grad(x, y, step=3)
+                p[idx] = old - h
+                down, _ = ref.loss_and_grad(x, y, step=3)
+                p[idx] = old
+                numeric[idx] = (up - down) / (2 * h)
+            np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{act} {name}")
+
+
+def test_alpha_is_scikit_learns_penalty():
+    nn = pytest.importorskip("sklearn.neural_network")
+    rng = np.random.default_rng(4)
+    net = gdfast.MLP([6, 8, 4], activation="tanh", alpha=0.7, seed=1)
+    x, y = batch(rng, 13, net.sizes)
+    clf = nn.MLPClassifier(hidden_layer_sizes=(8,), activation="tanh", alpha=0.7)
+    clf.partial_fit(x.astype(np.float64), y, classes=np.arange(4))  # sets it up
+    clf.coefs_ = [net.params["w1"].astype(np.float64), net.params["w2"].astype(np.float64)]
+    clf.intercepts_ = [net.params["b1"].astype(np.float64), net.params["b2"].astype(np.float64)]
+    x64 = x.astype(np.float64)
+    activations = [x64, None, None]
+    loss_sk, coef_grads, intercept_grads = clf._backprop(
+        x64, clf._label_binarizer.transform(y), None, activations, [None, None],
+        [np.empty_like(c) for c in clf.coefs_], [np.empty_like(b) for b in clf.intercepts_])
+    assert net.loss_and_grad(x, y) == pytest.approx(loss_sk, rel=1e-5)
+    for l in (1, 2):
+        np.testing.assert_allclose(net.params.grad_of(f"w{l}"), coef_grads[l - 1], rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(net.params.grad_of(f"b{l}"), intercept_grads[l - 1],
+                                   rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_mask_drops_at_the_rate_and_masks_are_independent(p):
+    n, width = 400, 256
+    m = dropout_mask(3, 10, 1, n, width, p)
+    sigma = math.sqrt(p * (1 - p) / m.size)
+    assert abs((m == 0).mean() - p) < 5 * sigma
+    assert set(np.unique(m)) == {0.0, np.float32(1 / (1 - p))}
+    assert abs(m.mean() - 1.0) < 5 * sigma / (1 - p)  # inverted: the expected value stays
+    # another step, layer or seed: independent masks, both drop with probability p^2
+    for other in (dropout_mask(3, 11, 1, n, width, p), dropout_mask(3, 10, 2, n, width, p),
+                  dropout_mask(4, 10, 1, n, width, p)):
+        assert abs(((m == 0) & (other == 0)).mean() - p * p) < 5 * math.sqrt(p * p / m.size)
+    # no pattern along rows or columns
+    assert np.abs((m == 0).mean(axis=0) - p).max() < 6 * math.sqrt(p * (1 - p) / n)
+    assert np.abs((m == 0).mean(axis=1) - p).max() < 6 * math.sqrt(p * (1 - p) / width)
+
+
+def test_c_mask_drops_exactly_the_reference_units():
+    # x = I and W1 = 1, identity hidden layer: dW1 = x^T dZ1 = dZ1, zero exactly
+    # where a unit is dropped ((dZ2 W2^T) * mask)
+    net = gdfast.MLP([4, 300, 3], activation="identity", dropout=0.25, seed=9)
+    net.params["w1"][...] = 1.0
+    net.step = 5
+    net.loss_and_grad(np.eye(4, dtype=np.float32), np.zeros(4, np.int64))
+    dz1 = net.params.grad_of("w1")
+    mask = dropout_mask(9, 5, 1, 4, 300, 0.25)
+    np.testing.assert_array_equal(dz1 == 0, mask == 0)
+    np.testing.assert_allclose(dz1.sum(axis=0), net.params.grad_of("b1"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reg", list(REGS))
+def test_one_and_two_threads_agree_bitwise(reg):
+    rng = np.random.default_rng(5)
+    sizes = [784, 256, 128, 10]
+    x, y = batch(rng, 96, sizes)
+    before = gdfast.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            gdfast.set_num_threads(threads)
+            net = gdfast.MLP(sizes, seed=6, **REGS[reg])
+            results.append((net.loss_and_grad(x, y), net.params.grad.copy()))
+    finally:
+        gdfast.set_num_threads(before)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("reg", ["alpha", "both"])
+@pytest.mark.parametrize("opt", ["Adam", "SGD"])
+def test_fused_train_step_equals_loss_and_grad_then_step(simd, opt, reg, n, threads):
+    """With alpha the one-example step forms in_i * dZ + (alpha / n) W_i itself
+    (never stored); same bits as the epilogue's, any thread count, and the
+    norm it measures is the stored gradients' up to rounding."""
+    before = gdfast.get_num_threads()
+    gdfast.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(n)
+        sizes = [450, 70, 333, 10]  # rows wider than the fused step's chunk of 256
+        fused = gdfast.MLP(sizes, seed=3, **REGS[reg])
+        split = gdfast.MLP(sizes, seed=3, **REGS[reg])
+        opt_f = getattr(gdfast, opt)(fused.params, lr=1e-2)
+        opt_s = getattr(gdfast, opt)(split.params, lr=1e-2)
+        for max_norm in (None, math.inf, None):
+            x, y = batch(rng, n, sizes)
+            out = fused.train_step(x, y, opt_f, max_grad_norm=max_norm)
+            loss_s = split.loss_and_grad(x, y)
+            norm_s = opt_s.step(max_grad_norm=max_norm)
+            if max_norm is None:
+                assert out == loss_s
+            else:
+                assert out[0] == loss_s
+                assert out[1] == pytest.approx(norm_s, rel=1e-6)
+        np.testing.assert_array_equal(fused.params.data, split.params.data)
+        sf, ss = opt_f.state_dict()["state"], opt_s.state_dict()["state"]
+        for key in ss:
+            for slot in ss[key]:
+                np.testing.assert_array_equal(sf[key][slot], ss[key][slot], err_msg=key + slot)
+    finally:
+        gdfast.set_num_threads(before)
+
+
+def test_train_step_with_alpha_matches_the_reference_update():
+    rng = np.random.default_rng(8)
+    net = gdfast.MLP([20, 9, 4], seed=1, alpha=2.0)
+    ref = reference_of(net)
+    x, y = batch(rng, 1, net.sizes)
+    _, grads = ref.loss_and_grad(x, y)
+    before = {name: np.array(net.params[name], np.float64) for name in net.params}
+    net.train_step(x, y, gdfast.SGD(net.params, lr=0.1))
+    for name in net.params:
+        np.testing.assert_allclose(net.params[name], before[name] - 0.1 * grads[name],
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_evaluate_forward_predict_never_drop_and_report_the_data_loss():
+    rng = np.random.default_rng(3)
+    x, y = batch(rng, 300, SIZES)
+    plain = gdfast.MLP(SIZES, seed=4)
+    reg = gdfast.MLP(SIZES, seed=4, dropout=[0.5, 0.7], alpha=5.0)
+    for _ in range(2):
+        assert reg.evaluate(x, y) == plain.evaluate(x, y)
+        np.testing.assert_array_equal(reg.forward(x), plain.forward(x))
+        np.testing.assert_array_equal(reg.predict(x), plain.predict(x))
+    assert reg.step == 0  # inference does not move the mask counter
+
+
+def test_resume_is_bit_exact_with_dropout(tmp_path):
+    rng = np.random.default_rng(6)
+    x, y = batch(rng, 200, SIZES)
+
+    def trainer(directory):
+        net = gdfast.MLP(SIZES, seed=5, dropout=[0.3, 0.2], alpha=0.01)
+        return Trainer(net, gdfast.Adam(net.params, lr=1e-2), (x, y), batch_size=16, seed=1,
+                       checkpoint_dir=directory)
+    whole = trainer(tmp_path / "a")
+    whole.fit(3)
+    first = trainer(tmp_path / "b")
+    first.fit(1)
+    resumed = trainer(tmp_path / "b")
+    resumed.fit(3, resume=True)
+    assert resumed.model.step == whole.model.step == 3 * 13
+    np.testing.assert_array_equal(resumed.params.data, whole.params.data)
+    # the checkpoint is a model file too, with its regularization and step
+    model = gdfast.MLP.load(tmp_path / "b" / "last.npz")
+    assert (model.alpha, model.dropout, model.step) == (0.01, [0.3, 0.2], 39)
+
+
+def test_save_and_load_keep_alpha_dropout_and_step(tmp_path):
+    net = gdfast.MLP(SIZES, seed=5, dropout=0.25, alpha=0.5)
+    rng = np.random.default_rng(0)
+    net.loss_and_grad(*batch(rng, 8, SIZES))
+    net.save(tmp_path / "m.npz")
+    back = gdfast.MLP.load(tmp_path / "m.npz")
+    assert (back.alpha, back.dropout, back.step) == (0.5, 0.25, 1)
+    x, y = batch(rng, 8, SIZES)
+    assert back.loss_and_grad(x, y) == net.loss_and_grad(x, y)
+    # [0.25, 0.25] is the same model as 0.25; other rates or alphas are not
+    gdfast.MLP(SIZES, dropout=[0.25, 0.25], alpha=0.5).load_state_dict(net.state_dict())
+    for other, what in ((dict(dropout=0.25), "alpha: file 0.5, this model 0.0"),
+                        (dict(alpha=0.5, dropout=[0.25, 0.0]), "dropout: file 0.25")):
+        model = gdfast.MLP(SIZES, **other)
+        before = model.params.data.copy()
+        with pytest.raises(ValueError, match=what):
+            model.load_state_dict(net.state_dict())
+        np.testing.assert_array_equal(model.params.data, before)
+    # a state from before regularization existed loads as none
+    old = net.state_dict()
+    for key in ("alpha", "dropout"):
+        del old["config"][key]
+    del old["step"]
+    plain = gdfast.MLP(SIZES)
+    plain.load_state_dict(old)
+    assert plain.step == 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(alpha=-0.1), "alpha must be a finite number >= 0, got -0.1"),
+    (dict(alpha=math.nan), "alpha must be a finite number >= 0"),
+    (dict(alpha="0.1"), "alpha must be a finite number >= 0"),
+    (dict(alpha=True), "alpha must be a finite number >= 0"),
+    (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
+    (dict(dropout=-0.2), r"dropout must be a number in \[0, 1\)"),
+    (dict(dropout=math.nan), r"dropout must be a number in \[0, 1\)"),
+    (dict(dropout=[0.1]), r"dropout must be one rate or a list of 2 \(one per hidden layer\), "
+                          "got 1 rates"),
+    (dict(dropout=[0.1, 0.2, 0.3]), "a list of 2"),
+    (dict(dropout=[0.1, 1.5]), r"dropout\[1\] must be a number in \[0, 1\), got 1.5"),
+    (dict(dropout="0.2"), r"dropout must be a number in \[0, 1\)"),
+])
+def test_bad_regularization_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gdfast.MLP(SIZES, **kwargs)
+
+
+def test_bad_step_is_refused_and_changes_nothing():
+    net = gdfast.MLP(SIZES, dropout=0.1)
+    for bad in (-1, 1.5, True, 2 ** 64):
+        with pytest.raises(ValueError, match="step must be an integer >= 0"):
+            net.step = bad
+    state = net.state_dict()
+    state["step"] = -3
+    before = net.params.data.copy()
+    with pytest.raises(ValueError, match="state 'step' must be an integer >= 0"):
+        gdfast.MLP(SIZES, dropout=0.1, seed=7).load_state_dict(state)
+    assert net.step == 0
+    np.testing.assert_array_equal(net.params.data, before)
