@@ -183,3 +183,15 @@ def test_train_command_with_the_aids(data_dir, tmp_path, capsys, monkeypatch):  
 ])
 def test_bad_aid_flags(capsys, flags, message):
     refused(capsys, ["train", *flags], message)
+
+
+def test_accumulation_keeps_the_l2_term_once():
+    """With L2 (alpha), the accumulated gradients and mean loss are the big batch's."""
+    x, y = _data(96)
+    m = gdfast.MLP(SIZES, seed=1, alpha=0.5)
+    big_loss = m.loss_and_grad(x, y)
+    big = m.params.grad.copy()
+    losses = [m.loss_and_grad(x[i:i + 32], y[i:i + 32], accumulate=i > 0, mean_over=96)
+              for i in range(0, 96, 32)]
+    np.testing.assert_allclose(m.params.grad, big, rtol=1e-5, atol=1e-8)
+    assert np.mean(losses) == pytest.approx(big_loss, rel=1e-6)
