@@ -749,6 +749,9 @@ class Lookahead:
     def zero_grad(self):
         self.optimizer.zero_grad()
 
+    def ema_state(self):
+        return self.optimizer.ema_state()
+
     def __repr__(self):
         return f"Lookahead({self.optimizer!r}, k={self.k}, alpha={self._alpha})"
 
