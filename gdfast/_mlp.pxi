@@ -21,6 +21,10 @@ cdef extern from "mlp.h" nogil:
     gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss)
+    gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
+                                      const float *x, gd_index n, const int64_t *labels,
+                                      const float *targets, float *ws, double *loss,
+                                      gd_index n_mean, int acc)
     gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads,
                                    const float *x, gd_index n, const int64_t *labels,
                                    const float *targets, float *ws, gd_plan *plan,
@@ -206,43 +210,54 @@ cdef class MLPCore:
         self._n = n
         return (X, T)
 
-    cdef gd_index _loss_grad(self, const float *x, double *loss) noexcept nogil:
-        return gdfast_mlp_loss_grad(&self.net, <const float *>cnp.PyArray_DATA(self.data),
-                                    <float *>cnp.PyArray_DATA(self.grad), x, self._n,
-                                    self._labels, self._targets,
-                                    <float *>cnp.PyArray_DATA(self.ws), loss)
+    cdef gd_index _loss_grad(self, const float *x, double *loss, gd_index n_mean,
+                             int acc) noexcept nogil:
+        return gdfast_mlp_loss_grad_acc(&self.net, <const float *>cnp.PyArray_DATA(self.data),
+                                        <float *>cnp.PyArray_DATA(self.grad), x, self._n,
+                                        self._labels, self._targets,
+                                        <float *>cnp.PyArray_DATA(self.ws), loss, n_mean, acc)
 
-    def loss_and_grad(self, x, y):
-        """Mean loss over the batch; gradients overwrite params.grad."""
+    def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0):
+        """Mean loss over the batch; gradients overwrite params.grad (accumulate:
+        are added to it), as those of a mean over mean_over examples (0: the batch)."""
         self._enter()
         try:
-            return self._loss_and_grad(x, y)
+            return self._loss_and_grad(x, y, accumulate, mean_over)
         finally:
             self.busy = False
 
-    cdef _loss_and_grad(self, x, y):
+    cdef _loss_and_grad(self, x, y, bint acc, gd_index mean_over):
         keep = self._prepare(x, y, False)
+        if mean_over == 0:
+            mean_over = self._n
+        if mean_over < self._n:
+            raise ValueError(f"mean_over must be at least the batch's {self._n} examples, "
+                             f"got {mean_over}")
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status
         with nogil:
-            status = self._loss_grad(px, &loss)
+            status = self._loss_grad(px, &loss, mean_over, acc)
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
         self.net.drop_step += 1
         return loss
 
-    def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False):
+    def train_step(self, x, y, optimizer, params, max_grad_norm=None, skip_nonfinite=False,
+                   double agc=0.0, double agc_eps=1e-3, gd_index agc_end=0):
         """Forward, backward and the optimizer's update in one GIL-free stretch.
-        Returns (loss, gradient norm or None); see MLP.train_step."""
+        Returns (loss, gradient norm or None); see MLP.train_step. agc > 0:
+        AGC of the tensors before arena position agc_end for this step."""
         cdef double mx = max_norm_arg(max_grad_norm)
         self._enter()
         try:
-            return self._train_step(x, y, optimizer, params, mx, skip_nonfinite)
+            return self._train_step(x, y, optimizer, params, mx, skip_nonfinite, agc, agc_eps,
+                                    agc_end)
         finally:
             self.busy = False
 
-    cdef _train_step(self, x, y, optimizer, params, double mx, bint skip):
+    cdef _train_step(self, x, y, optimizer, params, double mx, bint skip, double agc,
+                     double agc_eps, gd_index agc_end):
         keep = self._prepare(x, y, True)
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
@@ -253,6 +268,8 @@ cdef class MLPCore:
                             f"got {type(optimizer).__name__}")
         cdef StepPlan plan = begin(params)
         plan.plan.max_norm = mx
+        if agc > 0:
+            plan._agc_only_below(agc, agc_eps, agc_end)
         try:
             with nogil:
                 status = gdfast_mlp_train_step(

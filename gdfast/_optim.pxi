@@ -29,6 +29,8 @@ cdef extern from "optim.h" nogil:
         int kind, flags
         float gscale, lr, wd, decay, momentum, dampening1m, alpha, alpha1m
         float beta1, beta1m, beta2, beta2m, step_size, inv_bc2_sqrt, eps
+        int ema
+        float ema_m, ema_m1m
     ctypedef struct gd_segment:
         float *p
         const float *g
@@ -36,6 +38,13 @@ cdef extern from "optim.h" nogil:
         gd_index n
         gd_index start
         int group
+        float *ema
+    ctypedef struct gd_agc:
+        int seg
+        gd_index off, n, units
+        double clip, eps
+        float *scale
+        float *acc
     ctypedef struct gd_plan:
         gd_segment *seg
         int nseg
@@ -45,7 +54,11 @@ cdef extern from "optim.h" nogil:
         double max_norm
         double *block_sums
         double norm
+        gd_agc *agc
+        int nagc, agc_on, ema_on
     int gdfast_optim_run(gd_plan *plan)
+    void gdfast_optim_agc_scales(gd_plan *plan)
+    void gdfast_optim_agc_clip(gd_plan *plan)
     double gdfast_optim_grad_norm(gd_plan *plan)
     void gdfast_optim_scale(gd_plan *plan, float c)
     void gdfast_clip_split(double coef, float *hi, float *lo)
@@ -76,14 +89,57 @@ cdef class StepPlan:
     """
     cdef gd_plan plan
     cdef list _keep  # the arrays whose memory the segments point into
+    cdef object _agc_bufs  # the AGC tensors' scales and sums
+    cdef int *agc_group    # each AGC tensor's param group
 
     def __cinit__(self):
         memset(&self.plan, 0, sizeof(gd_plan))
+        self.agc_group = NULL
 
     def __dealloc__(self):
         free(self.plan.seg)
         free(self.plan.hyper)
         free(self.plan.block_sums)
+        free(self.plan.agc)
+        free(self.agc_group)
+
+    cdef int _set_agc(self, list tensors) except -1:
+        """tensors: [(segment, offset in it, n, units, group)], the tensors AGC may clip."""
+        cdef Py_ssize_t k, n = len(tensors), units = sum(t[3] for t in tensors)
+        self.plan.agc = <gd_agc *>calloc(max(n, 1), sizeof(gd_agc))
+        self.agc_group = <int *>calloc(max(n, 1), sizeof(int))
+        if self.plan.agc == NULL or self.agc_group == NULL:
+            raise MemoryError()
+        scale = np.ones(max(units, 1), np.float32)
+        acc = np.zeros(2 * max(units, 1), np.float32)
+        self._agc_bufs = (scale, acc)
+        cdef float *ps = <float *>cnp.PyArray_DATA(<cnp.ndarray>scale)
+        cdef float *pa = <float *>cnp.PyArray_DATA(<cnp.ndarray>acc)
+        cdef gd_index used = 0
+        for k in range(n):
+            seg, off, size, u, grp = tensors[k]
+            self.plan.agc[k].seg = seg
+            self.plan.agc[k].off = off
+            self.plan.agc[k].n = size
+            self.plan.agc[k].units = u
+            self.plan.agc[k].scale = ps + used
+            self.plan.agc[k].acc = pa + 2 * used
+            self.agc_group[k] = grp
+            used += u
+        self.plan.nagc = <int>n
+        return 0
+
+    cdef int _agc_only_below(self, double clip, double eps, gd_index limit) except -1:
+        """This step clips (clip, eps) the AGC tensors before position `limit`, no others."""
+        cdef int k
+        self.plan.agc_on = 0
+        for k in range(self.plan.nagc):
+            on = self.plan.seg[self.plan.agc[k].seg].start + self.plan.agc[k].off < limit
+            self.plan.agc[k].clip = clip if on else 0.0
+            self.plan.agc[k].eps = eps
+            if on and clip > 0:
+                self.plan.agc_on = 1
+        return 0
 
     cdef int _setup(self, list segments, int ngroups) except -1:
         """segments: [(p, g or None, s0, s1, s2, group)], arrays already checked."""
@@ -97,7 +153,8 @@ cdef class StepPlan:
         self.plan.nseg = <int>n
         self.plan.ngroups = ngroups
         for k in range(n):
-            p, g, s0, s1, s2, grp = segments[k]
+            p, g, s0, s1, s2, grp = segments[k][:6]
+            self.plan.seg[k].ema = _fptr(segments[k][6]) if len(segments[k]) > 6 else NULL
             self.plan.seg[k].p = _fptr(p)
             self.plan.seg[k].g = _fptr(g)
             self.plan.seg[k].s[0] = _fptr(s0)
@@ -177,6 +234,17 @@ cdef inline double _num(dict grp, str key, int gi) except? -1.0:
                         f"got {type(v).__name__}") from None
 
 
+cdef inline double _agc_value(dict grp, str key, int gi, bint eps) except? -1.0:
+    """grp['agc'] (None or 0: off) or grp['agc_eps'], checked."""
+    if not eps and grp.get(key) is None:
+        return 0.0
+    cdef double v = _num(grp, key, gi)
+    if not (v >= 0 if not eps else v > 0) or v == float("inf"):
+        raise ValueError(f"param_groups[{gi}][{key!r}] must be a finite number "
+                         f"{'> 0' if eps else '>= 0 (0 or None: off)'}, got {grp[key]!r}")
+    return v
+
+
 cdef class _OptimCore:
     """The hot half of every optimizer: hyperparameter sync and the step."""
     cdef StepPlan _plan
@@ -198,10 +266,14 @@ cdef class _OptimCore:
     # buffer as the gradient at the first step that uses it, also when
     # momentum is switched on mid-run.
     cdef public list _momentum_started
+    cdef double *_agc_clip  # per group, this step's AGC clip factor and eps
+    cdef double *_agc_eps
 
     def __cinit__(self, *args, **kwargs):
         self._plo = NULL
         self._phi = NULL
+        self._agc_clip = NULL
+        self._agc_eps = NULL
         self._busy = False
 
     @property
@@ -219,9 +291,13 @@ cdef class _OptimCore:
     def __dealloc__(self):
         free(self._plo)
         free(self._phi)
+        free(self._agc_clip)
+        free(self._agc_eps)
 
-    def _bind(self, str kind, bint decoupled, object arena, list segments, int states):
-        """Cache the plan: segments [(p, g or None, s0, s1, s2, group)] checked by the caller."""
+    def _bind(self, str kind, bint decoupled, object arena, list segments, int states,
+              list agc_tensors):
+        """Cache the plan: segments [(p, g or None, s0, s1, s2, group, ema)] and the
+        tensors AGC may clip [(segment, offset, n, units, group)], checked by the caller."""
         cdef Py_ssize_t k, n = len(segments)
         if self._busy:  # add_param_group while another thread steps on the old plan
             raise RuntimeError("optimizer is stepping in another thread; add groups between steps")
@@ -232,6 +308,13 @@ cdef class _OptimCore:
         self._momentum_started = [False] * len(self.param_groups)
         plan = StepPlan()
         plan._setup(segments, len(self.param_groups))
+        plan._set_agc(agc_tensors)
+        free(self._agc_clip)
+        free(self._agc_eps)
+        self._agc_clip = <double *>calloc(max(len(self.param_groups), 1), sizeof(double))
+        self._agc_eps = <double *>calloc(max(len(self.param_groups), 1), sizeof(double))
+        if self._agc_clip == NULL or self._agc_eps == NULL:
+            raise MemoryError()
         self._plan = plan
         self._arena = arena
         if arena is not None:
@@ -397,6 +480,19 @@ cdef class _OptimCore:
                 raise ValueError(f"param_groups[{gi}]['lr_decay'] must be >= 0, got {lr_decay}")
             h.lr = <float>(lr / (1.0 + <double>(t - 1) * lr_decay))
         h.flags = flags
+        ema = grp["ema"]
+        if ema is not None and ema is not False:
+            mom = _num(grp, "ema", gi)
+            if not 0 <= mom < 1:
+                raise ValueError(f"param_groups[{gi}]['ema'] must be None or a momentum in "
+                                 f"[0, 1), got {ema!r}")
+            self._need(3, gi, "ema")
+            h.ema = 1
+            # Keras's use_ema: the average starts as the weights after the first step
+            h.ema_m = <float>mom if t > 1 else 0.0
+            h.ema_m1m = 1.0 - h.ema_m
+        self._agc_clip[gi] = _agc_value(grp, "agc", gi, False)
+        self._agc_eps[gi] = _agc_value(grp, "agc_eps", gi, True)
         return 0
 
     cdef int _need(self, int k, int gi, str what) except -1:
@@ -416,6 +512,19 @@ cdef class _OptimCore:
             if not isinstance(grp, dict):
                 raise TypeError(f"param_groups[{gi}] must be a dict, got {type(grp).__name__}")
             self._fill(&self._plan.plan.hyper[gi], <dict>grp, gi, t)
+        cdef gd_plan *pl = &self._plan.plan
+        cdef int k, grp_k
+        pl.agc_on = 0
+        pl.ema_on = 0
+        for k in range(pl.nagc):
+            grp_k = self._plan.agc_group[k]
+            pl.agc[k].clip = self._agc_clip[grp_k]
+            pl.agc[k].eps = self._agc_eps[grp_k]
+            if pl.agc[k].clip > 0:
+                pl.agc_on = 1
+        for gi in range(pl.ngroups):
+            if pl.hyper[gi].ema:
+                pl.ema_on = 1
         return 0
 
     def _check_hyper(self):
@@ -528,6 +637,27 @@ def _thread_ranges(gd_index total, int nt):
         gdfast_optim_split(total, nt, t, &lo, &hi)
         out.append((lo, hi))
     return out
+
+
+def adaptive_clip_grad(params, grads, double clip_factor, double eps):
+    """AGC on lists of aligned params and grads (checked by the caller): grads
+    scaled in place, unit by unit (columns of matrices, whole vectors)."""
+    if not clip_factor > 0 or clip_factor == float("inf"):
+        raise ValueError(f"clip_factor must be a finite number > 0, got {clip_factor}")
+    if not eps > 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    cdef StepPlan gplan = _grads_plan(grads, "grads", True)
+    cdef StepPlan plan = StepPlan()
+    segs, tensors = [], []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        segs.append((check_f32(p, f"params[{i}]", False), g, None, None, None, 0))
+        if g.size:
+            tensors.append((i, 0, g.size, g.shape[g.ndim - 1] if g.ndim >= 2 else 1, 0))
+    plan._setup(segs, 1)
+    plan._set_agc(tensors)
+    plan._agc_only_below(clip_factor, eps, plan.plan.total)
+    with nogil:
+        gdfast_optim_agc_clip(&plan.plan)
 
 
 def grad_norm(grads):

@@ -396,6 +396,50 @@ def bench_optimizers(sizes, threads, repeats, torch=None):
     return rows
 
 
+# name: (Adam's extra options, (rw, ro) streams of the update). AGC adds a
+# read of p and g for the unit norms (8 bytes per parameter), EMA one stream
+# read and written in the update's pass (8 bytes).
+AIDS = {
+    "adam": ({}, (3, 1), 0),
+    "adam+agc": ({"agc": 0.01}, (3, 1), 8),
+    "adam+ema": ({"ema": 0.999}, (4, 1), 0),
+    "adam+agc+ema": ({"agc": 0.01, "ema": 0.999}, (4, 1), 8),
+}
+AIDS_COLUMNS = 1000
+
+
+def bench_aids(sizes, threads, repeats):
+    """Adam with AGC and EMA on one (n / 1000, 1000) weight, each row timed in
+    the same run as plain Adam on the same arena: the cost of the aids."""
+    from gdfast.reference import optim as ref_optim
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in [n for n in sizes if n >= 1_000_000]:
+        shape = (n // AIDS_COLUMNS, AIDS_COLUMNS)
+        params = gdfast.Params({"w": shape})
+        params.data[...] = rng.standard_normal(params.size, dtype=np.float32)
+        params.grad[...] = rng.standard_normal(params.size, dtype=np.float32) * 1e-2
+        start = params.data.copy()
+        ref_p, ref_g = params["w"].copy(), params.grad_of("w").copy()
+        base = None
+        for name, (extra, (rw, ro), norm_bytes) in AIDS.items():
+            params.data[...] = start
+            opt = gdfast.Adam(params, lr=1e-3, **extra)
+            ref = ref_optim.Adam([ref_p], lr=1e-3, **extra)
+            quiet_cores()
+            row = Row("optimizer step with AGC / EMA (Adam, one weight of 1000 columns)",
+                      f"{name} n={params.size:.0e}", threads,
+                      gdfast_s=median_time(opt.step, repeats=repeats),
+                      numpy_s=median_time(lambda: ref.step([ref_g]), repeats=repeats),
+                      unit="GB/s", work=((2 * rw + ro) * 4 + norm_bytes) * params.size / 1e9)
+            if not norm_bytes:     # AGC's norms are a pass of their own: no one probe bounds it
+                row.ceiling = rmw_ceiling(params.size, rw, ro, row.rate)
+            base = base or row.gdfast_s
+            row.extra["vs adam"] = f"{row.gdfast_s / base:.3f}x"
+            rows.append(row)
+    return rows
+
+
 def _torch_optimizer(torch, cls, hyper, n, repeats):
     out = {}
     for impl in ("foreach", "fused"):
@@ -685,6 +729,7 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
                 f"{ceilings[nt]['rmw_gbs']:.1f} GB/s, triad {ceilings[nt]['triad_gbs']:.1f} GB/s")
             if "optim" in sections:
                 rows += bench_optimizers(sizes, nt, repeats, torch)
+                rows += bench_aids(sizes, nt, repeats)
             if "gemm" in sections:
                 rows += bench_gemm(shapes, nt, repeats, peak, torch)
             if "mlp" in sections:

@@ -122,6 +122,11 @@ def _add_train(p):
     o.add_argument("--weight-decay", type=_number(float, 0), default=0.0)
     o.add_argument("--clip-norm", type=_number(float, 0, low_open=True),
                    help="clip the global gradient norm to this")
+    o.add_argument("--agc", type=_number(float, 0, low_open=True), metavar="CLIP",
+                   help="adaptive gradient clipping (Brock et al. 2021) of every layer but the "
+                        "output layer with this clip factor (the paper: 0.01)")
+    o.add_argument("--ema", type=_number(float, 0, 1, low_open=True), metavar="MOMENTUM",
+                   help="keep a moving average of the weights (e.g. 0.999) and evaluate with it")
     o.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     o.add_argument("--warmup", type=_number(float, 0), default=1.0,
                    help="linear warmup in epochs (default 1)")
@@ -129,6 +134,12 @@ def _add_train(p):
     t.add_argument("--epochs", type=_number(int, 1), default=15)
     t.add_argument("--batch-size", type=_number(int, 0), default=128,
                    help="0 for full-batch gradient descent (default 128)")
+    t.add_argument("--accumulate", type=_number(int, 1), default=1, metavar="K",
+                   help="gradient accumulation: one optimizer step per K batches, the same "
+                        "step as one batch K times larger (default 1)")
+    t.add_argument("--monitor-layers", action="store_true",
+                   help="record per layer gradient norm, weight norm, update/weight ratio and "
+                        "dead ReLU units each epoch (in the history; drawn by --plot)")
     t.add_argument("--early-stopping", type=_number(int, 1), metavar="PATIENCE",
                    help="stop after this many epochs without improvement (needs --validation)")
     t.add_argument("--threads", type=_number(int, 1), help="worker threads (default: OMP_NUM_THREADS or all cores; "
@@ -176,7 +187,8 @@ def _lbfgs_settings(args, argv):
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     for flag, ok in (("--batch-size", "--batch-size" not in given or args.batch_size == 0),
                      ("--weight-decay", not args.weight_decay),
-                     ("--clip-norm", args.clip_norm is None)):
+                     ("--clip-norm", args.clip_norm is None), ("--agc", args.agc is None),
+                     ("--ema", args.ema is None), ("--accumulate", args.accumulate == 1)):
         if not ok:
             _fail("train", f"{flag} does not apply to lbfgs (full batch, no weight decay or "
                   f"clipping)")
@@ -194,6 +206,10 @@ def _make_optimizer(name, params, args):
     kw = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.eps is not None:
         kw["eps"] = args.eps
+    if getattr(args, "ema", None):
+        kw["ema"] = args.ema
+    if getattr(args, "agc", None):     # the output layer (the last w, b) is left out, as the paper
+        kw["groups"] = [{"params": params.names[:-2], "agc": args.agc}]
     if name == "sgd":
         return gdfast.SGD(params, **kw)
     if name in ("momentum", "nesterov"):
@@ -268,6 +284,9 @@ def _run_train(args, argv):
         _fail("train", f"--betas applies to adam, adamw and lion, not {args.optimizer}")
     if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion", "lbfgs"):
         _fail("train", f"--eps does not apply to {args.optimizer}")
+    if args.agc and not args.hidden:
+        _fail("train", "--agc clips the hidden layers (the output layer is left out): "
+              "give --hidden sizes")
     if args.optimizer == "lbfgs":
         _lbfgs_settings(args, argv)
     if args.test_file and not args.train_file:
@@ -326,7 +345,7 @@ def _train(args, t_start, comm):
     optimizer = _make_optimizer(args.optimizer, model.params, args)
     batch = args.batch_size or None
     n = len(data.x_train)
-    steps_per_epoch = 1 if batch is None else -(-n // batch)
+    steps_per_epoch = -(-(1 if batch is None else -(-n // batch)) // args.accumulate)
     total = steps_per_epoch * args.epochs
     warmup = 0 if args.schedule == "onecycle" else round(args.warmup * steps_per_epoch)  # it has its own
     schedule = schedules.make(args.schedule, args.lr, total, warmup=warmup,
@@ -354,7 +373,8 @@ def _train(args, t_start, comm):
                       test=(data.x_test, data.y_test) if data.x_test is not None else None,
                       early_stopping=args.early_stopping,
                       checkpoint_dir=args.checkpoint_dir, progress=progress,
-                      clip_norm=args.clip_norm)
+                      clip_norm=args.clip_norm, accumulate=args.accumulate,
+                      eval_ema=bool(args.ema), monitor_layers=args.monitor_layers)
     if args.resume and has_run:
         try:
             trainer.load_checkpoint(last)
@@ -416,7 +436,13 @@ def _pyplot():
 def _plot_history(history, path, title):
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    layers = [k for k in history[0] if k.startswith(("update_ratio/", "dead/"))]
+    if layers:      # --monitor-layers: a second row with the per-layer figures
+        fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+        (ax_loss, ax_acc, ax_lr), monitor = axes
+        _plot_layers(history, epochs, monitor)
+    else:
+        fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("test_loss", "test")):
         if key in history[0]:
             ax_loss.plot(epochs, [r[key] for r in history], marker=".", label=label)
@@ -437,6 +463,23 @@ def _plot_history(history, path, title):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"curves saved to {path}")
+
+
+def _plot_layers(history, epochs, axes):
+    """Gradient norms, update/weight ratios and dead ReLU fractions per tensor/layer."""
+    ax_grad, ax_ratio, ax_dead = axes
+    for ax, prefix, title, log in ((ax_grad, "grad_norm/", "gradient norm (last step)", True),
+                                   (ax_ratio, "update_ratio/", "update / weight norm", True),
+                                   (ax_dead, "dead/", "dead ReLU units (fraction)", False)):
+        for key in [k for k in history[0] if k.startswith(prefix)]:
+            values = [r.get(key) for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [math.nan if v is None else v for v in values], marker=".",
+                        label=key[len(prefix):] if prefix != "dead/" else f"layer {key[5:]}")
+        ax.set(title=title, xlabel="epoch", yscale="log" if log else "linear")
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
 
 
 # -- gdfast optimizers ---------------------------------------------------------

@@ -228,6 +228,10 @@ class DistributedTrainer(Trainer):
                 "every part of a batch would add the whole L2 penalty (alpha / rows * W) once, "
                 "and dropout masks are keyed by the row within a call, so parts would repeat "
                 "each other's masks")
+        if kwargs.get("accumulate", 1) != 1:
+            raise ValueError("DistributedTrainer cannot accumulate gradients yet (accumulate=1): "
+                             "the micro-batches' gradients would be summed before the ranks' "
+                             "are; use a global batch that many times larger instead")
         if not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
         if shards is not None:

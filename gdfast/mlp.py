@@ -157,11 +157,24 @@ class MLP:
         """Most likely class of each row of x, as int64."""
         return np.argmax(self.forward(x), axis=1).astype(np.int64)
 
-    def loss_and_grad(self, x, y):
-        """Mean loss over the batch; the gradients overwrite params.grad."""
-        return self._core.loss_and_grad(x, y)
+    def loss_and_grad(self, x, y, accumulate=False, mean_over=None):
+        """Mean loss over the batch; the gradients overwrite params.grad.
 
-    def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False):
+        Gradient accumulation: accumulate=True adds the gradients to
+        params.grad instead (inside the weight-gradient GEMMs, beta = 1: no
+        extra pass), and mean_over=N makes them those of a mean over N
+        examples, this batch's share of a bigger one. K micro-batches of n
+        with mean_over=K*n, the first with accumulate=False, leave the
+        gradients of their K*n-example batch, to float32 rounding. The
+        returned loss is this batch's own mean."""
+        if mean_over is not None and (isinstance(mean_over, bool) or int(mean_over) != mean_over
+                                      or mean_over < 1):
+            raise ValueError(f"mean_over must be a positive integer or None, got {mean_over!r}")
+        return self._core.loss_and_grad(x, y, bool(accumulate),
+                                        0 if mean_over is None else int(mean_over))
+
+    def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False, agc=None,
+                   agc_eps=1e-3, agc_output=False):
         """One step of training on a mini-batch; returns the mean loss before the update.
 
         Forward, backward and the update of `optimizer` (a gdfast optimizer
@@ -182,9 +195,28 @@ class MLP:
             (parameters, optimizer state and its step count unchanged) and
             return that loss (norm NaN), so the caller can stop training
             with parameters that are still good.
+        agc: adaptive gradient clipping with this clip factor (e.g. 0.01) of
+            every layer but the output layer, as the NFNet paper does
+            (agc_output=True clips that one too); the same as an optimizer
+            built with agc=... on those tensors' group (see gdfast.Adam).
+            Give it here or in the optimizer's groups, not both. The gradients
+            of every step are then stored (no batch-1 fusion).
         """
+        clip, end = 0.0, 0
+        if agc is not None:
+            if not (isinstance(agc, (int, float, np.integer, np.floating))
+                    and not isinstance(agc, bool) and 0 < agc < np.inf):
+                raise ValueError(f"agc must be a finite number > 0 or None, got {agc!r}")
+            if not (isinstance(agc_eps, (int, float, np.integer, np.floating))
+                    and not isinstance(agc_eps, bool) and 0 < agc_eps < np.inf):
+                raise ValueError(f"agc_eps must be a finite number > 0, got {agc_eps!r}")
+            if any(g.get("agc") for g in getattr(optimizer, "param_groups", [])):
+                raise ValueError("agc is set in the optimizer's param groups already; give it "
+                                 "there or to train_step, not both")
+            clip = float(agc)
+            end = self.params.size if agc_output else self.params.offset(f"w{self.n_layers}")
         loss, norm = self._core.train_step(x, y, optimizer, self.params, max_grad_norm,
-                                           skip_nonfinite)
+                                           skip_nonfinite, clip, float(agc_eps), end)
         return loss if max_grad_norm is None else (loss, norm)
 
     def evaluate(self, x, y, batch_size=1000):

@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError, read_npz, write_npz
 from .params import Params, _aligned_empty
 
 _FORMAT = "gdfast.optim/1"
+_AIDS = ("agc", "agc_eps", "ema")
 # the step count lives in a C long long: far below its 2**63 limit, so the
 # next step's t + 1 cannot overflow
 _MAX_STEP = 2**62
@@ -52,6 +53,8 @@ class Optimizer(_kernels._OptimCore):
         total = sum(size for _, _, size, _ in entries)
         bufs = [_aligned_empty(total) if need else None for need in needed]
         self._init_state(bufs, entries, param_groups)
+        # the weights' moving average starts as the weights (the first step overwrites it)
+        ema = _aligned_empty(total) if any(g["ema"] is not None for g in param_groups) else None
         # state views per parameter key, in state-buffer order
         self._keys = []
         self._state = {}
@@ -60,10 +63,13 @@ class Optimizer(_kernels._OptimCore):
             self._keys.append(key)
             self._state[key] = {self._slots[k]: bufs[k][offset:offset + size].reshape(p.shape)
                                 for k in range(3) if bufs[k] is not None}
+            if ema is not None:
+                self._state[key]["ema"] = view = ema[offset:offset + size].reshape(p.shape)
+                view[...] = p
             offset += size
-        segments, self._seg_info = self._segments(arena, entries, bufs)
-        states = sum(1 << k for k in range(3) if bufs[k] is not None)
-        self._bind(self._kind, self._decoupled, arena, segments, states)
+        segments, self._seg_info, agc = self._segments(arena, entries, bufs + [ema])
+        states = sum(1 << k for k in range(3) if bufs[k] is not None) | (8 if ema is not None else 0)
+        self._bind(self._kind, self._decoupled, arena, segments, states, agc)
         self._check_hyper()
 
     # ---- construction ----
@@ -147,8 +153,11 @@ class Optimizer(_kernels._OptimCore):
 
     @staticmethod
     def _segments(arena, entries, bufs):
-        """Plan segments; adjacent arena tensors of one group merge into one."""
-        segments, info = [], []
+        """Plan segments (adjacent arena tensors of one group merge into one),
+        their (param, offset) and the tensors AGC may clip: (segment, offset in
+        it, size, units, group), a unit per column of the last axis (a
+        (fan_in, fan_out) weight: per output unit), or the whole of a vector."""
+        segments, info, agc = [], [], []
         offset = 0
         for key, p, size, gi in entries:
             if arena is not None and size == 0:
@@ -167,9 +176,13 @@ class Optimizer(_kernels._OptimCore):
             else:
                 p_view, g_view = p, None
             segments[-1] = (p_view, g_view) + tuple(
-                b[seg_off:seg_off + n] if b is not None else None for b in bufs) + (gi,)
+                b[seg_off:seg_off + n] if b is not None else None for b in bufs[:3]) + (
+                gi, bufs[3][seg_off:seg_off + n] if bufs[3] is not None else None)
+            if size:
+                agc.append((len(segments) - 1, offset - seg_off, size,
+                            p.shape[-1] if p.ndim >= 2 else 1, gi))
             offset += size
-        return segments, [(seg[0], off) for seg, (off, _, _) in zip(segments, info)]
+        return segments, [(seg[0], off) for seg, (off, _, _) in zip(segments, info)], agc
 
     def add_param_group(self, param_group):
         """Add {"params": [arrays], option: value, ...} as a new group (list mode).
@@ -247,6 +260,16 @@ class Optimizer(_kernels._OptimCore):
                           for key, bufs in self._state.items()},
                 "param_groups": groups}
 
+    def ema_state(self):
+        """{key: moving average of the weights} of the tensors in groups with ema
+        (views: they change with every step; copy to keep)."""
+        out = {}
+        for g in self.param_groups:
+            if g.get("ema") is not None:
+                for key in self._group_keys(g):
+                    out[key] = self._state[key]["ema"]
+        return out
+
     def _group_keys(self, g):
         if self._arena_params() is not None:
             return list(g["params"])
@@ -288,6 +311,8 @@ class Optimizer(_kernels._OptimCore):
             if list(g.get("params", [])) != self._group_keys(mine):
                 raise ValueError(f"param group {gi} of state_dict holds {g.get('params')}, "
                                  f"expected {self._group_keys(mine)}")
+            # files from before the training aids: their defaults (off)
+            g = {**{k: self.defaults[k] for k in _AIDS if k in self.defaults}, **g}
             if set(g) - {"params"} != set(self.defaults):
                 raise ValueError(f"param group {gi} of state_dict has options "
                                  f"{sorted(set(g) - {'params'})}, expected {sorted(self.defaults)}")
@@ -390,6 +415,24 @@ def _check_arrays(given, expected, what, keys="keys"):
                              f"got {a.dtype} {a.shape}")
 
 
+def _aids(agc, agc_eps, ema):
+    """The training aids every optimizer takes, per param group:
+
+    agc: adaptive gradient clipping (Brock et al. 2021) with this clip factor
+        (0 or None: off; the paper uses 0.01): each unit's gradient (a column
+        of a (fan_in, fan_out) weight, a whole vector) is scaled to at most
+        agc * max(||w_unit||, agc_eps), as optax.adaptive_grad_clip and timm's
+        adaptive_clip_grad, inside the update (one read of p and g for the
+        norms, no pass over the gradients). Applied before max_grad_norm's
+        clip, whose norm is that of the gradients as given.
+    ema: keep a moving average of the weights with this momentum (None: off),
+        Keras's use_ema / ema_momentum: after the first step the average is the
+        weights, then ema = m * ema + (1 - m) * w after every update (no
+        warm-up or bias correction), updated in the update's own pass.
+        Read it with ema_state() or in state_dict()["state"][key]["ema"]."""
+    return {"agc": agc, "agc_eps": agc_eps, "ema": ema}
+
+
 def _bad(name, value, expected):
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
@@ -418,10 +461,11 @@ class SGD(Optimizer):
     _slots = ("momentum_buffer", None, None)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, groups=None):
+                 nesterov=False, *, maximize=False, agc=0.0, agc_eps=1e-3, ema=None,
+                 groups=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), groups)
+                                      maximize=maximize, **_aids(agc, agc_eps, ema)), groups)
 
     def _slots_needed(self, groups):
         return [any(g["momentum"] != 0 for g in groups), False, False]
@@ -440,7 +484,8 @@ class SGD(Optimizer):
         """As Optimizer.load_state_dict; a group's tensors carry momentum_buffer
         all (started) or none (not started yet)."""
         state = state_dict.get("state") if isinstance(state_dict, dict) else None
-        if not isinstance(state, dict) or not any(self._state.values()):  # no buffer
+        if not isinstance(state, dict) or not any("momentum_buffer" in b
+                                                  for b in self._state.values()):  # no buffer
             super().load_state_dict(state_dict)
             self._momentum_started = [False] * len(self.param_groups)
             return
@@ -472,10 +517,10 @@ class RMSprop(Optimizer):
     _slots = ("square_avg", "momentum_buffer", "grad_avg")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, groups=None):
+                 centered=False, *, maximize=False, agc=0.0, agc_eps=1e-3, ema=None, groups=None):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered, maximize=maximize),
-                         groups)
+                                      momentum=momentum, centered=centered, maximize=maximize,
+                                      **_aids(agc, agc_eps, ema)), groups)
 
     def _slots_needed(self, groups):
         return [True, any(g["momentum"] > 0 for g in groups), any(g["centered"] for g in groups)]
@@ -494,10 +539,10 @@ class Adam(Optimizer):
     _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, groups=None):
+                 amsgrad=False, *, maximize=False, agc=0.0, agc_eps=1e-3, ema=None, groups=None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize), groups)
+                                      maximize=maximize, **_aids(agc, agc_eps, ema)), groups)
 
     def _slots_needed(self, groups):
         return [True, True, any(g["amsgrad"] for g in groups)]
@@ -510,9 +555,10 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, groups=None):
+                 amsgrad=False, *, maximize=False, agc=0.0, agc_eps=1e-3, ema=None, groups=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, groups=groups)
+                         amsgrad=amsgrad, maximize=maximize, agc=agc, agc_eps=agc_eps, ema=ema,
+                         groups=groups)
 
 
 class Adagrad(Optimizer):
@@ -526,10 +572,12 @@ class Adagrad(Optimizer):
     _slots = ("sum", None, None)
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, groups=None):
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, agc=0.0,
+                 agc_eps=1e-3, ema=None, groups=None):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize), groups)
+                                      eps=eps, maximize=maximize, **_aids(agc, agc_eps, ema)),
+                         groups)
 
     def _slots_needed(self, groups):
         for gi, g in enumerate(groups):
@@ -559,9 +607,9 @@ class Lion(Optimizer):
     _slots = ("exp_avg", None, None)
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
-                 groups=None):
+                 agc=0.0, agc_eps=1e-3, ema=None, groups=None):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                      maximize=maximize), groups)
+                                      maximize=maximize, **_aids(agc, agc_eps, ema)), groups)
 
     def _slots_needed(self, groups):
         return [True, False, False]
@@ -701,6 +749,9 @@ class Lookahead:
     def zero_grad(self):
         self.optimizer.zero_grad()
 
+    def ema_state(self):
+        return self.optimizer.ema_state()
+
     def __repr__(self):
         return f"Lookahead({self.optimizer!r}, k={self.k}, alpha={self._alpha})"
 
@@ -715,6 +766,43 @@ def clip_grad_norm(grads, max_norm):
     if isinstance(grads, Params):
         grads = grads.grad
     return _kernels.clip_grad_norm(grads, float(max_norm))
+
+
+def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3):
+    """Adaptive gradient clipping (Brock et al. 2021) of grads in place, unit by
+    unit, as timm's adaptive_clip_grad and optax's adaptive_grad_clip: for each
+    unit i (a column of a (fan_in, fan_out) weight, i.e. an output unit, or a
+    whole vector), when ||g_i|| >= clip_factor * max(||w_i||, eps), g_i is
+    scaled by clip_factor * max(||w_i||, eps) / max(||g_i||, 1e-6). Norms are
+    summed in float64 in a fixed order (the same bits for any thread count);
+    a NaN norm gives NaN gradients.
+
+    params, grads: a Params arena (its tensors and their grads), or aligned
+    lists of float32 arrays (one array each is fine)."""
+    if isinstance(params, Params):
+        if grads is not None and grads is not params:
+            raise TypeError("grads must be omitted (or the same arena) when params is a Params "
+                            "arena: its gradients are params.grad")
+        names = [n for n in params.names]
+        params, grads = [params[n] for n in names], [params.grad_of(n) for n in names]
+    if isinstance(params, np.ndarray):
+        params = [params]
+    if isinstance(grads, np.ndarray):
+        grads = [grads]
+    if not isinstance(params, (list, tuple)) or not isinstance(grads, (list, tuple)):
+        raise TypeError("params and grads must be a Params arena or lists of float32 arrays")
+    if len(params) != len(grads):
+        raise ValueError(f"grads has {len(grads)} arrays, expected {len(params)} (one per "
+                         f"parameter)")
+    for i, (p, g) in enumerate(zip(params, grads)):
+        _kernels.check_float32(p, f"params[{i}]", False)
+        _kernels.check_float32(g, f"grads[{i}]", True)
+        if p.shape != g.shape:
+            raise ValueError(f"grads[{i}] has shape {g.shape}, expected {p.shape} like "
+                             f"params[{i}]")
+        if p.size and np.may_share_memory(p, g):
+            raise ValueError(f"grads[{i}] shares memory with params[{i}]")
+    _kernels.adaptive_clip_grad(list(params), list(grads), float(clip_factor), float(eps))
 
 
 def clip_grad_value(grads, clip_value):

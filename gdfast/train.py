@@ -25,6 +25,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .batching import Batches
 from .mlp import MLP
+from .reference.mlp import MLP as _ReferenceMLP, hidden_activations
 from .optim import clip_grad_norm
 from .schedules import Constant, ReduceOnPlateau
 
@@ -72,6 +73,23 @@ class Trainer:
     acc_every: estimate the training accuracy ("train_acc") from every
         acc_every-th batch, predicted right after its update (0: never; integer
         labels only).
+    accumulate: gradient accumulation, one optimizer step per `accumulate`
+        consecutive batches (the last step of an epoch takes what is left),
+        with the gradients of their mean, the same step as one batch that
+        many times larger (to float32 rounding): the model's
+        loss_and_grad(x, y, accumulate=..., mean_over=...) adds each batch's
+        share into the gradients (gdfast.MLP: in the weight-gradient GEMMs,
+        no extra pass). `step`, the schedule and the history count optimizer
+        steps.
+    eval_ema: evaluate (validation, test, and the best parameters kept for
+        early stopping) with the optimizer's moving average of the weights
+        (an optimizer built with ema=...), training with the weights.
+    monitor_layers: record per tensor, on each epoch's last step, the
+        gradient norm ("grad_norm/w1"), weight norm ("weight_norm/w1") and
+        update-to-weight norm ratio ("update_ratio/w1"), and per ReLU hidden
+        layer of an MLP the fraction of units dead on that step's batch
+        ("dead/1"). Off by default; on, it costs one copy of the parameters
+        and one NumPy forward pass of a batch per epoch.
 
     The optimizer may instead take ``step(closure)`` (gdfast.LBFGS): each
     batch is then one call, the closure computing the loss and gradients
@@ -82,8 +100,22 @@ class Trainer:
                  validation=None, test=None, seed=0, shuffle=True, drop_last=False, shift=0,
                  early_stopping=None, monitor=None, min_delta=0.0, restore_best=True,
                  checkpoint_dir=None, eval_batch_size=2000, track_grad_norm=True, progress=None,
-                 acc_every=25, clip_norm=None):
+                 acc_every=25, clip_norm=None, accumulate=1, eval_ema=False,
+                 monitor_layers=False):
         self.model, self.optimizer = model, optimizer
+        if isinstance(accumulate, bool) or not isinstance(accumulate, (int, np.integer)) \
+                or accumulate < 1:
+            raise ValueError(f"accumulate must be an integer >= 1, got {accumulate!r}")
+        if accumulate > 1 and "accumulate" not in inspect.signature(model.loss_and_grad).parameters:
+            raise TypeError(f"accumulate={accumulate} needs a model whose loss_and_grad takes "
+                            f"accumulate= and mean_over= (as gdfast.MLP's), "
+                            f"got {type(model).__name__}")
+        self.accumulate = int(accumulate)
+        ema_state = getattr(optimizer, "ema_state", None)
+        if eval_ema and not (ema_state and ema_state()):
+            raise ValueError("eval_ema=True needs an optimizer with a moving average of the "
+                             "weights (built with ema=..., e.g. gdfast.Adam(params, ema=0.999))")
+        self.eval_ema, self.monitor_layers = bool(eval_ema), bool(monitor_layers)
         if isinstance(train, Batches):
             self.batches = train
         else:
@@ -118,6 +150,9 @@ class Trainer:
         self._fused_norm = "max_grad_norm" in step_args and self._max_norm is not None
         # optimizers that evaluate the loss themselves (L-BFGS): step(closure)
         self._closure = "closure" in step_args
+        if self._closure and self.accumulate > 1:
+            raise ValueError(f"accumulate does not apply to {type(optimizer).__name__}, which "
+                             f"evaluates the loss and gradients itself")
         if self._closure and clip_norm is not None:
             raise ValueError(f"clip_norm does not apply to {type(optimizer).__name__}, which "
                              f"evaluates the loss and gradients itself")
@@ -167,8 +202,21 @@ class Trainer:
             return loss, norm
         loss = self._loss_and_grad(xb, yb)
         self._check_loss(loss, lr)
+        return loss, self._step_stored()
+
+    def _accumulated_step(self, xb, yb, lr, first, mean_over, last):
+        """One micro-batch of an accumulated step; the update after the last.
+        Returns (loss, norm or nan)."""
+        loss = self.model.loss_and_grad(xb, yb, accumulate=not first, mean_over=mean_over)
+        self._check_loss(loss, lr)
+        if not last:
+            return loss, math.nan
+        return loss, self._step_stored()
+
+    def _step_stored(self):
+        """The optimizer step on the gradients in params.grad; the norm or nan."""
         if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
-            return loss, self.optimizer.step(max_grad_norm=self._max_norm)
+            return self.optimizer.step(max_grad_norm=self._max_norm)
         if self.clip_norm:
             norm = clip_grad_norm(self.params.grad, self.clip_norm)
         elif self.track_grad_norm:
@@ -177,7 +225,7 @@ class Trainer:
         else:
             norm = math.nan
         self.optimizer.step()
-        return loss, norm
+        return norm
 
     def _run_epoch(self):
         batches, schedule, progress = self.batches, self.schedule, self.progress
@@ -186,16 +234,36 @@ class Trainer:
         loss_sum = norm_sum = 0.0
         seen = steps = acc_hits = acc_seen = 0
         acc = None
+        k, sizes = self.accumulate, _batch_sizes(batches)
+        layers = None
         t0 = time.perf_counter()
-        for xb, yb in batches:
-            lr = schedule.apply(self.optimizer, self.step)
-            loss, gnorm = self._train_step(xb, yb, lr)
-            self.step += 1
-            steps += 1
+        for i, (xb, yb) in enumerate(batches):
+            pos, last = i % k, i % k == k - 1 or i == len(sizes) - 1
+            if pos == 0:
+                lr = schedule.apply(self.optimizer, self.step)
+            monitored = self.monitor_layers and i == len(sizes) - 1
+            if monitored:
+                before = self.params.data.copy()
+            if k > 1:
+                loss, gnorm = self._accumulated_step(xb, yb, lr, pos == 0,
+                                                     sum(sizes[i - pos:i - pos + k]), last)
+            elif monitored and not self._closure:   # gradients stored (train_step's bits)
+                loss = self._loss_and_grad(xb, yb)
+                self._check_loss(loss, lr)
+                grads = self.params.grad.copy()
+                gnorm = self._step_stored()
+            else:
+                loss, gnorm = self._train_step(xb, yb, lr)
+            if monitored:
+                layers = self._layer_stats(xb, before, self.params.grad if k > 1 or
+                                           self._closure else grads)
+            if last:
+                self.step += 1
+                steps += 1
+                norm_sum += gnorm
             loss_sum += loss * len(yb)
-            norm_sum += gnorm
             seen += len(yb)
-            if self.acc_every and yb.ndim == 1 and steps % self.acc_every == 1 % self.acc_every:
+            if self.acc_every and yb.ndim == 1 and (i + 1) % self.acc_every == 1 % self.acc_every:
                 acc_hits += self._hits(xb, yb)
                 acc_seen += len(yb)
                 acc = acc_hits / acc_seen
@@ -212,17 +280,24 @@ class Trainer:
                   "grad_norm": None if math.isnan(norm_sum) else norm_sum / steps,   # None: not tracked
                   "samples_per_s": seen / train_time, "train_time": train_time}
         t1 = time.perf_counter()
+        trained = self._swap_ema() if self.eval_ema else None
         for name, pair in (("val", self.validation), ("test", self.test)):
             if pair is not None:
                 loss, acc = self.model.evaluate(pair[0], pair[1], batch_size=self.eval_batch_size)
                 record[f"{name}_loss"] = float(loss)
                 record[f"{name}_acc"] = None if acc is None else float(acc)   # None: regression
         record["eval_time"] = time.perf_counter() - t1
+        if layers:
+            record.update(layers)
         self.history.append(record)
         if record[self.monitor] is None:
+            if trained is not None:
+                self._swap_ema(trained)
             raise ValueError(f"monitor={self.monitor!r} needs class labels, but the targets are "
                              f"regression values (no accuracy): monitor a loss instead")
         improved = self._track_best(record[self.monitor])
+        if trained is not None:     # back to the weights that train
+            self._swap_ema(trained)
         if isinstance(schedule, ReduceOnPlateau):
             schedule.step(record[self.monitor])
         self._save_epoch(improved)
@@ -248,6 +323,46 @@ class Trainer:
         if improved:    # last_checkpoint stays last.npz, the one to resume
             ckpt.save(self._ckpt_path("best"), state)
         self.save_history(self.checkpoint_dir / "history")
+
+    def _swap_ema(self, trained=None):
+        """Put the moving average in the parameters and return the weights it
+        replaced; given those, put them back."""
+        if trained is not None:
+            for key, w in trained.items():
+                self.params[key] = w
+            return None
+        ema = self.optimizer.ema_state()
+        trained = {key: self.params[key].copy() for key in ema}
+        for key, e in ema.items():
+            self.params[key] = e
+        return trained
+
+    def _layer_stats(self, xb, before, grads):
+        """Per tensor: gradient norm, weight norm and update-to-weight ratio of
+        the step that moved the parameters from `before`; per ReLU hidden layer
+        of an MLP: the fraction of its units that are zero on every row of xb."""
+        out = {}
+        for name in self.params.names:
+            off, size = self.params.offset(name), int(np.prod(self.params.shape(name)))
+            w0 = before[off:off + size].astype(np.float64)
+            g = grads[off:off + size].astype(np.float64)
+            du = self.params.data[off:off + size].astype(np.float64) - w0
+            w_norm = float(np.sqrt(w0 @ w0))
+            out[f"grad_norm/{name}"] = float(np.sqrt(g @ g))
+            out[f"weight_norm/{name}"] = w_norm
+            out[f"update_ratio/{name}"] = float(np.sqrt(du @ du)) / w_norm if w_norm else None
+        if isinstance(self.model, MLP):
+            m = self.model
+            ref = _ReferenceMLP(m.sizes, m.activation, m.loss, m.output_activation,
+                                {n: before[self.params.offset(n):self.params.offset(n)
+                                           + int(np.prod(self.params.shape(n)))]
+                                 .reshape(self.params.shape(n)) for n in self.params.names})
+            acts = ref._forward(np.asarray(xb))[1:-1]
+            for l, (name, a) in enumerate(zip(hidden_activations(m.activation, m.n_layers - 1),
+                                              acts), start=1):
+                if name == "relu":
+                    out[f"dead/{l}"] = float(np.mean(~(a > 0).any(axis=0)))
+        return out
 
     def _track_best(self, value):
         improved = (value < self.best - self.min_delta) if self.mode == "min" \
@@ -372,14 +487,22 @@ class Trainer:
         stem = Path(stem)
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".json").write_text(json.dumps(self.history, indent=1))
+        layers = list(dict.fromkeys(k for r in self.history for k in r if "/" in k))
         with open(stem.with_suffix(".csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS + layers, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)
 
 
 _STATE_KEYS = ("params", "layout", "optimizer", "schedule", "step", "epoch", "rng", "history",
                "early_stopping")
+
+
+def _batch_sizes(batches):
+    """The sizes of an epoch's batches, in order."""
+    n, b = len(batches.x), batches.batch_size
+    full, rest = divmod(n, b)
+    return [b] * full + ([rest] if rest and not batches.drop_last else [])
 
 
 def _optimizer_name(optimizer):

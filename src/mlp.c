@@ -149,14 +149,15 @@ static int mlp_forward(const gd_mlp *net, const float *params, const float *x, g
     return 0;
 }
 
-/* Loss over the batch; writes dZ_L and db_L. Outputs become probabilities. */
+/* Loss over the batch; writes dZ_L (the loss gradient of a mean over n_mean
+ * examples) and db_L (added to it when acc). Outputs become probabilities. */
 static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
                                    const int64_t *labels, const float *targets, float *dz,
-                                   float *db) {
+                                   float *db, gd_index n_mean, int acc) {
     gd_index k = net->sizes[net->n_layers];
-    float inv_n = 1.0f / (float)n;
+    float inv_n = 1.0f / (float)n_mean;
     double total = 0.0;
-    memset(db, 0, (size_t)k * sizeof(float));
+    if (!acc) memset(db, 0, (size_t)k * sizeof(float));
     for (gd_index i = 0; i < n; i++) {
         float *a = out + i * k, *d = dz + i * k;
         const float *t = targets ? targets + i * k : NULL;
@@ -201,23 +202,24 @@ static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
     return total / (double)n;
 }
 
-/* Forward, loss, and the backward pass up to every dZ_l and db_l; the weight
- * gradients are left to the caller. */
+/* Forward, loss, and the backward pass up to every dZ_l and db_l (added to
+ * grads when acc); the weight gradients are left to the caller. */
 static gd_index backward_data(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
-                              const float *targets, float *ws, double *loss) {
+                              const float *targets, float *ws, double *loss, gd_index n_mean,
+                              int acc) {
     int L = net->n_layers;
     if (labels)
         for (gd_index i = 0; i < n; i++)
             if (labels[i] < 0 || labels[i] >= net->sizes[L]) return 1 + i;
     if (forward_layers(net, params, x, n, ws, 1) != 0) return -1;
     *loss = loss_and_output_grad(net, gdfast_mlp_output(net, ws, n), n, labels, targets,
-                                 dz_buf(net, ws, n, L), grads + b_offset(net, L));
+                                 dz_buf(net, ws, n, L), grads + b_offset(net, L), n_mean, acc);
     for (int l = L; l >= 2; l--) {
         gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
         const float *in = act_buf(net, ws, n, l - 1);
         float *db = grads + b_offset(net, l - 1);
-        memset(db, 0, (size_t)fi * sizeof(float));
+        if (!acc) memset(db, 0, (size_t)fi * sizeof(float));
         /* act' of layer l - 1, whose output `in` is, and its dropout mask */
         gd_dropout drop;
         gd_epilogue ep = {NULL, GD_ACT_IDENTITY, in, fi, net->hidden_act[l - 2], db, NULL, 0,
@@ -250,22 +252,27 @@ static double l2_penalty(const gd_mlp *net, const float *params, gd_index n,
     return 0.5 * net->alpha / (double)n * total;
 }
 
+/* Gradient accumulation (acc) adds this batch's gradients to grads: beta = 1
+ * in the weight-gradient GEMMs, the bias sums continued, no extra pass; the
+ * L2 term of the mean over n_mean examples goes in once, with the first. */
 static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
-                              const float *targets, float *ws, double *loss) {
-    gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss);
-    float l2 = (float)(net->alpha / (double)n);
+                              const float *targets, float *ws, double *loss, gd_index n_mean,
+                              int acc) {
+    gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
+                                    acc);
+    float l2 = (float)(net->alpha / (double)n_mean);
     for (int l = 1; l <= net->n_layers && status == 0; l++) {
         gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
         /* dW = A^T dZ + (alpha / n) W: the L2 term in the epilogue */
         gd_epilogue ep = {NULL, GD_ACT_IDENTITY, NULL, 0, 0, NULL, params + w_offset(net, l),
                           fo, l2, NULL};
         if (gdfast_sgemm(1, 0, fi, fo, n, 1.0f, layer_input(net, x, ws, n, l), fi,
-                         dz_buf(net, ws, n, l), fo, 0.0f, grads + w_offset(net, l), fo,
-                         net->alpha > 0.0 ? &ep : NULL) != 0)
+                         dz_buf(net, ws, n, l), fo, acc ? 1.0f : 0.0f,
+                         grads + w_offset(net, l), fo, net->alpha > 0.0 && !acc ? &ep : NULL) != 0)
             status = -1;
     }
-    if (status == 0 && net->alpha > 0.0) *loss += l2_penalty(net, params, n, NULL);
+    if (status == 0 && net->alpha > 0.0) *loss += l2_penalty(net, params, n_mean, NULL);
     return status;
 }
 
@@ -373,13 +380,13 @@ static int tensor_edge(const gd_mlp *net, gd_index pos) {
  * read back (a third of a batch-1 Adam step). From two examples on, dW is a
  * real GEMM that has to be written (tried a block at a time inside the
  * update: 5-15% slower steps at batches 2-64). It also needs no clipping
- * (the norm needs every gradient first; an infinite max_norm only asks for
+ * (the norm, and AGC's unit norms, need every gradient first; an infinite max_norm only asks for
  * the norm, see outer_grad_norm), update kernels with an outer-product
  * form (not Lookahead's sync), and a plan whose segments are views of this
  * arena and its grads covering whole tensors. */
 static int fusable(const gd_mlp *net, const float *params, const float *grads, gd_index total,
                    gd_index n, const gd_plan *plan) {
-    if (n != 1 || (plan->max_norm > 0.0 && plan->max_norm < INFINITY) ||
+    if (n != 1 || (plan->max_norm > 0.0 && plan->max_norm < INFINITY) || plan->agc_on ||
         !gdfast_optim_outer_ok(plan))
         return 0;
     for (int k = 0; k < plan->nseg; k++) {
@@ -426,13 +433,13 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
                                float *ws, gd_plan *plan, int skip_nonfinite, double *loss) {
     gd_index total = w_offset(net, net->n_layers + 1);
     if (!fusable(net, params, grads, total, n, plan)) {
-        gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss);
+        gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
         if (status != 0) return status;
         if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
         gdfast_optim_run(plan);
         return 0;
     }
-    gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss);
+    gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
     if (status != 0) return status;
     if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
     /* with alpha the norm (max_norm infinite here) is only known after the
@@ -463,8 +470,16 @@ int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, g
 gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss) {
+    return gdfast_mlp_loss_grad_acc(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
+}
+
+gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
+                                  const float *x, gd_index n, const int64_t *labels,
+                                  const float *targets, float *ws, double *loss,
+                                  gd_index n_mean, int acc) {
     unsigned fp = gd_fpmode_enter();
-    gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss);
+    gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
+                                    acc);
     gd_fpmode_leave(fp);
     return status;
 }

@@ -60,6 +60,15 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss);
 
+/* As gdfast_mlp_loss_grad, for gradient accumulation: the gradients are
+ * those of a mean over n_mean examples (n_mean >= n: this batch is part of
+ * a bigger one), and with acc they are added to `grads` instead of
+ * overwriting them (beta = 1 in the weight-gradient GEMMs). */
+gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
+                                  const float *x, gd_index n, const int64_t *labels,
+                                  const float *targets, float *ws, double *loss,
+                                  gd_index n_mean, int acc);
+
 /* Forward, backward and one optimizer step of `plan` (built over this
  * arena); the same parameters and optimizer state, bit for bit, as loss_grad
  * followed by the step, but `grads` is left unspecified: for one example

@@ -9,6 +9,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <string.h>
 
 /* Floats per thread below which a pass stays on one thread. Measured on the
  * 2-core Zen3: an OpenMP fork/join costs ~0.5 us when the cores are idle; an
@@ -65,6 +66,61 @@ static int find_segment(const gd_plan *pl, gd_index pos) {
     return lo;
 }
 
+/* Floats per kernel call when AGC or EMA is on: the scaled gradients go
+ * through a buffer this size (in L1) and the EMA reads the just-updated
+ * parameters back from cache, so neither adds a pass over memory. */
+#define GD_CHUNK 2048
+
+/* The next AGC tensor of segment si, from index k on, that is active and
+ * ends after offset pos (nagc if none). */
+static int next_agc(const gd_plan *pl, int k, int si, gd_index pos) {
+    for (; k < pl->nagc; k++) {
+        const gd_agc *a = &pl->agc[k];
+        if (a->seg > si) return pl->nagc;
+        if (a->seg == si && a->clip > 0.0 && a->off + a->n > pos) return k;
+    }
+    return pl->nagc;
+}
+
+/* The update of segment si over [from, to) in chunks: AGC scales the
+ * gradients of its tensors into a buffer the kernel reads, and the EMA
+ * follows each chunk's update. */
+static void update_chunked(const gd_plan *pl, int si, gd_index from, gd_index to) {
+    const gd_segment *s = &pl->seg[si];
+    const gd_hyper *h = &pl->hyper[s->group];
+    const int ema = pl->ema_on && h->ema && s->ema;
+    float buf[GD_CHUNK];
+    int k = pl->agc_on ? next_agc(pl, 0, si, from) : pl->nagc;
+    gd_index i = from;
+    while (i < to) {
+        if (k < pl->nagc && pl->agc[k].off + pl->agc[k].n <= i) k = next_agc(pl, k, si, i);
+        const gd_agc *a = k < pl->nagc ? &pl->agc[k] : NULL;
+        int scaled = a && a->off <= i;
+        gd_index end = !a ? to : scaled ? a->off + a->n : a->off;
+        end = end < to ? end : to;
+        gd_index len = end - i < GD_CHUNK ? end - i : GD_CHUNK;
+        const float *g = s->g + i;
+        if (scaled) {
+            if (a->units == 1) {
+                gd_optim_k.muls(buf, g, a->scale[0], len);
+            } else {
+                for (gd_index o = 0; o < len;) {
+                    gd_index col = (i - a->off + o) % a->units;
+                    gd_index piece = a->units - col < len - o ? a->units - col : len - o;
+                    gd_optim_k.mulv(buf + o, g + o, a->scale + col, piece);
+                    o += piece;
+                }
+            }
+            g = buf;
+        }
+        gd_optim_k.update[h->kind](h, s->p + i, g, s->s[0] ? s->s[0] + i : NULL,
+                                   s->s[1] ? s->s[1] + i : NULL, s->s[2] ? s->s[2] + i : NULL,
+                                   len);
+        if (ema) gd_optim_k.ema(s->p + i, s->ema + i, h->ema_m, h->ema_m1m, len);
+        i += len;
+    }
+}
+
 static void apply_range(const gd_plan *pl, gd_index lo, gd_index hi, int op, float a, float b) {
     if (lo >= hi) return;
     for (int k = find_segment(pl, lo); k < pl->nseg && pl->seg[k].start < hi; k++) {
@@ -75,6 +131,10 @@ static void apply_range(const gd_plan *pl, gd_index lo, gd_index hi, int op, flo
         gd_index len = to - from;
         switch (op) {
         case OP_UPDATE: {
+            if (pl->agc_on || pl->ema_on) {
+                update_chunked(pl, k, from, to);
+                break;
+            }
             const gd_hyper *h = &pl->hyper[s->group];
             gd_optim_k.update[h->kind](h, s->p + from, s->g ? s->g + from : NULL,
                                        s->s[0] ? s->s[0] + from : NULL,
@@ -198,8 +258,77 @@ static double clip_factor(const gd_plan *pl) {
     return coef >= 1.0 ? 1.0 : coef;
 }
 
+/* The AGC norms in chunks of fixed work: a vector tensor is one chunk, a
+ * matrix one chunk per GD_AGC_COLS columns, each column summed over all its
+ * rows within its chunk, so the sums are the same whichever thread takes it. */
+#define GD_AGC_COLS 64
+
+static gd_index agc_tensor_chunks(const gd_agc *a) {
+    if (!(a->clip > 0.0)) return 0;
+    return a->units == 1 ? 1 : (a->units + GD_AGC_COLS - 1) / GD_AGC_COLS;
+}
+
+static void agc_norms_chunk(const gd_plan *pl, gd_index c) {
+    int k = 0;
+    for (; c >= agc_tensor_chunks(&pl->agc[k]); k++) c -= agc_tensor_chunks(&pl->agc[k]);
+    const gd_agc *a = &pl->agc[k];
+    const gd_segment *s = &pl->seg[a->seg];
+    const float *p = s->p + a->off, *g = s->g + a->off;
+    if (a->units == 1) {
+        a->acc[0] = (float)gd_optim_k.sumsq(p, a->n);
+        a->acc[1] = (float)gd_optim_k.sumsq(g, a->n);
+        return;
+    }
+    gd_index lo = c * GD_AGC_COLS;
+    gd_index hi = lo + GD_AGC_COLS < a->units ? lo + GD_AGC_COLS : a->units;
+    memset(a->acc + lo, 0, (size_t)(hi - lo) * sizeof(float));
+    memset(a->acc + a->units + lo, 0, (size_t)(hi - lo) * sizeof(float));
+    gd_optim_k.colsumsq2(p + lo, g + lo, a->n / a->units, a->units, hi - lo, a->acc + lo,
+                         a->acc + a->units + lo);
+}
+
+static int agc_norms_chunks(void *ctx, gd_index c0, gd_index c1) {
+    for (gd_index c = c0; c < c1; c++) agc_norms_chunk(ctx, c);
+    return 0;
+}
+
+/* max that propagates a NaN in a (a norm), like numpy.maximum. */
+static double max_nan(double a, double b) { return (a > b || a != a) ? a : b; }
+
+void gdfast_optim_agc_scales(gd_plan *pl) {
+    gd_index work = 0;
+    for (int k = 0; k < pl->nagc; k++)
+        if (pl->agc[k].clip > 0.0) work += pl->agc[k].n;
+    gd_index chunks = 0;
+    for (int k = 0; k < pl->nagc; k++) chunks += agc_tensor_chunks(&pl->agc[k]);
+    gdfast_parallel(gdfast_threads_for(work, GD_GRAIN_STREAM), chunks, agc_norms_chunks, pl);
+    /* optax/timm: keep g_j when ||g_j|| < clip * max(||p_j||, eps), else scale
+     * it to that norm; a NaN norm gives a NaN scale, which propagates */
+    for (int k = 0; k < pl->nagc; k++) {
+        const gd_agc *a = &pl->agc[k];
+        if (!(a->clip > 0.0)) continue;
+        for (gd_index j = 0; j < a->units; j++) {
+            double pn = sqrt((double)a->acc[j]), gn = sqrt((double)a->acc[a->units + j]);
+            double mx = max_nan(pn, a->eps) * a->clip;
+            a->scale[j] = gn < mx ? 1.0f : (float)(mx / max_nan(gn, 1e-6));
+        }
+    }
+}
+
+void gdfast_optim_agc_clip(gd_plan *pl) {
+    gdfast_optim_agc_scales(pl);
+    for (int k = 0; k < pl->nagc; k++) {
+        const gd_agc *a = &pl->agc[k];
+        if (!(a->clip > 0.0)) continue;
+        float *g = (float *)pl->seg[a->seg].g + a->off;
+        for (gd_index r = 0; r < a->n / a->units; r++, g += a->units)
+            for (gd_index j = 0; j < a->units; j++) g[j] = g[j] * a->scale[j];
+    }
+}
+
 int gdfast_optim_run(gd_plan *pl) {
     if (pl->max_norm > 0.0) pl->norm = gdfast_optim_grad_norm(pl);
+    if (pl->agc_on) gdfast_optim_agc_scales(pl);
     set_gscale(pl, clip_factor(pl));
     apply(pl, OP_UPDATE, 0.0f, 0.0f, gdfast_optim_grain(pl));
     return 0;
@@ -224,6 +353,8 @@ void gdfast_optim_update_outer(const gd_plan *pl, const float *base, gd_index lo
         gd_optim_k.update_outer[h->kind](h, s->p + from, ga, b, s->s[0] ? s->s[0] + from : NULL,
                                          s->s[1] ? s->s[1] + from : NULL,
                                          s->s[2] ? s->s[2] + from : NULL, rows, cols);
+        if (pl->ema_on && h->ema && s->ema)
+            gd_optim_k.ema(s->p + from, s->ema + from, h->ema_m, h->ema_m1m, rows * cols);
         return;
     }
 }
@@ -240,6 +371,8 @@ void gdfast_optim_update_piece(const gd_plan *pl, const float *base, gd_index lo
                                    s->s[0] ? s->s[0] + from : NULL,
                                    s->s[1] ? s->s[1] + from : NULL,
                                    s->s[2] ? s->s[2] + from : NULL, to - from);
+        if (pl->ema_on && h->ema && s->ema)
+            gd_optim_k.ema(s->p + from, s->ema + from, h->ema_m, h->ema_m1m, to - from);
     }
 }
 

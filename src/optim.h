@@ -45,6 +45,8 @@ typedef struct {
     float step_size;                    /* Adam: lr / (1 - beta1^t) */
     float inv_bc2_sqrt;                 /* Adam: 1 / sqrt(1 - beta2^t) */
     float eps;
+    int ema;                            /* 0: no moving average for this group */
+    float ema_m, ema_m1m;               /* ema = ema_m * ema + ema_m1m * p, after the update */
 } gd_hyper;
 
 /* A contiguous run of parameters; s[k] are its state buffers (NULL if unused):
@@ -58,7 +60,23 @@ typedef struct {
     gd_index n;
     gd_index start; /* offset of p[0] in the concatenation of all segments */
     int group;
+    float *ema;     /* the weights' moving average (NULL: none) */
 } gd_segment;
+
+/* A tensor under adaptive gradient clipping (AGC, Brock et al. 2021): n floats
+ * from position off of segment seg, `units` columns of n / units rows (a
+ * (fan_in, fan_out) weight: one unit per output column; a vector: units = 1).
+ * Norms: float32 sums of squares per column (vectors: float64, rounded).
+ * Unit j's gradient is scaled by scale[j] = min(1, clip * max(||p_j||, eps) /
+ * max(||g_j||, 1e-6)) (1 when ||g_j|| < clip * max(||p_j||, eps)) before the
+ * update; clip = 0 leaves the tensor alone. */
+typedef struct {
+    int seg;
+    gd_index off, n, units;
+    double clip, eps; /* this step's clip factor and eps (set by the caller) */
+    float *scale;     /* units floats, computed by the driver */
+    float *acc;       /* 2 * units floats: sums of squares of p and g */
+} gd_agc;
 
 typedef struct {
     gd_segment *seg;
@@ -69,6 +87,9 @@ typedef struct {
     double max_norm;     /* > 0: clip by the global gradient norm inside the step */
     double *block_sums;  /* ceil(total / GD_NORM_BLOCK) doubles, for the norm */
     double norm;         /* out: the global gradient norm when clipping */
+    gd_agc *agc;         /* nagc tensors sorted by position; used when agc_on */
+    int nagc, agc_on;
+    int ema_on;          /* update the segments' ema after each update (flag per group) */
 } gd_plan;
 
 /* Floats per block of the deterministic norm reduction; thread ranges are
@@ -91,6 +112,13 @@ typedef struct {
     void (*clamp)(float *x, float lo, float hi, gd_index n);
     void (*rmw)(float **rw, int nrw, const float **ro, int nro, gd_index n);
     void (*triad)(float *a, const float *b, const float *c, float s, gd_index n);
+    /* AGC: column sums of squares of p and g (rows x cols, row stride ld) added to
+     * accp/accg in row order; out = g * s[j] (vector) or g * s[0] (scalar). */
+    void (*colsumsq2)(const float *p, const float *g, gd_index rows, gd_index ld,
+                      gd_index cols, float *accp, float *accg);
+    void (*mulv)(float *out, const float *g, const float *s, gd_index n);
+    void (*muls)(float *out, const float *g, float s, gd_index n);
+    void (*ema)(const float *p, float *e, float m, float m1m, gd_index n);
 } gd_optim_kernels;
 
 extern gd_optim_kernels gd_optim_k;
@@ -125,6 +153,12 @@ void gdfast_optim_update_grad(const gd_plan *plan, const float *base, gd_index l
 int gdfast_optim_outer_ok(const gd_plan *plan);
 void gdfast_optim_update_outer(const gd_plan *plan, const float *base, gd_index lo,
                                gd_index rows, gd_index cols, const float *ga, const float *b);
+/* AGC: each active tensor's unit norms (p and g in one read, a fixed order for
+ * any thread count) and scales; gdfast_optim_run calls it when agc_on. */
+void gdfast_optim_agc_scales(gd_plan *plan);
+/* AGC as a function: the scales, then the segments' g scaled in place
+ * (g must be writeable memory). */
+void gdfast_optim_agc_clip(gd_plan *plan);
 /* Global L2 norm of the segments' g (deterministic for any thread count). */
 double gdfast_optim_grad_norm(gd_plan *plan);
 /* In place on the segments' p: scale by c, or clamp to [lo, hi]. */

@@ -118,6 +118,13 @@ def test_refuses_what_it_would_get_wrong(mpi, reg):
         distributed.DistributedTrainer(model, gdfast.SGD(model.params), _data(), comm=mpi.COMM_SELF)
 
 
+def test_refuses_gradient_accumulation(mpi):
+    model = gdfast.MLP([6, 4, 2])
+    with pytest.raises(ValueError, match="cannot accumulate gradients"):
+        distributed.DistributedTrainer(model, gdfast.SGD(model.params), _data(), comm=mpi.COMM_SELF,
+                                       accumulate=2)
+
+
 def test_set_threads(mpi, monkeypatch):
     before = gdfast.get_num_threads()
     try:

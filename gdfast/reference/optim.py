@@ -46,15 +46,64 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
+def sumsq(x):
+    """Sum of squares in float64 in the C kernel's order: 8 interleaved
+    partial sums, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))."""
+    x = x.ravel().astype(np.float64)
+    lanes = np.zeros(-(-x.size // 8) * 8)
+    lanes[:x.size] = x * x
+    a = np.add.reduce(lanes.reshape(-1, 8), axis=0)  # row by row, in order
+    return float(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
+
+
+def unit_sumsq(x):
+    """AGC's per-unit sums of squares (float32): over every axis but the last
+    for a tensor of 2 or more axes (its columns, rows added in order, in
+    float32 as optax and timm), the whole of a vector (sumsq, rounded)."""
+    if x.ndim < 2:
+        return np.array([sumsq(x)], dtype=f32)
+    x2 = x.reshape(-1, x.shape[-1])
+    return np.add.reduce(x2 * x2, axis=0)
+
+
+def agc_scales(p, g, clip, eps):
+    """Per-unit AGC factors (float32, broadcasting over g): 1 where
+    ||g_i|| < clip * max(||p_i||, eps), else clip * max(||p_i||, eps) / max(||g_i||, 1e-6)."""
+    pn = np.sqrt(unit_sumsq(p).astype(np.float64))
+    gn = np.sqrt(unit_sumsq(g).astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = np.maximum(pn, eps) * clip
+        scale = np.where(gn < mx, 1.0, mx / np.maximum(gn, 1e-6)).astype(f32)
+    return scale if g.ndim >= 2 else scale[0]
+
+
+def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3):
+    for p, g in zip(params, grads):
+        g *= agc_scales(p, g, clip_factor, eps)
+
+
+def ema_update(ema, p, momentum):
+    """ema = m * ema + (1 - m) * p in float32 (Keras's order)."""
+    m = f32(momentum)
+    ema *= m
+    ema += p * (f32(1.0) - m)
+
+
 def clip_grad_value(grads, clip_value):
     for g in grads:
         np.clip(g, -clip_value, clip_value, out=g)
 
 
 class _Reference:
-    def __init__(self, params, **hyper):
+    """agc, agc_eps: adaptive gradient clipping of every tensor (scale of the
+    gradients as given, then the max_grad_norm factor); ema: Keras's moving
+    average of the weights after each update (the weights at step 1)."""
+
+    def __init__(self, params, agc=0.0, agc_eps=1e-3, ema=None, **hyper):
         self.params = params
         self.hyper = hyper
+        self.agc, self.agc_eps, self.ema_momentum = agc, agc_eps, ema
+        self.ema = [p.copy() for p in params] if ema is not None else None
         self.t = 0
         self._tmp = [np.empty_like(p) for p in params]
         self._tmp2 = [np.empty_like(p) for p in params]
@@ -67,10 +116,16 @@ class _Reference:
         if self.hyper.get("maximize"):
             gs = -gs
         for i, (p, g) in enumerate(zip(self.params, grads)):
-            gi = np.multiply(g, gs, out=self._tmp[i])
+            if self.agc:
+                gi = np.multiply(g, agc_scales(p, g, self.agc, self.agc_eps), out=self._tmp[i])
+                gi *= gs
+            else:
+                gi = np.multiply(g, gs, out=self._tmp[i])
             if lo != 1:  # only for a coefficient below the smallest normal float32
                 gi *= lo
             self._update(i, p, gi, self._tmp2[i])
+            if self.ema is not None:
+                ema_update(self.ema[i], p, 0.0 if self.t == 1 else self.ema_momentum)
         return norm
 
     def _decay(self, p, gi, tmp):
@@ -82,9 +137,9 @@ class _Reference:
 
 class SGD(_Reference):
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, maximize=False):
+                 nesterov=False, maximize=False, **aids):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, **aids)
         self.buf = [None] * len(params)  # started at the first step with momentum (torch)
 
     def _update(self, i, p, gi, tmp):
@@ -110,9 +165,9 @@ class SGD(_Reference):
 
 class RMSprop(_Reference):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, maximize=False):
+                 centered=False, maximize=False, **aids):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, maximize=maximize)
+                         momentum=momentum, centered=centered, maximize=maximize, **aids)
         self.square_avg = [np.zeros_like(p) for p in params]
         self.momentum_buffer = [np.zeros_like(p) for p in params]
         self.grad_avg = [np.zeros_like(p) for p in params]
@@ -154,9 +209,9 @@ class Adam(_Reference):
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False):
+                 amsgrad=False, maximize=False, **aids):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize)
+                         amsgrad=amsgrad, maximize=maximize, **aids)
         self.exp_avg = [np.zeros_like(p) for p in params]
         self.exp_avg_sq = [np.zeros_like(p) for p in params]
         self.max_exp_avg_sq = [np.zeros_like(p) for p in params]
@@ -195,16 +250,16 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False):
+                 amsgrad=False, maximize=False, **aids):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize)
+                         amsgrad=amsgrad, maximize=maximize, **aids)
 
 
 class Adagrad(_Reference):
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, **aids):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
-                         maximize=maximize)
+                         maximize=maximize, **aids)
         self.sum = [np.full_like(p, initial_accumulator_value) for p in params]
 
     def _update(self, i, p, gi, tmp):
@@ -222,9 +277,10 @@ class Adagrad(_Reference):
 
 
 class Lion(_Reference):
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False,
+                 **aids):
         super().__init__(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                         maximize=maximize)
+                         maximize=maximize, **aids)
         self.exp_avg = [np.zeros_like(p) for p in params]
 
     def _update(self, i, p, gi, tmp):
