@@ -1,4 +1,5 @@
 """The gdfast command, run in-process on small generated data sets."""
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 import gdfast
 from conftest import child_python
-from gdfast import cli, testfuncs
+from gdfast import cli, datasets, testfuncs
 from test_datasets import idx_bytes
 
 
@@ -135,6 +136,9 @@ def test_nielsen_preset_values_and_overrides():
 def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "none"))
+    # nor Debian's copy (apt-get install dataset-fashion-mnist), if this machine has it
+    spec = datasets.DATASETS["fashion-mnist"]
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", dataclasses.replace(spec, system_dirs=()))
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--dataset", "fashion-mnist", "--no-download", "--no-progress"])
     msg = str(e.value)
