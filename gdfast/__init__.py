@@ -22,6 +22,7 @@ except ImportError as _e:
 from ._version import __version__
 from ._kernels import (get_flush_denormal, get_num_threads, matmul, set_flush_denormal,
                        set_num_threads)
+from .lbfgs import LBFGS
 from .mlp import MLP
 from .optim import (SGD, Adagrad, Adam, AdamW, Lion, Lookahead, RMSprop, clip_grad_norm,
                     clip_grad_value)
@@ -73,6 +74,6 @@ def set_simd(name):
 
 __all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
            "get_flush_denormal", "set_flush_denormal",
-           "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Lookahead",
+           "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Lookahead", "LBFGS",
            "clip_grad_norm", "clip_grad_value", "MLP", "matmul",
            "datasets", "schedules", "Trainer", "fit"]

@@ -14,7 +14,7 @@ __all__ = ["main", "COMMANDS"]
 
 _IMAGE_SIDE = 28    # MNIST and Fashion-MNIST images are 28x28: a shift must stay inside
 INITS = ("he", "xavier", "glorot", "normal")    # gdfast.mlp.INITS, without importing the extension
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion", "lbfgs")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "plateau")
 
 # The classic network of Nielsen's "Neural Networks and Deep Learning", chapter 1.
@@ -109,7 +109,8 @@ def _add_train(p):
     m.add_argument("--alpha", type=_number(float, 0), default=0.0,
                    help="L2 penalty on the weights, as scikit-learn's alpha (default 0)")
     o = p.add_argument_group("optimizer")
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="lbfgs: full batch, strong-Wolfe line search, lr 1 (default adam)")
     o.add_argument("--lr", type=_number(float, 0, low_open=True), default=2e-3,
                    help="peak learning rate (default 2e-3)")
     o.add_argument("--momentum", type=_number(float, 0, 1),
@@ -168,8 +169,27 @@ def _apply_preset(args, argv):
             setattr(args, key, value)
 
 
+def _lbfgs_settings(args, argv):
+    """L-BFGS trains full batch with a line search: lr 1 (its first trial
+    step) and a constant schedule unless given; no weight decay or clipping."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for flag, ok in (("--batch-size", "--batch-size" not in given or args.batch_size == 0),
+                     ("--weight-decay", not args.weight_decay),
+                     ("--clip-norm", args.clip_norm is None)):
+        if not ok:
+            _fail("train", f"{flag} does not apply to lbfgs (full batch, no weight decay or "
+                  f"clipping)")
+    args.batch_size = 0
+    if "--lr" not in given:
+        args.lr = 1.0
+    if "--schedule" not in given:
+        args.schedule, args.warmup = "constant", 0.0
+
+
 def _make_optimizer(name, params, args):
     import gdfast
+    if name == "lbfgs":     # 20 iterations per epoch, each with its line search
+        return gdfast.LBFGS(params, lr=args.lr, line_search_fn="strong_wolfe")
     kw = {"lr": args.lr, "weight_decay": args.weight_decay}
     if args.eps is not None:
         kw["eps"] = args.eps
@@ -245,8 +265,10 @@ def _run_train(args, argv):
         _fail("train", f"--momentum applies to momentum, nesterov and rmsprop, not {args.optimizer}")
     if args.betas is not None and args.optimizer not in ("adam", "adamw", "lion"):
         _fail("train", f"--betas applies to adam, adamw and lion, not {args.optimizer}")
-    if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion"):
+    if args.eps is not None and args.optimizer in ("sgd", "momentum", "nesterov", "lion", "lbfgs"):
         _fail("train", f"--eps does not apply to {args.optimizer}")
+    if args.optimizer == "lbfgs":
+        _lbfgs_settings(args, argv)
     if args.test_file and not args.train_file:
         _fail("train", "--test needs --train (the test set of --dataset is used otherwise)")
     if args.checkpoint_dir and not args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():

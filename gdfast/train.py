@@ -72,6 +72,10 @@ class Trainer:
     acc_every: estimate the training accuracy ("train_acc") from every
         acc_every-th batch, predicted right after its update (0: never; integer
         labels only).
+
+    The optimizer may instead take ``step(closure)`` (gdfast.LBFGS): each
+    batch is then one call, the closure computing the loss and gradients
+    (full batch is what L-BFGS expects: batch_size=None).
     """
 
     def __init__(self, model, optimizer, train, *, batch_size=128, schedule=None,
@@ -112,6 +116,11 @@ class Trainer:
         self._max_norm = clip_norm or (math.inf if track_grad_norm else None)
         step_args = inspect.signature(optimizer.step).parameters
         self._fused_norm = "max_grad_norm" in step_args and self._max_norm is not None
+        # optimizers that evaluate the loss themselves (L-BFGS): step(closure)
+        self._closure = "closure" in step_args
+        if self._closure and clip_norm is not None:
+            raise ValueError(f"clip_norm does not apply to {type(optimizer).__name__}, which "
+                             f"evaluates the loss and gradients itself")
         # gdfast's MLP and optimizers: forward, backward and update in one call
         # (dW is never stored at batch 1; MNIST, 2 threads: 15.8k -> 21.3k examples/s)
         self._one_call = isinstance(model, MLP) and hasattr(optimizer, "_begin_step")
@@ -146,6 +155,10 @@ class Trainer:
 
     def _train_step(self, xb, yb, lr):
         """One update; returns (loss, gradient norm before clipping, or nan)."""
+        if self._closure:               # the loss before the step; none when not finite
+            loss = self.optimizer.step(lambda: self.model.loss_and_grad(xb, yb))
+            self._check_loss(loss, lr)
+            return loss, math.nan
         if self._one_call:              # no update when the loss is not finite
             out = self.model.train_step(xb, yb, self.optimizer, max_grad_norm=self._max_norm,
                                         skip_nonfinite=True)
