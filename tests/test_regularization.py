@@ -311,3 +311,21 @@ def test_cli_alpha_and_dropout_reach_the_model(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(argv + bad)
         assert e.value.code == 2 and what in capsys.readouterr().err
+
+
+def test_fashion_mnist_defaults_to_its_preset_and_flags_win():
+    from gdfast import cli
+    parser = cli.build_parser()
+    for argv, preset, epochs, dropout in (
+            (["train", "--dataset", "fashion-mnist"], "fashion-mnist", 20, 0.2),
+            (["train", "--dataset", "fashion-mnist", "--epochs", "3", "--dropout", "0"],
+             "fashion-mnist", 3, 0.0),
+            (["train"], None, 15, 0.0),
+            (["train", "--dataset", "fashion-mnist", "--preset", "nielsen"], "nielsen", 30, 0.0)):
+        args = parser.parse_args(argv)
+        cli._apply_preset(args, argv)
+        assert (args.preset, args.epochs, args.dropout) == (preset, epochs, dropout), argv
+    assert args.hidden == [30]
+    args = parser.parse_args(["train", "--dataset", "fashion-mnist"])
+    cli._apply_preset(args, [])
+    assert (args.hidden, args.shift) == ([512, 256], 0)
