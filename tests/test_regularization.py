@@ -317,7 +317,7 @@ def test_fashion_mnist_defaults_to_its_preset_and_flags_win():
     from gdfast import cli
     parser = cli.build_parser()
     for argv, preset, epochs, dropout in (
-            (["train", "--dataset", "fashion-mnist"], "fashion-mnist", 20, 0.2),
+            (["train", "--dataset", "fashion-mnist"], "fashion-mnist", 40, 0.25),
             (["train", "--dataset", "fashion-mnist", "--epochs", "3", "--dropout", "0"],
              "fashion-mnist", 3, 0.0),
             (["train"], None, 15, 0.0),
@@ -328,4 +328,4 @@ def test_fashion_mnist_defaults_to_its_preset_and_flags_win():
     assert args.hidden == [30]
     args = parser.parse_args(["train", "--dataset", "fashion-mnist"])
     cli._apply_preset(args, [])
-    assert (args.hidden, args.shift) == ([512, 256], 0)
+    assert (args.hidden, args.shift) == ([256, 128], 0)
