@@ -22,6 +22,12 @@ cdef extern from "gdfast.h" nogil:
     void gdfast_set_num_threads(int n)
     int gdfast_flush_denormal
     int gdfast_set_flush_denormal(int on)
+    ctypedef struct gd_guard:
+        pass
+    void gdfast_guard_init(gd_guard *g)
+    int gdfast_guard_threads(const gd_guard *g, double now, int nt)
+    void gdfast_guard_record(gd_guard *g, double now, double team_s, double alone_s)
+    long long gdfast_guard_trips()
 
 cdef extern from *:
     """
@@ -83,6 +89,24 @@ def compiler():
 
 def get_num_threads():
     return gdfast_get_num_threads()
+
+
+def _guard_trips():
+    """How many times the team guard (src/threads.c) has run passes on one
+    thread because a team was slower than one thread would have been."""
+    return gdfast_guard_trips()
+
+
+def _guard_replay(passes, int nt=2):
+    """Replay passes (now, team_s, alone_s), in seconds, through a fresh team
+    guard: the team size it allows at each pass's time, then records it."""
+    cdef gd_guard g
+    gdfast_guard_init(&g)
+    sizes = []
+    for now, team_s, alone_s in passes:
+        sizes.append(gdfast_guard_threads(&g, now, nt))
+        gdfast_guard_record(&g, now, team_s, alone_s)
+    return sizes
 
 
 # More threads than any machine gdfast targets has cores: a larger n is a mistake.

@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "mlp.h" nogil:
-    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE, GD_MLP_SKIPPED
+    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE, GD_LOSS_BINARY, GD_MLP_SKIPPED
     ctypedef struct gd_mlp:
         int n_layers
         const gd_index *sizes
@@ -28,7 +28,8 @@ cdef extern from "mlp.h" nogil:
 
 ACTIVATIONS = {"identity": GD_ACT_IDENTITY, "relu": GD_ACT_RELU,
                "sigmoid": GD_ACT_SIGMOID, "tanh": GD_ACT_TANH}
-LOSSES = {"cross_entropy": GD_LOSS_CROSS_ENTROPY, "mse": GD_LOSS_MSE}
+LOSSES = {"cross_entropy": GD_LOSS_CROSS_ENTROPY, "mse": GD_LOSS_MSE,
+          "binary_cross_entropy": GD_LOSS_BINARY}
 
 # forward() works through big inputs in chunks of this many rows so its work
 # space stays small.

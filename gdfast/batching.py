@@ -120,28 +120,35 @@ class Batches:
         if self.full:
             yield self.x, self.y
             return
+        for idx, counts in self.plan():
+            xb, yb = self._xbuf[:len(idx)], self._ybuf[:len(idx)]
+            # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
+            if self.shift:
+                raw = self._raw[:len(idx)]
+                np.take(self.x, idx, axis=0, out=raw, mode="clip")
+                self._shift_into(raw, xb, counts)
+            else:
+                np.take(self.x, idx, axis=0, out=xb, mode="clip")
+            np.take(self.y, idx, axis=0, out=yb, mode="clip")
+            yield xb, yb
+
+    def plan(self):
+        """One epoch of mini-batches as (row indices, translation run lengths
+        or None), drawing the epoch's randomness as iteration does: what a
+        data-parallel rank needs to gather only its part of each batch."""
         # restart from the identity each epoch: the shuffle then depends only on the RNG state
         np.copyto(self._index, self._order)
         if self.shuffle:
             self.rng.shuffle(self._index)
         b, n = self.batch_size, len(self.x)
+        counts = None
         if self.shift:   # run lengths of each translation, per batch, drawn once an epoch
             counts = self.rng.multinomial(b, self._uniform, size=-(-n // b))
             if n % b:
                 counts[-1] = self.rng.multinomial(n % b, self._uniform)
         stop = n - n % b if self.drop_last else n
         for start in range(0, stop, b):
-            idx = self._index[start:start + b]
-            xb, yb = self._xbuf[:len(idx)], self._ybuf[:len(idx)]
-            # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
-            if self.shift:
-                raw = self._raw[:len(idx)]
-                np.take(self.x, idx, axis=0, out=raw, mode="clip")
-                self._shift_into(raw, xb, counts[start // b])
-            else:
-                np.take(self.x, idx, axis=0, out=xb, mode="clip")
-            np.take(self.y, idx, axis=0, out=yb, mode="clip")
-            yield xb, yb
+            yield self._index[start:start + b], None if counts is None else counts[start // b]
 
     def get_state(self):
         """The shuffle RNG state as a JSON string (checkpointable without pickle)."""

@@ -302,6 +302,10 @@ GEMM_SHAPES = {
 }
 MLP_SIZES = [784, 256, 128, 10]
 MLP_BATCHES = [1, 32, 128, 512]
+# Networks far larger than the default, timed at the batches where their
+# steps are GEMM-bound; the second is Ciresan et al. 2010's 12M-weight MLP.
+BIG_MLPS = [[784, 1024, 1024, 10], [784, 2500, 2000, 1500, 1000, 500, 10]]
+BIG_BATCHES = [128, 512]
 
 
 def mlp_flops_per_sample(sizes):
@@ -318,15 +322,15 @@ def gemm_operands(m, n, k, trans_a, trans_b, seed=0):
     return a, b, np.empty((m, n), np.float32)
 
 
-def mlp_batch(n, seed=0):
+def mlp_batch(n, seed=0, sizes=MLP_SIZES):
     rng = np.random.default_rng(seed)
-    return rng.random((n, MLP_SIZES[0]), dtype=np.float32), rng.integers(0, MLP_SIZES[-1], n)
+    return rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
 
 
-def mlp_batches(n, samples=8192):
+def mlp_batches(n, samples=8192, sizes=MLP_SIZES):
     """A cycle of distinct random batches of n: steps on one batch over and
     over would fit it, which is not what a training run times."""
-    return itertools.cycle([mlp_batch(n, seed) for seed in range(max(4, samples // n))])
+    return itertools.cycle([mlp_batch(n, seed, sizes) for seed in range(max(4, samples // n))])
 
 
 def mlp_cases(batches):
@@ -335,11 +339,11 @@ def mlp_cases(batches):
     return [(bs, "Adam", 1e-3) for bs in batches] + [(1, "SGD", 1e-2)] * (1 in batches)
 
 
-def mlp_pair(seed=0, optimizer="Adam", lr=1e-3):
+def mlp_pair(seed=0, optimizer="Adam", lr=1e-3, sizes=MLP_SIZES):
     """gdfast's MLP + optimizer and the NumPy reference twins, from the same start."""
     from gdfast.reference.train import ReferenceMLP, ReferenceOptimizer
-    model = gdfast.MLP(MLP_SIZES, seed=seed)
-    ref = ReferenceMLP(MLP_SIZES, init_from=model.params)
+    model = gdfast.MLP(sizes, seed=seed)
+    ref = ReferenceMLP(sizes, init_from=model.params)
     return ((model, getattr(gdfast, optimizer)(model.params, lr=lr)),
             (ref, ReferenceOptimizer(optimizer, ref.params, lr=lr)))
 
@@ -447,10 +451,10 @@ def bench_mlp(batches, threads, repeats, peak, torch=None):
     return rows
 
 
-def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3):
+def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3, sizes=MLP_SIZES):
     """One PyTorch training step of the same MLP (nn.Sequential; Adam fused) per call."""
     layers = []
-    for a, b in zip(MLP_SIZES, MLP_SIZES[1:]):
+    for a, b in zip(sizes, sizes[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1])
     fused = {"fused": True} if optimizer == "Adam" else {}
@@ -463,6 +467,34 @@ def torch_mlp_step(torch, data, optimizer="Adam", lr=1e-3):
         loss_fn(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         opt.step()
     return step
+
+
+def bench_big_mlps(networks, batches, threads, repeats, peak, torch=None):
+    """Adam train steps of bigger MLPs, as GFLOP/s of their matrix products
+    (mlp_flops_per_sample) against the FMA ceiling, and against torch."""
+    rows = []
+    for sizes in networks:
+        for bs in batches:
+            data = mlp_batches(bs, sizes=sizes)
+            (model, opt), (ref, ref_opt) = mlp_pair(sizes=sizes)
+
+            def ref_step():
+                ref.loss_and_grad(*next(data))
+                ref_opt.step()
+
+            quiet_cores()
+            row = Row("MLP train step, bigger networks (Adam)",
+                      f"{'-'.join(map(str, sizes))}, batch {bs}", threads,
+                      gdfast_s=median_time(lambda: model.train_step(*next(data), opt),
+                                           repeats=repeats),
+                      numpy_s=median_time(ref_step, repeats=repeats), unit="GFLOP/s",
+                      work=mlp_flops_per_sample(sizes) * bs / 1e9, ceiling=peak)
+            if torch is not None:
+                quiet_cores()
+                t = median_time(torch_mlp_step(torch, data, sizes=sizes), repeats=repeats)
+                row.extra.update({"torch": t, "torch / gdfast": f"{t / row.gdfast_s:.2f}x"})
+            rows.append(row)
+    return rows
 
 
 def mnist_trainers(x, y, batch_size=128, shift=0):
@@ -509,6 +541,57 @@ def bench_mnist_epoch(threads, quick, peak, log, batch_size=128):
                 ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES))]
 
 
+SKLEARN_EPOCHS = 10
+SKLEARN_PARAMS = dict(hidden_layer_sizes=(256, 128), solver="adam", batch_size=200,
+                      random_state=0)
+
+
+def bench_sklearn(threads, quick, peak, log):
+    """scikit-learn's MLPClassifier and gdfast.sklearn's fit one after the other on
+    Fashion-MNIST (the same data, parameters and epochs), with their test
+    accuracies: on float64 input (what most data is; scikit-learn then trains in
+    float64, gdfast converts it once to float32) and on float32 input (both
+    train in float32)."""
+    import warnings
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+        from gdfast.sklearn import MLPClassifier
+    except ImportError:
+        log("scikit-learn section skipped: scikit-learn is not installed")
+        return []
+    from gdfast.datasets import DatasetError, load
+    try:
+        data = load("fashion-mnist", progress=False)
+    except (FileNotFoundError, DatasetError, OSError) as exc:
+        log(f"scikit-learn section skipped: Fashion-MNIST not usable: {' '.join(str(exc).split())}")
+        return []
+    n = 10000 if quick else len(data.x_train)
+    epochs = 2 if quick else SKLEARN_EPOCHS
+    rows = []
+    for dtype in (np.float64, np.float32):
+        x, x_test = data.x_train[:n].astype(dtype), data.x_test.astype(dtype)
+        fits = {}
+        for name, cls in (("gdfast", MLPClassifier), ("scikit-learn", SkMLPClassifier)):
+            est = cls(max_iter=epochs, **SKLEARN_PARAMS)
+            quiet_cores()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter epochs, as asked
+                start = time.perf_counter()
+                est.fit(x, data.y_train[:n])
+                fits[name] = time.perf_counter() - start, est.score(x_test, data.y_test)
+        (ours, our_acc), (theirs, their_acc) = fits["gdfast"], fits["scikit-learn"]
+        rows.append(Row(
+            f"MLPClassifier.fit, Fashion-MNIST ({n} images, {epochs} epochs, (256, 128), adam, "
+            f"batch 200)", f"{np.dtype(dtype).name} input", threads, gdfast_s=ours,
+            unit="samples/s", work=n * epochs,
+            ceiling=peak * 1e9 / mlp_flops_per_sample(MLP_SIZES),
+            extra={"scikit-learn": theirs, "vs scikit-learn": f"{theirs / ours:.1f}x",
+                   "test acc gdfast": f"{100 * our_acc:.2f}%",
+                   "test acc scikit-learn": f"{100 * their_acc:.2f}%"}))
+    return rows
+
+
 def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repeats=None,
         log=print):
     """Every benchmark row for each thread count, plus the machine they ran on."""
@@ -517,7 +600,7 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
     sizes = sizes or (OPTIMIZER_SIZES[:-1] if quick else OPTIMIZER_SIZES)
     batches = batches or (MLP_BATCHES[:-1] if quick else MLP_BATCHES)
     repeats = repeats or (5 if quick else 9)
-    sections = sections or ["optim", "gemm", "mlp", "mnist"]
+    sections = sections or ["optim", "gemm", "mlp", "big", "mnist"]
     shapes = dict(list(GEMM_SHAPES.items())[:-1]) if quick else GEMM_SHAPES
     torch = _torch()
     info = machine()
@@ -544,14 +627,197 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
                 rows += bench_gemm(shapes, nt, repeats, peak, torch)
             if "mlp" in sections:
                 rows += bench_mlp(batches, nt, repeats, peak, torch)
+            if "big" in sections:
+                rows += bench_big_mlps(BIG_MLPS, BIG_BATCHES[:1] if quick else BIG_BATCHES,
+                                       nt, repeats, peak, torch)
             if "mnist" in sections:
                 rows += bench_mnist_epoch(nt, quick, peak, log)
+            if "sklearn" in sections:
+                rows += bench_sklearn(nt, quick, peak, log)
             if limits is not None:
                 limits.restore_original_limits()
     finally:
         gdfast.set_num_threads(saved)
     info["blas_threads_limited"] = blas_threads(1) is not None
     return {"machine": info, "ceilings": ceilings, "rows": rows}
+
+
+# `gdfast bench --under-load`: the multi-threaded paths beside CPU-bound
+# processes, as on a laptop with a busy browser or a shared CI runner.
+BUSY_LOOP = ("import os, sys\n"
+             "parent = int(sys.argv[1])\n"
+             "while os.getppid() == parent:   # the bench is gone: stop too\n"
+             "    for _ in range(1_000_000): pass\n")
+
+
+class busy_processes:
+    """Context manager: `n` CPU-bound child processes for as long as it is
+    open, killed on the way out (also on Ctrl-C or an error); each also
+    stops by itself within a second if the bench dies without cleaning up."""
+
+    def __init__(self, n):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        import subprocess
+        try:
+            for _ in range(self.n):
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-c", BUSY_LOOP, str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        except BaseException:
+            self.kill_all()
+            raise
+        time.sleep(0.2)   # let them start spinning
+        return self
+
+    def __exit__(self, *exc):
+        self.kill_all()
+
+    def kill_all(self):
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+
+
+def under_load_cases(quick=False):
+    """{name: (setup, calls per timing)}: setup() returns the call to time
+    (which may return the seconds to count, if not all of its own),
+    the issue-15 cases (a batch-128 Adam step of the default MLP, a small
+    GEMM, a GEMM alternated with numpy.matmul, a Trainer epoch, ...)."""
+    def step(bs):
+        def setup():
+            data = mlp_batches(bs)
+            (model, opt), _ = mlp_pair()
+            return lambda: model.train_step(*next(data), opt)
+        return setup
+
+    def adam(n):
+        def setup():
+            params = gdfast.Params({"p": n})
+            params.grad[...] = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+            return gdfast.Adam(params, lr=1e-3).step
+        return setup
+
+    def gemm(with_numpy):
+        def setup():
+            a, b, c = gemm_operands(64, 128, 256, False, False)
+            if not with_numpy:
+                return lambda: gdfast.matmul(a, b, out=c)
+            c2 = c.copy()
+
+            def alternate():   # 30 calls of each, as in a NumPy-heavy loop; times ours
+                start = time.perf_counter()
+                for _ in range(30):
+                    gdfast.matmul(a, b, out=c)
+                elapsed = time.perf_counter() - start
+                for _ in range(30):
+                    np.matmul(a, b, out=c2)
+                return elapsed
+            return alternate
+        return setup
+
+    def epoch():
+        rng = np.random.default_rng(0)
+        n = 2048 if quick else 8192
+        x = rng.random((n, MLP_SIZES[0]), dtype=np.float32)
+        y = rng.integers(0, MLP_SIZES[-1], n)
+        return mnist_trainers(x, y)[0]._run_epoch
+
+    return {"MLP train step, batch 128, Adam": (step(128), 1),
+            "MLP train step, batch 32, Adam": (step(32), 1),
+            "MLP train step, batch 1, Adam": (step(1), 1),
+            "Adam step n=1e5": (adam(100_000), 1),
+            "Adam step n=1e6": (adam(1_000_000), 1),
+            "GEMM 64x256 @ 256x128": (gemm(False), 1),
+            "GEMM 64x256 @ 256x128, 30 calls between 30 numpy.matmul": (gemm(True), 30),
+            f"Trainer epoch, {2048 if quick else 8192} random images, batch 128":
+                (epoch, 1)}
+
+
+def timed_block(fn, calls, seconds, min_sample=0.002):
+    """Per-call seconds of fn (doing `calls` calls; its return value, when
+    not None, is the time to count), in samples of at least `min_sample` s,
+    for `seconds` s; returns (samples, total time, calls)."""
+    samples, total, count = [], 0.0, 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        n, elapsed = 0, 0.0
+        while elapsed < min_sample:
+            t0 = time.perf_counter()
+            counted = fn()
+            elapsed += time.perf_counter() - t0 if counted is None else counted
+            n += calls
+        samples.append(elapsed / n)
+        total, count = total + elapsed, count + n
+    return samples, total, count
+
+
+def run_under_load(busy=1, threads=None, quick=False, block_seconds=None, rounds=None,
+                   log=print):
+    """Each case on 1 thread and on N (all cores by default) beside `busy`
+    CPU-bound processes, in alternating blocks of `block_seconds` so both
+    meet the same load: per-call medians, and the mean (total time / calls,
+    which counts every slow call)."""
+    nt = max(threads or [os.cpu_count() or 1])
+    block_seconds = block_seconds or (0.3 if quick else 1.0)
+    rounds = rounds or (2 if quick else 3)
+    rows = []
+    saved = gdfast.get_num_threads()
+    try:
+        with busy_processes(busy):
+            for name, (setup, calls) in under_load_cases(quick).items():
+                fn = setup()
+                stats = {1: [[], 0.0, 0], nt: [[], 0.0, 0]}
+                for t in (1, nt):   # warm-up
+                    gdfast.set_num_threads(t)
+                    timed_block(fn, calls, min(0.2, block_seconds))
+                trips = _kernels._guard_trips()
+                for r in range(rounds):
+                    for t in ((1, nt) if r % 2 == 0 else (nt, 1)):
+                        gdfast.set_num_threads(t)
+                        samples, total, count = timed_block(fn, calls, block_seconds)
+                        stats[t][0] += samples
+                        stats[t][1] += total
+                        stats[t][2] += count
+                row = {"case": name, "threads": nt, "busy": busy,
+                       "guard_trips": _kernels._guard_trips() - trips}
+                for t, key in ((1, "one"), (nt, "team")):
+                    row[f"{key}_median_s"] = statistics.median(stats[t][0])
+                    row[f"{key}_mean_s"] = stats[t][1] / stats[t][2]
+                log(f"{name}: 1 thread {_fmt_time(row['one_median_s'])}, {nt} threads "
+                    f"{_fmt_time(row['team_median_s'])}")
+                rows.append(row)
+    finally:
+        gdfast.set_num_threads(saved)
+    return {"machine": machine(), "busy": busy, "threads": nt, "rows": rows}
+
+
+def under_load_report(result, markdown=False):
+    m, nt, busy = result["machine"], result["threads"], result["busy"]
+    head = (f"gdfast {m['version']} on {m['cpu']} ({m['cores']} cores), SIMD {m['simd']}, "
+            f"OpenMP {'on' if m['openmp'] else 'off'}, beside {busy} CPU-bound "
+            f"process{'es' if busy != 1 else ''}. 1 and {nt} threads timed in alternating "
+            f"blocks; median per call, and mean (total time / calls); ratio = {nt} threads "
+            f"/ 1 thread (below 1: the team is faster). Guard trips: times a team lost to "
+            f"one thread and the passes ran alone for a while.")
+    headers = ["case", "1 thread", f"{nt} threads", "ratio", "1 thread (mean)",
+               f"{nt} threads (mean)", "ratio (mean)", "guard trips"]
+    body = [[r["case"], _fmt_time(r["one_median_s"]), _fmt_time(r["team_median_s"]),
+             f"{r['team_median_s'] / r['one_median_s']:.2f}", _fmt_time(r["one_mean_s"]),
+             _fmt_time(r["team_mean_s"]), f"{r['team_mean_s'] / r['one_mean_s']:.2f}",
+             str(r["guard_trips"])] for r in result["rows"]]
+    if markdown:
+        lines = [head, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+    else:
+        widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
+        lines = [head, "", "  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines) + "\n"
 
 
 def to_json(result):
@@ -608,8 +874,10 @@ def main(argv=None):
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 min)")
     parser.add_argument("--threads", type=int, nargs="+", help="thread counts (default: 1 and all)")
-    parser.add_argument("--sections", nargs="+", choices=["optim", "gemm", "mlp", "mnist"],
-                        help="which benchmarks to run (default: all)")
+    parser.add_argument("--sections", nargs="+",
+                        choices=["optim", "gemm", "mlp", "big", "mnist", "sklearn"],
+                        help="which benchmarks to run (default: all but sklearn, gdfast.sklearn's "
+                             "MLPClassifier against scikit-learn's, which takes minutes)")
     parser.add_argument("--sizes", type=int, nargs="+", help="optimizer parameter counts")
     parser.add_argument("--batches", type=int, nargs="+", help="MLP batch sizes")
     parser.add_argument("--repeats", type=int, help="timed repeats per case (median taken)")
@@ -617,12 +885,24 @@ def add_arguments(parser):
     parser.add_argument("--plot", metavar="PNG", help="bar chart of the speed-ups (needs matplotlib)")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the results as a Markdown page (like BENCHMARKS.md)")
+    parser.add_argument("--under-load", metavar="N", type=_busy_count, nargs="?", const=1,
+                        help="instead: the threaded paths on 1 thread vs all (or the largest "
+                             "--threads) beside N CPU-bound processes (default 1)")
+
+
+def _busy_count(text):
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of processes >= 0, got {n}")
+    return n
 
 
 def run_from_args(args, argv):
     """Run what the parsed flags ask; argv (the flags as given) goes into --markdown's page."""
     quiet = args.json == "-"
     log = (lambda *a: print(*a, file=sys.stderr)) if quiet else print
+    if args.under_load is not None:
+        return _run_under_load_from_args(args, quiet, log)
     result = run(quick=args.quick, threads=args.threads, sizes=args.sizes, batches=args.batches,
                  sections=args.sections, repeats=args.repeats, log=log)
     text = report(result)
@@ -639,6 +919,23 @@ def run_from_args(args, argv):
             f.write(markdown_file(result, argv))
     if args.plot:
         plot(result["rows"], args.plot)
+    return 0
+
+
+def _run_under_load_from_args(args, quiet, log):
+    result = run_under_load(args.under_load, args.threads, args.quick, log=log)
+    text = under_load_report(result)
+    print(text, file=sys.stderr if quiet else sys.stdout)
+    if args.json:
+        data = json.dumps(result, indent=2)
+        if quiet:
+            print(data)
+        else:
+            with open(args.json, "w") as f:
+                f.write(data)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(under_load_report(result, markdown=True))
     return 0
 
 

@@ -138,7 +138,8 @@ def _add_train(p):
                    help="0 for full-batch gradient descent (default 128)")
     t.add_argument("--early-stopping", type=_number(int, 1), metavar="PATIENCE",
                    help="stop after this many epochs without improvement (needs --validation)")
-    t.add_argument("--threads", type=_number(int, 1), help="worker threads (default: OMP_NUM_THREADS or all cores)")
+    t.add_argument("--threads", type=_number(int, 1), help="worker threads (default: OMP_NUM_THREADS or all cores; "
+                   "under mpirun, per rank: the host's cores divided between its ranks)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-dir", metavar="DIR",
                    help="write last.npz and history.json/.csv here every epoch, and best.npz "
@@ -287,9 +288,21 @@ def _run_train(args, argv):
               "or choose another directory")
     if args.plot:
         _pyplot()       # a missing matplotlib is said before training, not after
+    from gdfast import distributed
+    if not distributed.launched():
+        return _train(args, t_start, None)
+    comm = distributed.start(args.threads)     # under mpirun: every rank runs this command
+    with distributed.abort_on_error(comm):
+        return _train(args, t_start, comm)
+
+
+def _train(args, t_start, comm):
+    """gdfast train once its arguments are checked; comm: MPI's world when
+    several ranks train together (rank 0 prints and writes files)."""
     import gdfast
-    from gdfast import datasets, schedules
+    from gdfast import datasets, distributed, schedules
     from gdfast.train import Trainer, TrainingDiverged
+    root = comm is None or comm.Get_rank() == 0
     if args.threads:
         gdfast.set_num_threads(args.threads)
     try:
@@ -337,22 +350,27 @@ def _run_train(args, argv):
     n_test = "no" if data.x_test is None else len(data.x_test)
     print(f"gdfast {gdfast.__version__}: {data.name} {n} train / {n_test} test"
           f"{f' / {len(data.x_val)} val' if data.x_val is not None else ''} from {data.source}; "
-          f"{settings}, {gdfast.get_num_threads()} threads", flush=True)
-    if args.resume and not (Path(args.checkpoint_dir) / "last.npz").exists():
+          f"{settings}, {f'{comm.Get_size()} ranks x ' if comm else ''}"
+          f"{gdfast.get_num_threads()} threads", flush=True)
+    last = Path(args.checkpoint_dir) / "last.npz" if args.checkpoint_dir else None
+    has_run = last is not None and last.exists()
+    if comm is not None:            # rank 0's files decide: the others may not see them
+        has_run = comm.bcast(has_run, root=0)
+    if args.resume and not has_run:
         print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
-    progress = _ProgressBar(args.epochs, enabled=args.progress)
-    trainer = Trainer(model, optimizer, (data.x_train, data.y_train), batch_size=batch,
+    progress = _ProgressBar(args.epochs, enabled=args.progress and root)
+    trainer = (Trainer if comm is None else distributed.DistributedTrainer)(model, optimizer, (data.x_train, data.y_train), batch_size=batch,
                       schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
                       validation=(data.x_val, data.y_val) if data.x_val is not None else None,
                       test=(data.x_test, data.y_test) if data.x_test is not None else None,
                       early_stopping=args.early_stopping,
                       checkpoint_dir=args.checkpoint_dir, progress=progress,
                       clip_norm=args.clip_norm)
-    if args.resume and (Path(args.checkpoint_dir) / "last.npz").exists():
+    if args.resume and has_run:
         try:
-            trainer.load_checkpoint(Path(args.checkpoint_dir) / "last.npz")
+            trainer.load_checkpoint(last)
         except (ValueError, OSError) as e:     # CheckpointError is a ValueError
-            _fail("train", f"cannot resume from {Path(args.checkpoint_dir) / 'last.npz'}: {e}")
+            _fail("train", f"cannot resume from {last}: {e}")
     try:
         history = trainer.fit(args.epochs)
     except TrainingDiverged as e:
@@ -374,10 +392,10 @@ def _run_train(args, argv):
     rate = sum(r["samples_per_s"] * r["train_time"] for r in history) / sum(r["train_time"] for r in history)
     print(f"{result}  |  training throughput {rate:,.0f} samples/s  |  "
           f"total {time.perf_counter() - t_start:.1f} s")
-    if args.save_model:
+    if args.save_model and root:
         model.save(args.save_model)
         print(f"model saved to {args.save_model}")
-    if args.plot:
+    if args.plot and root:
         _plot_history(history, args.plot, f"{data.name}: {settings}")
     return 0
 

@@ -12,8 +12,13 @@ Conventions:
   loss="cross_entropy"; for loss="mse" it uses `output_activation`
   (default: `activation`, as in Nielsen's MNIST network with sigmoid; for a
   list, its last name, or "identity" when there is no hidden layer).
+  loss="binary_cross_entropy" gives every output its own logistic sigmoid
+  (independent yes/no outputs: multi-label targets, or one output for two
+  classes, as scikit-learn's MLPClassifier has them).
 - Losses are means over the batch:
     cross_entropy  L = -(1/n) sum_i log softmax(z_i)[y_i]
+    binary_cross_entropy
+                   L = -(1/n) sum_i sum_j t_ij log p_ij + (1 - t_ij) log(1 - p_ij)
     mse            L =  (1/n) sum_i 0.5 * ||a_i - onehot(y_i)||^2   (Nielsen's C)
   y is integer class labels (1-D, any integer dtype) or a float32 (n, n_out)
   target array (soft targets for cross-entropy).
@@ -43,7 +48,7 @@ from .reference.mlp import MLP as _ReferenceMLP, default_output_activation, hidd
 _P_EXACT = 1e-30
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
 INITS = ("he", "xavier", "glorot", "normal")
 
 # state_dict() files; a change of layout bumps the version
@@ -62,7 +67,8 @@ class MLP:
     sizes: layer widths, e.g. (784, 256, 128, 10).
     activation: of the hidden layers, one of ACTIVATIONS, or a list of one
         per hidden layer (len(sizes) - 2 names).
-    loss: "cross_entropy" (softmax output, fused) or "mse" (0.5 ||a - y||^2).
+    loss: "cross_entropy" (softmax output, fused), "binary_cross_entropy"
+        (a sigmoid per output) or "mse" (0.5 ||a - y||^2).
     init: one of INITS (see the module docstring); seed makes it reproducible.
     output_activation: the output layer's activation with loss="mse" only
         (default: `activation`, or the last of a list); cross-entropy always
@@ -144,7 +150,7 @@ class MLP:
 
     def forward(self, x):
         """Outputs for x (float32, C-contiguous, (n, sizes[0])): class
-        probabilities for cross-entropy, output activations for mse."""
+        probabilities for the cross-entropies, output activations for mse."""
         return self._core.forward(x)
 
     def predict(self, x):
@@ -413,7 +419,7 @@ def log_softmax(z):
 
 def evaluate(forward, loss, n_classes, x, y, batch_size=1000, log_probs=None):
     """(mean loss, accuracy) of a model given by its `forward` (probabilities
-    for cross-entropy, outputs for mse) over x, y in batches. Accuracy is
+    for the cross-entropies, outputs for mse) over x, y in batches. Accuracy is
     None for regression targets: float rows that are not class
     distributions (one-hot or soft labels: non-negative, summing to 1).
 
@@ -459,6 +465,10 @@ def evaluate(forward, loss, n_classes, x, y, batch_size=1000, log_probs=None):
             if log_probs is not None and lost.any():
                 logp[lost] = log_probs(xb[lost])
             total -= float((t * logp).sum())
+        elif loss == "binary_cross_entropy":
+            tiny = np.finfo(np.float32).tiny
+            total -= float((t * np.log(np.maximum(out, tiny))).sum()
+                           + ((1 - t) * np.log(np.maximum(1 - out, tiny))).sum())
         else:
             total += 0.5 * float(((out - t) ** 2).sum())
         correct += int((np.argmax(out, axis=1) == labels).sum())

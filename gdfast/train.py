@@ -156,7 +156,7 @@ class Trainer:
     def _train_step(self, xb, yb, lr):
         """One update; returns (loss, gradient norm before clipping, or nan)."""
         if self._closure:               # the loss before the step; none when not finite
-            loss = self.optimizer.step(lambda: self.model.loss_and_grad(xb, yb))
+            loss = self.optimizer.step(lambda: self._loss_and_grad(xb, yb))
             self._check_loss(loss, lr)
             return loss, math.nan
         if self._one_call:              # no update when the loss is not finite
@@ -165,7 +165,7 @@ class Trainer:
             loss, norm = out if self._max_norm is not None else (out, math.nan)
             self._check_loss(loss, lr)
             return loss, norm
-        loss = self.model.loss_and_grad(xb, yb)
+        loss = self._loss_and_grad(xb, yb)
         self._check_loss(loss, lr)
         if self._fused_norm:            # gdfast optimizers: norm (and clip) inside the step
             return loss, self.optimizer.step(max_grad_norm=self._max_norm)
@@ -196,7 +196,7 @@ class Trainer:
             norm_sum += gnorm
             seen += len(yb)
             if self.acc_every and yb.ndim == 1 and steps % self.acc_every == 1 % self.acc_every:
-                acc_hits += int(np.count_nonzero(self.model.predict(xb) == yb))
+                acc_hits += self._hits(xb, yb)
                 acc_seen += len(yb)
                 acc = acc_hits / acc_seen
             if progress:
@@ -225,15 +225,29 @@ class Trainer:
         improved = self._track_best(record[self.monitor])
         if isinstance(schedule, ReduceOnPlateau):
             schedule.step(record[self.monitor])
-        if self.checkpoint_dir is not None:
-            state = self.state_dict()   # copies every array: taken once for both files
-            self.last_checkpoint = ckpt.save(self._ckpt_path("last"), state)
-            if improved:    # last_checkpoint stays last.npz, the one to resume
-                ckpt.save(self._ckpt_path("best"), state)
-            self.save_history(self.checkpoint_dir / "history")
+        self._save_epoch(improved)
         if progress:
             progress.on_epoch_end(record)
         return record
+
+    def _loss_and_grad(self, xb, yb):
+        """The batch's mean loss, its gradients into params.grad (a data-parallel
+        trainer takes its share of the batch and sums the gradients across ranks)."""
+        return self.model.loss_and_grad(xb, yb)
+
+    def _hits(self, xb, yb):
+        """How many of the batch's rows the model now classifies right."""
+        return int(np.count_nonzero(self.model.predict(xb) == yb))
+
+    def _save_epoch(self, improved):
+        """The end of an epoch's files: last.npz, best.npz when improved, the history."""
+        if self.checkpoint_dir is None:
+            return
+        state = self.state_dict()   # copies every array: taken once for both files
+        self.last_checkpoint = ckpt.save(self._ckpt_path("last"), state)
+        if improved:    # last_checkpoint stays last.npz, the one to resume
+            ckpt.save(self._ckpt_path("best"), state)
+        self.save_history(self.checkpoint_dir / "history")
 
     def _track_best(self, value):
         improved = (value < self.best - self.min_delta) if self.mode == "min" \

@@ -40,6 +40,30 @@ void gdfast_set_num_threads(int n);
  * `grain` of them: small jobs stay on one thread so start-up never dominates. */
 int gdfast_threads_for(gd_index work, gd_index grain);
 
+/* One parallel pass over `chunks` independent chunks on up to nt threads:
+ * body(ctx, lo, hi) does chunks [lo, hi) and returns 0 (or error bits, ORed
+ * into the result). Threads take chunks one at a time, in any order; on one
+ * thread body gets all of them in one call, so a chunk's result must not
+ * depend on how chunks are grouped or which thread runs them. Every thread
+ * runs in the flush-denormal mode. The team guard (threads.c) runs the pass
+ * on the caller's thread alone while a team has lately been slower than one
+ * thread would be (cores busy with other processes). */
+typedef int (*gd_chunk_fn)(void *ctx, gd_index lo, gd_index hi);
+int gdfast_parallel(int nt, gd_index chunks, gd_chunk_fn body, void *ctx);
+
+/* The guard's state and rules, apart from the clock so tests can replay
+ * histories: `threads` is the team size allowed at time `now` (seconds);
+ * `record` takes a pass that ran `team_s` on a team and would have taken
+ * `alone_s` on the caller's thread. */
+typedef struct {
+    double solo_until, backoff, credit;
+    long long trips; /* times the guard shrank the team */
+} gd_guard;
+void gdfast_guard_init(gd_guard *g);
+int gdfast_guard_threads(const gd_guard *g, double now, int nt);
+void gdfast_guard_record(gd_guard *g, double now, double team_s, double alone_s);
+long long gdfast_guard_trips(void);
+
 /* Flush-to-zero for subnormals (threads.c), on by default on x86-64. Decaying Adam
  * moments pass through the subnormal range, where x86 arithmetic takes
  * microcode assists. When on, every kernel and each thread of its parallel

@@ -173,6 +173,18 @@ void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int n
 void gdfast_gemm_pack_bt_avx2(gd_index kc, const float *b, gd_index ldb, int nr, float *dst);
 #endif
 
+/* Packs one GD_MR-row panel of op(A), a(i,p) = a[i*rs + p*cs] with rs or cs 1:
+ *   dst[p*GD_MR + i] = a(i, p)  for i < mr, p < kc;  0 for mr <= i < GD_MR. */
+typedef void (*gd_pack_a_fn)(gd_index kc, const float *a, gd_index rs, gd_index cs, int mr,
+                             float *dst);
+
+void gdfast_gemm_pack_a_scalar(gd_index kc, const float *a, gd_index rs, gd_index cs, int mr,
+                               float *dst);
+#if defined(GDFAST_BUILD_AVX2)
+void gdfast_gemm_pack_a_avx2(gd_index kc, const float *a, gd_index rs, gd_index cs, int mr,
+                             float *dst);
+#endif
+
 /* Returns 0, or -1 when a packing buffer could not be allocated. */
 int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
                  float alpha, const float *a, gd_index lda, const float *b, gd_index ldb,

@@ -124,6 +124,12 @@ void gdfast_gemm_pack_bt_scalar(gd_index kc, const float *b, gd_index ldb, int n
     }
 }
 
+void gdfast_gemm_pack_a_scalar(gd_index kc, const float *a, gd_index rs, gd_index cs, int mr,
+                               float *dst) {
+    for (gd_index p = 0; p < kc; p++)
+        for (int i = 0; i < GD_MR; i++) dst[p * GD_MR + i] = i < mr ? a[i * rs + p * cs] : 0.0f;
+}
+
 /* Copy, then the tile on the copy: the same products in the same order. */
 void gdfast_gemm_tile_copy_b_scalar(gd_index k, const float *a, gd_index rsa, gd_index csa,
                                     const float *b, gd_index rsb, gd_index b_hi, float *bcopy,

@@ -24,9 +24,6 @@
 #include "mlp.h"
 #include "gemm.h"
 #include "optim.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Rows of all weight matrices together. */
 static gd_index weight_rows(const gd_mlp *net) {
@@ -74,8 +71,10 @@ static gd_index b_offset(const gd_mlp *net, int l) {
     return w_offset(net, l) + net->sizes[l - 1] * net->sizes[l];
 }
 
+/* The output layer's GEMM epilogue: logits for the losses that take their
+ * probabilities from the logits in the loss pass. */
 static int out_act(const gd_mlp *net) {
-    return net->loss == GD_LOSS_CROSS_ENTROPY ? GD_ACT_IDENTITY : net->out_act;
+    return net->loss == GD_LOSS_MSE ? net->out_act : GD_ACT_IDENTITY;
 }
 
 static uint64_t splitmix64(uint64_t x) {
@@ -142,6 +141,10 @@ static int mlp_forward(const gd_mlp *net, const float *params, const float *x, g
             softmax_row(z, k, &mx, &ls);
             for (gd_index j = 0; j < k; j++) z[j] = (float)exp((double)(z[j] - mx) - ls);
         }
+    } else if (net->loss == GD_LOSS_BINARY) {
+        gd_index total = n * net->sizes[net->n_layers];
+        float *out = gdfast_mlp_output(net, ws, n);
+        for (gd_index i = 0; i < total; i++) out[i] = (float)(1.0 / (1.0 + exp(-(double)out[i])));
     }
     return 0;
 }
@@ -174,6 +177,15 @@ static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
             for (gd_index j = 0; j < k; j++) {
                 float tj = t ? t[j] : (float)(labels[i] == j);
                 d[j] = (a[j] * (float)tsum - tj) * inv_n;
+            }
+        } else if (net->loss == GD_LOSS_BINARY) {
+            for (gd_index j = 0; j < k; j++) {
+                double z = a[j];
+                float tj = t ? t[j] : (float)(labels[i] == j);
+                /* -t log p - (1 - t) log(1 - p) = softplus(z) - t z, stable for any z */
+                li += (z > 0.0 ? z : 0.0) + log1p(exp(-fabs(z))) - tj * z;
+                a[j] = (float)(1.0 / (1.0 + exp(-z)));
+                d[j] = (a[j] - tj) * inv_n;
             }
         } else {
             for (gd_index j = 0; j < k; j++) {
@@ -324,6 +336,30 @@ static void fused_range(const gd_mlp *net, float *params, const float *x, float 
     }
 }
 
+typedef struct {
+    const gd_mlp *net;
+    float *params;
+    const float *x;
+    float *ws;
+    const gd_plan *plan;
+    gd_index total;
+    int chunks;
+} fused_pass;
+
+/* Chunks [c0, c1) of the fused pass over the arena, cut as an optimizer pass is. */
+static int fused_chunks(void *ctx, gd_index c0, gd_index c1) {
+    fused_pass *f = ctx;
+    gd_index lo, hi, unused;
+    gdfast_optim_split(f->total, f->chunks, (int)c0, &lo, &unused);
+    gdfast_optim_split(f->total, f->chunks, (int)c1 - 1, &unused, &hi);
+    if (f->net->alpha > 0.0) {
+        lo = row_start(f->net, lo);
+        hi = row_start(f->net, hi);
+    }
+    fused_range(f->net, f->params, f->x, f->ws, f->plan, lo, hi);
+    return 0;
+}
+
 /* Whether position pos of the arena starts a tensor (or ends the last). */
 static int tensor_edge(const gd_mlp *net, gd_index pos) {
     for (int l = 1; l <= net->n_layers + 1; l++)
@@ -403,25 +439,10 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
      * update; any value gives the unclipped update meanwhile */
     if (plan->max_norm > 0.0) plan->norm = net->alpha > 0.0 ? 0.0 : outer_grad_norm(net, x, ws);
     gdfast_optim_begin_pieces(plan);
-    int nt = gdfast_threads_for(total, gdfast_optim_grain(plan));
-    if (nt <= 1) {
-        fused_range(net, params, x, ws, plan, 0, total);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-        {
-            unsigned fp = gd_fpmode_enter();
-            gd_index lo, hi;
-            gdfast_optim_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-            if (net->alpha > 0.0) {
-                lo = row_start(net, lo);
-                hi = row_start(net, hi);
-            }
-            fused_range(net, params, x, ws, plan, lo, hi);
-            gd_fpmode_leave(fp);
-        }
-#endif
-    }
+    gd_index grain = gdfast_optim_grain(plan);
+    int nt = gdfast_threads_for(total, grain);
+    fused_pass f = {net, params, x, ws, plan, total, (int)gdfast_optim_chunks(total, nt, grain)};
+    gdfast_parallel(nt, f.chunks, fused_chunks, &f);
     if (net->alpha > 0.0) {
         *loss += l2_penalty(net, params, 1, row_sums(net, ws, 1));
         if (plan->max_norm > 0.0) plan->norm = l2_grad_norm(net, ws);

@@ -3,10 +3,13 @@
  * Layers l = 1..L map sizes[l-1] -> sizes[l]. The arena holds, in order,
  * w1 (sizes[0] x sizes[1], row-major, so Z = X @ W + b), b1, w2, b2, ...
  * Hidden layer l (1..L-1) uses hidden_act[l-1]. The output layer is linear + softmax for
- * GD_LOSS_CROSS_ENTROPY, and `out_act` for GD_LOSS_MSE.
+ * GD_LOSS_CROSS_ENTROPY, linear + logistic sigmoid per output for GD_LOSS_BINARY (independent
+ * yes/no outputs: multi-label, or one output for two classes), and `out_act` for GD_LOSS_MSE.
  *
  * Losses are means over the batch of n rows:
  *   cross-entropy  L = -(1/n) sum_i sum_j t_ij log softmax(z_i)_j
+ *   binary         L = -(1/n) sum_i sum_j t_ij log p_ij + (1 - t_ij) log(1 - p_ij),
+ *                  p = sigmoid(z)
  *   quadratic      L =  (1/n) sum_i 0.5 * ||a_i - t_i||^2   (Nielsen's C)
  * with t one-hot labels or a given target matrix, plus with alpha > 0 the L2
  * penalty of scikit-learn's MLP, on the weights only:
@@ -26,7 +29,7 @@
 #include "gdfast.h"
 #include "optim.h"
 
-enum { GD_LOSS_CROSS_ENTROPY = 0, GD_LOSS_MSE = 1 };
+enum { GD_LOSS_CROSS_ENTROPY = 0, GD_LOSS_MSE = 1, GD_LOSS_BINARY = 2 };
 
 typedef struct {
     int n_layers;          /* L */
@@ -42,7 +45,7 @@ typedef struct {
 /* Floats of work space for a batch of n rows. */
 gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n);
 /* Where the network's outputs (n x sizes[L]) are in the work space after a
- * forward pass: probabilities for cross-entropy, activations for MSE. */
+ * forward pass: probabilities for cross-entropy and binary, activations for MSE. */
 float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n);
 
 /* Forward pass of x (n x sizes[0]). Returns 0, or -1 on allocation failure. */

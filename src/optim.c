@@ -1,5 +1,5 @@
-/* The optimizer driver: splits one step over all segments into per-thread
- * ranges and calls the active instruction set's kernels on each piece.
+/* The optimizer driver: splits one step over all segments into chunks for
+ * the threads and calls the active instruction set's kernels on each piece.
  *
  * Determinism: updates are elementwise and ranges start at multiples of
  * GD_SPLIT floats, so any thread count gives the same bits. The gradient norm
@@ -9,9 +9,6 @@
 
 #include <float.h>
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Floats per thread below which a pass stays on one thread. Measured on the
  * 2-core Zen3: an OpenMP fork/join costs ~0.5 us when the cores are idle; an
@@ -47,7 +44,7 @@ void gdfast_optim_select(int isa) {
 
 enum { OP_UPDATE, OP_SCALE, OP_CLAMP };
 
-/* Thread t's share of [0, total): contiguous, starting at a multiple of
+/* Part t of nt of [0, total): contiguous, starting at a multiple of
  * GD_SPLIT. Built with or without OpenMP: the tests check its arithmetic. */
 void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi) {
     gd_index chunk = (total + nt - 1) / nt;
@@ -91,24 +88,37 @@ static void apply_range(const gd_plan *pl, gd_index lo, gd_index hi, int op, flo
     }
 }
 
+/* Chunks per thread of a pass: a thread held up on a busy core leaves its
+ * later chunks to the others (see gdfast_parallel). Elementwise passes give
+ * the same bits for any cut, so the chunks may follow the thread count. */
+#define GD_CHUNKS_PER_THREAD 4
+
+gd_index gdfast_optim_chunks(gd_index total, int nt, gd_index grain) {
+    gd_index per = total / ((gd_index)nt * grain);
+    per = per < 1 ? 1 : per > GD_CHUNKS_PER_THREAD ? GD_CHUNKS_PER_THREAD : per;
+    return nt * per;
+}
+
+typedef struct {
+    gd_plan *pl;
+    int op, chunks;
+    float a, b;
+} apply_pass;
+
+/* Chunks [c0, c1) of the pass: gdfast_optim_split's parts, at multiples of GD_SPLIT. */
+static int apply_chunks(void *ctx, gd_index c0, gd_index c1) {
+    apply_pass *x = ctx;
+    gd_index lo, hi, unused;
+    gdfast_optim_split(x->pl->total, x->chunks, (int)c0, &lo, &unused);
+    gdfast_optim_split(x->pl->total, x->chunks, (int)c1 - 1, &unused, &hi);
+    apply_range(x->pl, lo, hi, x->op, x->a, x->b);
+    return 0;
+}
+
 static void apply(gd_plan *pl, int op, float a, float b, gd_index grain) {
     int nt = gdfast_threads_for(pl->total, grain);
-    if (nt <= 1) {
-        unsigned fp = gd_fpmode_enter();
-        apply_range(pl, 0, pl->total, op, a, b);
-        gd_fpmode_leave(fp);
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        unsigned fp = gd_fpmode_enter();
-        gd_index lo, hi;
-        gdfast_optim_split(pl->total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-        apply_range(pl, lo, hi, op, a, b);
-        gd_fpmode_leave(fp);
-    }
-#endif
+    apply_pass x = {pl, op, (int)gdfast_optim_chunks(pl->total, nt, grain), a, b};
+    gdfast_parallel(nt, x.chunks, apply_chunks, &x);
 }
 
 /* Sum of squares of the gradients in block b. */
@@ -125,26 +135,25 @@ static double block_sumsq(const gd_plan *pl, gd_index b) {
     return sum;
 }
 
+typedef struct {
+    gd_plan *pl;
+    gd_index blocks, chunks;
+} norm_pass;
+
+static int norm_chunks(void *ctx, gd_index c0, gd_index c1) {
+    norm_pass *x = ctx;
+    for (gd_index b = x->blocks * c0 / x->chunks; b < x->blocks * c1 / x->chunks; b++)
+        x->pl->block_sums[b] = block_sumsq(x->pl, b);
+    return 0;
+}
+
 double gdfast_optim_grad_norm(gd_plan *pl) {
     gd_index nb = (pl->total + GD_NORM_BLOCK - 1) / GD_NORM_BLOCK;
     if (nb == 0) return 0.0;
     int nt = gdfast_threads_for(pl->total, GD_GRAIN_STREAM);
-    if (nt <= 1) {
-        unsigned fp = gd_fpmode_enter();
-        for (gd_index b = 0; b < nb; b++) pl->block_sums[b] = block_sumsq(pl, b);
-        gd_fpmode_leave(fp);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-        {
-            unsigned fp = gd_fpmode_enter();
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
-            for (gd_index b = nb * t / T; b < nb * (t + 1) / T; b++)
-                pl->block_sums[b] = block_sumsq(pl, b);
-            gd_fpmode_leave(fp);
-        }
-#endif
-    }
+    gd_index chunks = gdfast_optim_chunks(pl->total, nt, GD_GRAIN_STREAM);
+    norm_pass x = {pl, nb, chunks < nb ? chunks : nb};
+    gdfast_parallel(nt, x.chunks, norm_chunks, &x);
     double total = 0.0;
     for (gd_index b = 0; b < nb; b++) total += pl->block_sums[b];
     return sqrt(total);

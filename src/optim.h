@@ -130,8 +130,11 @@ double gdfast_optim_grad_norm(gd_plan *plan);
 /* In place on the segments' p: scale by c, or clamp to [lo, hi]. */
 void gdfast_optim_scale(gd_plan *plan, float c);
 void gdfast_optim_clamp(gd_plan *plan, float lo, float hi);
-/* Thread t's range [lo, hi) of nt over [0, total) (exported for the index tests). */
+/* Part t's range [lo, hi) of nt over [0, total) (exported for the index tests). */
 void gdfast_optim_split(gd_index total, int nt, int t, gd_index *lo, gd_index *hi);
+/* How many such parts a pass over total floats on nt threads is cut into
+ * (gdfast_parallel's chunks), each of about `grain` floats or more. */
+gd_index gdfast_optim_chunks(gd_index total, int nt, gd_index grain);
 
 /* Memory bandwidth probes (membw.c): one pass each, threaded like a step. */
 void gdfast_rmw_pass(float **rw, int nrw, const float **ro, int nro, gd_index n);

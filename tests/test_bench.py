@@ -75,13 +75,17 @@ def test_median_time_takes_the_median():
 
 
 def test_median_time_warms_up_for_the_given_time():
-    calls = []
+    starts = []
 
     def slow():
-        calls.append(1)
+        starts.append(time.perf_counter())
         time.sleep(0.01)
     bench.median_time(slow, repeats=3, min_batch_seconds=0.001, warmup_seconds=0.05)
-    assert len(calls) >= 5 + 3  # ~0.05 s of 0.01 s warm-up calls, then three timed ones
+    # one call per timed batch (a call outlasts min_batch_seconds): the last
+    # three calls are timed, and every call before them is warm-up, however
+    # long the sleeps took on a loaded machine
+    warmup, timed = starts[:-3], starts[-3:]
+    assert len(warmup) >= 2 and warmup[-1] - starts[0] < 0.05 and timed[0] - starts[0] > 0.049
 
 
 def test_markdown_page_is_a_benchmarks_file(tmp_path):
@@ -175,3 +179,83 @@ def test_plot_fits_a_screen_with_readable_labels():
     assert [p[0] for p in layout["panels"]] == ["optimizer step", "GEMM", "MLP", "MNIST epoch"]
     small = bench.plot_layout(full_run_rows(threads=(1,))[:3])
     assert small["figsize"][1] < 3 and small["fontsize"] > 9     # few rows: a small figure
+
+
+def _children_alive(procs):
+    return [p for p in procs if p.poll() is None]
+
+
+def test_under_load_reports_one_thread_against_the_team(monkeypatch):
+    cases = bench.under_load_cases(quick=True)
+    small = {k: cases[k] for k in ("Adam step n=1e5",
+                                   "GEMM 64x256 @ 256x128, 30 calls between 30 numpy.matmul")}
+    monkeypatch.setattr(bench, "under_load_cases", lambda quick: small)
+    seen = []
+    real = bench.busy_processes.__enter__
+
+    def enter(self):
+        out = real(self)
+        seen.extend(self.procs)
+        return out
+
+    monkeypatch.setattr(bench.busy_processes, "__enter__", enter)
+    result = bench.run_under_load(busy=2, threads=[2], quick=True, block_seconds=0.02,
+                                  rounds=2, log=lambda *a: None)
+    assert len(seen) == 2 and not _children_alive(seen)   # the busy processes are gone
+    assert [r["case"] for r in result["rows"]] == list(small)
+    for r in result["rows"]:
+        assert r["threads"] == 2 and r["busy"] == 2 and r["guard_trips"] >= 0
+        assert all(r[k] > 0 for k in ("one_median_s", "team_median_s", "one_mean_s",
+                                      "team_mean_s"))
+    text = bench.under_load_report(result)
+    assert "beside 2 CPU-bound processes" in text and "Adam step n=1e5" in text
+    assert bench.under_load_report(result, markdown=True).count("\n| ") == 3
+
+
+def test_under_load_stops_its_busy_processes_on_ctrl_c(monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench, "under_load_cases", lambda quick: {"x": (interrupted, 1)})
+    with bench.busy_processes(1) as busy:
+        procs = list(busy.procs)
+        assert _children_alive(procs)
+    assert not _children_alive(procs)
+    seen = []
+
+    def exit_(self, *exc):
+        seen.extend(self.procs)
+        self.kill_all()
+    monkeypatch.setattr(bench.busy_processes, "__exit__", exit_)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_under_load(busy=1, quick=True, log=lambda *a: None)
+    assert seen and not _children_alive(seen)
+
+
+def test_under_load_flag(capsys, monkeypatch):
+    got = {}
+    monkeypatch.setattr(bench, "run_under_load", lambda busy, threads, quick, log: got.update(
+        busy=busy, threads=threads) or {"machine": bench.machine(), "busy": busy,
+                                          "threads": 2, "rows": []})
+    assert bench.main(["--under-load"]) == 0 and got == {"busy": 1, "threads": None}
+    assert bench.main(["--under-load", "2", "--threads", "4"]) == 0
+    assert got == {"busy": 2, "threads": [4]}
+    with pytest.raises(SystemExit):
+        bench.main(["--under-load", "-1"])
+    assert "number of processes >= 0" in capsys.readouterr().err
+
+
+def test_bigger_networks_rate_their_matrix_products_against_the_fma_ceiling():
+    rows = bench.bench_big_mlps([[12, 16, 8, 3]], [4, 6], threads=1, repeats=3, peak=1e6,
+                                torch=None)
+    assert [r.case for r in rows] == ["12-16-8-3, batch 4", "12-16-8-3, batch 6"]
+    for r, bs in zip(rows, (4, 6)):
+        assert r.section == "MLP train step, bigger networks (Adam)" and r.unit == "GFLOP/s"
+        assert r.work == bench.mlp_flops_per_sample([12, 16, 8, 3]) * bs / 1e9
+        assert r.ceiling == 1e6 and 0 < r.fraction < 1 and r.numpy_s > 0
+
+
+def test_bigger_networks_compare_with_torch_in_the_same_run():
+    torch = pytest.importorskip("torch")
+    (r,) = bench.bench_big_mlps([[12, 16, 3]], [4], threads=1, repeats=3, peak=1e6, torch=torch)
+    assert r.extra["torch"] > 0
+    assert r.extra["torch / gdfast"] == f"{r.extra['torch'] / r.gdfast_s:.2f}x"

@@ -1,4 +1,5 @@
 """IDX reading, search order, validation split and download, on files made here."""
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -89,6 +90,9 @@ def test_search_order_env_then_cache_then_system(tmp_path, monkeypatch):
 def test_missing_files_list_where_it_looked(tmp_path, monkeypatch):
     # Fashion-MNIST: no sample of it is bundled, so nothing stands in for it
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = datasets.DATASETS["fashion-mnist"]  # hide Debian's copy, if installed
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", dataclasses.replace(spec, system_dirs=()))
     with pytest.raises(FileNotFoundError) as err:
         datasets.load("fashion-mnist", download=True, opener=failing_opener)
     msg = str(err.value)

@@ -37,7 +37,12 @@ SHAPES = [(1, 1, 1), (2, 3, 5), (7, 13, 29), (31, 37, 41), (6, 16, 1), (5, 17, 3
           (97, 1, 53), (1, 101, 89), (64, 256, 784), (784, 256, 64), (130, 70, 700),
           (3, 2, 1500), (500, 4, 7), (257, 263, 269),
           # AVX-512 tiles span two 16-column panels: partial second panels
-          (9, 45, 33), (40, 60, 500), (13, 20, 77)]
+          (9, 45, 33), (40, 60, 500), (13, 20, 77),
+          # few flops but B or C past L2's 256K floats: packed (a 1024-wide layer)
+          (20, 1100, 240), (600, 500, 8), (13, 1024, 257),
+          # a packed A block that fills its buffer (144 rows x 320): its last
+          # step must not spill into the packed B after it
+          (144, 832, 320)]
 
 
 @pytest.mark.parametrize("trans_b", [False, True])
@@ -87,7 +92,8 @@ def test_beta_zero_ignores_nan_in_out(simd):
 
 @pytest.mark.parametrize("m,n,k,ta,tb", [(64, 256, 784, False, False), (784, 256, 64, True, False),
                                          (64, 784, 256, False, True), (301, 299, 530, False, False),
-                                         (600, 40, 300, True, True)])
+                                         (600, 40, 300, True, True), (128, 1024, 300, False, False),
+                                         (1024, 300, 128, True, False)])
 def test_one_and_two_threads_agree_bitwise(simd, threads, m, n, k, ta, tb):
     rng = np.random.default_rng(3)
     a, b = operands(rng, m, n, k, ta, tb)

@@ -89,6 +89,14 @@ def test_mnist_sized_network_matches_reference():
                                    atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("act", ["relu", "sigmoid"])
+def test_wide_network_matches_reference(simd, act):
+    # 1024-wide layers: the GEMMs take the packed path with every epilogue
+    rng = np.random.default_rng(8)
+    net = gdfast.MLP([300, 1024, 1024, 10], activation=act, seed=9)
+    assert_matches_reference(net, *batch(rng, 40, net.sizes))
+
+
 @pytest.mark.parametrize("act", ["relu", ["relu", "tanh"]], ids=str)
 def test_one_and_two_threads_agree_bitwise(act):
     rng = np.random.default_rng(5)

@@ -4,7 +4,12 @@ Different optimizers and MLPs stepped from several threads at once give the
 same bits as running them one after another. One optimizer (or MLP) used by
 two threads at once is refused with a RuntimeError in one of them, never
 corrupted: afterwards its state is what the successful calls alone produce.
+Kernels whose chunks go to threads as they come, and whose team the guard
+shrinks on busy cores, still give the same bits on any team; the guard's
+rules are checked on replayed histories (no timing here).
 """
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +17,7 @@ import numpy as np
 import pytest
 
 import gdfast
+from gdfast import _kernels
 
 THREADS = [1, 2]  # OpenMP threads inside each kernel call
 
@@ -273,3 +279,114 @@ def test_same_fused_train_step_from_two_threads(omp_threads):
     for _ in range(ok):
         twin.train_step(x, y, twin_opt)
     np.testing.assert_array_equal(net.params.data, twin.params.data)
+
+
+# The team guard (src/threads.c): passes as (time, seconds on the team, seconds
+# the caller alone would have taken), replayed through a fresh guard; it
+# answers the team size allowed at each pass.
+MIN_SOLO, MAX_SOLO = 0.01, 1.0
+
+
+def test_guard_keeps_a_team_that_saves_time():
+    passes = [(i * 1e-3, 2e-4, 4e-4) for i in range(1000)]
+    assert _kernels._guard_replay(passes) == [2] * 1000
+
+
+def test_guard_runs_alone_after_a_losing_pass_then_tries_the_team_again():
+    passes = [(0.0, 1e-4, 2e-4), (0.001, 5e-3, 1e-4),       # the team lost 4.9 ms
+              (0.002, 1e-4, 1e-4), (0.0105, 1e-4, 1e-4),   # inside the solo period
+              (0.0115, 1e-4, 2e-4)]                        # after it: the team again
+    assert _kernels._guard_replay(passes) == [2, 2, 1, 1, 2]
+
+
+def test_guard_backs_off_twice_as_long_per_loss_up_to_a_limit():
+    """A team losing at every try is tried again after 10, 20, 40 ... ms, at
+    most 1 s apart: a machine busy for good pays one losing pass a second."""
+    passes, now, solo = [], 0.0, MIN_SOLO
+    periods = []
+    for _ in range(12):
+        passes.append((now, 5e-3, 1e-4))
+        periods.append(solo)
+        now += solo + 1e-6
+        solo = min(2 * solo, MAX_SOLO)
+    sizes = _kernels._guard_replay(passes)
+    assert sizes == [2] * 12   # every try is made, each right after the solo period
+    # and between tries the passes run alone
+    between = [(t + p / 2, 1e-4, 1e-4) for (t, _, _), p in zip(passes, periods)]
+    merged = sorted(passes + between)
+    assert _kernels._guard_replay(merged) == [2, 1] * 12
+    assert periods[-1] == MAX_SOLO
+
+
+def test_guard_forgets_old_losses():
+    """A loss long after the last one (> 2 s of the team doing well) is news:
+    one short solo period, not the last, longest one."""
+    passes = [(0.0, 5e-3, 1e-4), (0.011, 5e-3, 1e-4), (0.032, 5e-3, 1e-4),   # 10, 20, 40 ms
+              (10.0, 5e-3, 1e-4), (10.0 + MIN_SOLO + 1e-4, 1e-4, 2e-4)]
+    assert _kernels._guard_replay(passes) == [2, 2, 2, 2, 2]
+
+
+def test_guard_adds_up_small_losses_and_banks_little():
+    small = [(i * 1e-3, 2e-5, 1e-5) for i in range(20)]     # each loses 10 us
+    sizes = _kernels._guard_replay(small + [(0.0205, 1e-4, 1e-4)])
+    assert sizes[:11] == [2] * 11 and sizes[11] == 1     # 110 us lost in all: alone
+    # a long good run banks at most 100 us: one pass losing 250 us still counts
+    good = [(i * 1e-3, 1e-3, 2e-3) for i in range(100)]
+    sizes = _kernels._guard_replay(good + [(0.1, 3.5e-4, 1e-4), (0.1005, 1e-4, 1e-4)])
+    assert sizes[-1] == 1
+
+
+@pytest.fixture
+def busy_core():
+    """A CPU-bound process beside the test, so the kernels' teams meet a busy
+    core: chunks land on threads unevenly and the guard shrinks teams."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def run_everything(threads):
+    """Results of each multi-threaded path, as arrays, on `threads` threads."""
+    gdfast.set_num_threads(threads)
+    rng = np.random.default_rng(7)
+    out = []
+    # optimizer steps with clipping (the norm's blocks) and without
+    params = gdfast.Params({"w": (700, 300), "b": 3001})
+    params.data[...] = rng.standard_normal(params.size)
+    opt = gdfast.Adam(params, lr=1e-2)
+    for t in range(6):
+        params.grad[...] = rng.standard_normal(params.size)
+        out.append(np.float64(opt.step(max_grad_norm=10.0 if t % 2 else None) or 0.0))
+    out.append(params.data.copy())
+    # GEMM: column and row splits, packed and unpacked, transposes
+    for m, n, k, ta, tb in [(64, 256, 128, False, False), (300, 40, 200, False, True),
+                            (512, 700, 300, True, False), (33, 1000, 17, False, False)]:
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+        out.append(gdfast.matmul(a, b, trans_a=ta, trans_b=tb))
+    # MLP steps: batched (GEMMs with fused column sums) and batch 1 (the fused
+    # update; with L2, its chunks end at whole weight rows)
+    for batch, alpha in ((128, 0.0), (1, 0.0), (1, 1e-3)):
+        net = gdfast.MLP([784, 256, 128, 10], seed=1, alpha=alpha)
+        step_opt = gdfast.Adam(net.params, lr=1e-3)
+        for _ in range(4):
+            x = rng.random((batch, 784), dtype=np.float32)
+            out.append(np.float64(net.train_step(x, rng.integers(0, 10, batch), step_opt)))
+        out.append(net.params.data.copy())
+    return out
+
+
+@pytest.mark.parametrize("load", [False, True], ids=["quiet", "busy core"])
+def test_chunked_passes_give_the_same_bits_on_any_team(load, omp_threads, request):
+    """Chunks go to whichever thread asks first and the guard may run a pass
+    alone: 1 to 5 threads (more than this machine's cores), with and without
+    a busy core beside them, give the same bits."""
+    if load:
+        request.getfixturevalue("busy_core")
+    want = run_everything(1)
+    for threads in (2, 3, 5):
+        for got, exp in zip(run_everything(threads), want):
+            np.testing.assert_array_equal(got, exp, err_msg=f"{threads} threads")

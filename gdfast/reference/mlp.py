@@ -9,6 +9,8 @@ Conventions (shared with the C kernels):
   and `output_activation` for loss="mse" (default: `activation`, as in
   Nielsen's network; for a list, its last name, "identity" if it is empty);
 - cross-entropy  L = -(1/n) sum_i sum_j t_ij log softmax(z_i)_j
+- binary         L = -(1/n) sum_i sum_j t_ij log p_ij + (1 - t_ij) log(1 - p_ij),
+                 p = sigmoid(z) per output (loss="binary_cross_entropy")
 - quadratic      L =  (1/n) sum_i 0.5 * ||a_i - t_i||^2
   where t is one-hot of integer labels, or a given (n, n_out) target array;
 - alpha: + (0.5 * alpha / n) sum_l ||W_l||^2 (scikit-learn's L2 penalty;
@@ -144,7 +146,7 @@ class MLP:
                     mask = dropout_mask(self.seed, step, l, *a.shape, p).astype(self.dtype)
                     a, dacts[l] = a * mask, dacts[l] * mask
                 acts.append(a)
-            elif self.loss == "cross_entropy":
+            elif self.loss in ("cross_entropy", "binary_cross_entropy"):
                 acts.append(z)
             else:
                 acts.append(activate(self.output_activation, z))
@@ -156,6 +158,8 @@ class MLP:
 
     def forward(self, x):
         out = self._forward(x)[-1]
+        if self.loss == "binary_cross_entropy":
+            return activate("sigmoid", out)
         return softmax(out) if self.loss == "cross_entropy" else out
 
     def loss_and_grad(self, x, y, step=0):
@@ -169,6 +173,10 @@ class MLP:
             logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             loss = -(t * logp).sum() / n
             dz = (np.exp(logp) * t.sum(axis=1, keepdims=True) - t) / n
+        elif self.loss == "binary_cross_entropy":
+            # -t log p - (1 - t) log(1 - p) = softplus(z) - t z
+            loss = (np.logaddexp(0, out) - t * out).sum() / n
+            dz = (activate("sigmoid", out) - t) / n
         else:
             diff = out - t
             loss = 0.5 * (diff * diff).sum() / n
