@@ -24,11 +24,11 @@ PRESETS = {
     "nielsen": dict(hidden=[30], activation="sigmoid", loss="mse", init="normal",
                     optimizer="sgd", lr=3.0, schedule="constant", warmup=0.0,
                     epochs=30, batch_size=10, shift=0, weight_decay=0.0),
-    "fashion-mnist": dict(hidden=[256, 128], dropout=0.25, epochs=40, shift=0),
+    "fashion-mnist": dict(hidden=[256, 128], dropout=0.25, epochs=40, batch_size=256, shift=0),
 }
 PRESET_HELP = {"nielsen": "784-30-10 sigmoid, quadratic cost, SGD batch 10, lr 3.0, 30 epochs",
-               "fashion-mnist": "784-256-128-10 relu, dropout 0.25, Adam lr 2e-3 cosine, no shift, "
-                                "40 epochs (the default with --dataset fashion-mnist)"}
+               "fashion-mnist": "784-256-128-10 relu, dropout 0.25, Adam lr 2e-3 cosine, batch 256, "
+                                "no shift, 40 epochs (the default with --dataset fashion-mnist)"}
 
 
 def _sizes(text):

@@ -328,4 +328,4 @@ def test_fashion_mnist_defaults_to_its_preset_and_flags_win():
     assert args.hidden == [30]
     args = parser.parse_args(["train", "--dataset", "fashion-mnist"])
     cli._apply_preset(args, [])
-    assert (args.hidden, args.shift) == ([256, 128], 0)
+    assert (args.hidden, args.shift, args.batch_size) == ([256, 128], 0, 256)
