@@ -17,12 +17,18 @@ INITS = ("he", "xavier", "glorot", "normal")    # gdfast.mlp.INITS, without impo
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion", "lbfgs")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "plateau")
 
-# The classic network of Nielsen's "Neural Networks and Deep Learning", chapter 1.
+# nielsen: the classic network of Nielsen's "Neural Networks and Deep Learning",
+# chapter 1. fashion-mnist: >= 90% test accuracy in under a minute on 2 cores
+# (README), the default of --dataset fashion-mnist.
 PRESETS = {
     "nielsen": dict(hidden=[30], activation="sigmoid", loss="mse", init="normal",
                     optimizer="sgd", lr=3.0, schedule="constant", warmup=0.0,
                     epochs=30, batch_size=10, shift=0, weight_decay=0.0),
+    "fashion-mnist": dict(hidden=[256, 128], dropout=0.25, epochs=40, batch_size=256, shift=0),
 }
+PRESET_HELP = {"nielsen": "784-30-10 sigmoid, quadratic cost, SGD batch 10, lr 3.0, 30 epochs",
+               "fashion-mnist": "784-256-128-10 relu, dropout 0.25, Adam lr 2e-3 cosine, batch 256, "
+                                "no shift, 40 epochs (the default with --dataset fashion-mnist)"}
 
 
 def _sizes(text):
@@ -98,7 +104,8 @@ def _add_train(p):
                         f"0 to {_IMAGE_SIDE - 1} (default 1 for 28x28 images, else 0)")
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS),
-                   help="nielsen: 784-30-10 sigmoid, quadratic cost, SGD batch 10, lr 3.0, 30 epochs")
+                   help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) +
+                        "; flags given explicitly win")
     m.add_argument("--hidden", type=_sizes, default=[256, 128], help="hidden sizes (default 256,128)")
     m.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
     m.add_argument("--loss", choices=["cross_entropy", "mse"], default="cross_entropy")
@@ -174,7 +181,12 @@ def _fail(command, message):
 
 
 def _apply_preset(args, argv):
-    """Preset values, except for flags given explicitly on the command line."""
+    """Preset values, except for flags given explicitly on the command line;
+    --dataset fashion-mnist without --preset takes its own."""
+    if args.preset is None and args.dataset == "fashion-mnist" and not args.train_file:
+        args.preset = "fashion-mnist"
+    if args.preset is None:
+        return
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     for key, value in PRESETS[args.preset].items():
         if "--" + key.replace("_", "-") not in given:
@@ -272,8 +284,7 @@ class _ProgressBar:
 
 def _run_train(args, argv):
     t_start = time.perf_counter()
-    if args.preset:
-        _apply_preset(args, argv)
+    _apply_preset(args, argv)
     if args.resume and not args.checkpoint_dir:
         _fail("train", "--resume needs --checkpoint-dir")
     if args.early_stopping and not args.validation:

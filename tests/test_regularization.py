@@ -292,3 +292,40 @@ def test_bad_step_is_refused_and_changes_nothing():
         gdfast.MLP(SIZES, dropout=0.1, seed=7).load_state_dict(state)
     assert net.step == 0
     np.testing.assert_array_equal(net.params.data, before)
+
+
+def test_cli_alpha_and_dropout_reach_the_model(tmp_path, capsys):
+    from gdfast import cli
+    from test_userdata import separable_csv
+    train, model_path = separable_csv(tmp_path / "train.csv"), tmp_path / "m.npz"
+    argv = ["train", "--hidden", "8,6", "--epochs", "2", "--batch-size", "16", "--no-progress",
+            "--train", str(train), "--save-model", str(model_path)]
+    assert cli.main(argv + ["--dropout", "0.2,0.1", "--alpha", "1e-3"]) == 0
+    assert "4-8-6-3 relu cross_entropy, dropout 0.2,0.1, alpha 0.001, adam" in capsys.readouterr().out
+    model = gdfast.MLP.load(model_path)
+    assert (model.alpha, model.dropout, model.step) == (1e-3, [0.2, 0.1], 2 * 13)
+    for bad, what in ((["--dropout", "1"], "--dropout: dropout rates must be numbers in [0, 1)"),
+                      (["--dropout", "0.1,x"], "--dropout: dropout rates must be numbers"),
+                      (["--alpha", "-1"], "--alpha: expected a number >= 0"),
+                      (["--dropout", "0.1,0.2,0.3"], "--dropout has 3 rates but --hidden has 2")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv + bad)
+        assert e.value.code == 2 and what in capsys.readouterr().err
+
+
+def test_fashion_mnist_defaults_to_its_preset_and_flags_win():
+    from gdfast import cli
+    parser = cli.build_parser()
+    for argv, preset, epochs, dropout in (
+            (["train", "--dataset", "fashion-mnist"], "fashion-mnist", 40, 0.25),
+            (["train", "--dataset", "fashion-mnist", "--epochs", "3", "--dropout", "0"],
+             "fashion-mnist", 3, 0.0),
+            (["train"], None, 15, 0.0),
+            (["train", "--dataset", "fashion-mnist", "--preset", "nielsen"], "nielsen", 30, 0.0)):
+        args = parser.parse_args(argv)
+        cli._apply_preset(args, argv)
+        assert (args.preset, args.epochs, args.dropout) == (preset, epochs, dropout), argv
+    assert args.hidden == [30]
+    args = parser.parse_args(["train", "--dataset", "fashion-mnist"])
+    cli._apply_preset(args, [])
+    assert (args.hidden, args.shift, args.batch_size) == ([256, 128], 0, 256)
