@@ -1,15 +1,14 @@
-/* The L-BFGS driver: splits each pass into whole blocks of GD_LB_BLOCK
- * floats per thread; reductions keep one partial per block and add the
- * partials in block order, so results do not depend on the thread count.
+/* The L-BFGS driver: each pass runs over whole blocks of GD_LB_BLOCK floats
+ * (gdfast_parallel: blocks go to whichever thread asks, and the team guard
+ * keeps a busy machine's passes on one thread); reductions keep one partial
+ * per block and add the partials in block order, so results do not depend on
+ * the thread count.
  * The kernel table follows the active SIMD path (gdfast_isa_active), like
  * every other kernel family. */
 #include "lbfgs.h"
 
 #include <math.h>
 #include <stdlib.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Floats per thread below which a pass stays on one thread: these passes
  * stream 2-5 floats per element with little arithmetic, like the optimizer
@@ -53,6 +52,19 @@ static void run_block(const gd_lbfgs_kernels *k, const lb_job *j, gd_index n, gd
     }
 }
 
+typedef struct {
+    const gd_lbfgs_kernels *k;
+    const lb_job *j;
+    gd_index n;
+    double *part;
+} lb_pass;
+
+static int run_blocks(void *ctx, gd_index b0, gd_index b1) {
+    const lb_pass *x = ctx;
+    for (gd_index b = b0; b < b1; b++) run_block(x->k, x->j, x->n, b, x->part);
+    return 0;
+}
+
 /* Runs the job over all blocks; sums[0..2] get the block partials added in
  * order (for LB_MAXABS, their NaN-propagating maximum). */
 static int run(const lb_job *j, gd_index n, double sums[3]) {
@@ -60,22 +72,8 @@ static int run(const lb_job *j, gd_index n, double sums[3]) {
     gd_index nb = nblocks(n);
     double *part = malloc((size_t)(nb > 0 ? nb : 1) * 3 * sizeof(double));
     if (!part) return -1;
-    int nt = gdfast_threads_for(n, GD_LB_GRAIN);
-    if (nt <= 1) {
-        unsigned fp = gd_fpmode_enter();
-        for (gd_index b = 0; b < nb; b++) run_block(k, j, n, b, part);
-        gd_fpmode_leave(fp);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-        {
-            unsigned fp = gd_fpmode_enter();
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
-            for (gd_index b = nb * t / T; b < nb * (t + 1) / T; b++) run_block(k, j, n, b, part);
-            gd_fpmode_leave(fp);
-        }
-#endif
-    }
+    lb_pass x = {k, j, n, part};
+    gdfast_parallel(gdfast_threads_for(n, GD_LB_GRAIN), nb, run_blocks, &x);
     sums[0] = sums[1] = sums[2] = 0.0;
     for (gd_index b = 0; b < nb; b++) {
         if (j->op == LB_MAXABS) {
@@ -126,85 +124,66 @@ int gdfast_lbfgs_pair(float *y, float *s, const float *g, const float *gp, const
     return run(&j, n, out);
 }
 
-/* After a pass that ends in a dot product: wait for every thread's
- * partials, then add them (every thread the same sum, in block order). The
- * two partial buffers alternate, so the next pass never overwrites
- * partials another thread may still be adding. */
-static double pass_sum(const double *part, gd_index nb, int *p) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-    double s = 0.0;
-    for (gd_index b = 0; b < nb; b++) s += part[*p * nb + b];
-    *p ^= 1;
-    return s;
-}
-
 static gd_index block_len(gd_index n, gd_index b) {
     gd_index lo = b * GD_LB_BLOCK;
     return n - lo < GD_LB_BLOCK ? n - lo : GD_LB_BLOCK;
 }
 
-/* One thread's share, blocks [b0, b1), of the two-loop recursion; every
- * thread computes the same scalars. al: this thread's own k doubles. */
-static void two_loop_range(const gd_lbfgs_kernels *kr, const float *g, float *d, gd_index n,
-                           const float *const *S, const float *const *Y, const double *rho,
-                           int k, double h, gd_index b0, gd_index b1, double *part,
-                           gd_index nb, double *al) {
-    int p = 0;
-    double dot = 0.0;
-    /* q = -g, and s_newest . q */
-    for (gd_index b = b0, lo = b0 * GD_LB_BLOCK; b < b1; b++, lo += GD_LB_BLOCK)
-        part[p * nb + b] = kr->scale_dot(d + lo, g + lo, -1.0f, k ? S[k - 1] + lo : NULL,
-                                         block_len(n, b));
-    if (k) dot = pass_sum(part, nb, &p);
-    for (int i = k - 1; i >= 0; i--) {
-        al[i] = rho[i] * dot;
-        const float *z = i > 0 ? S[i - 1] : NULL;
-        for (gd_index b = b0, lo = b0 * GD_LB_BLOCK; b < b1; b++, lo += GD_LB_BLOCK)
-            part[p * nb + b] = kr->axpy_dot(d + lo, (float)-al[i], Y[i] + lo, z ? z + lo : NULL,
-                                            block_len(n, b));
-        if (z) dot = pass_sum(part, nb, &p);
+/* One phase of the two-loop recursion over the blocks of d:
+ * d = c * src (scale) or d += c * src (axpy), and the partial dot of the
+ * result with z (when z is given) per block. */
+typedef struct {
+    const gd_lbfgs_kernels *k;
+    float *d;
+    const float *src, *z;
+    float c;
+    int axpy;
+    gd_index n;
+    double *part;
+} lb_phase;
+
+static int phase_blocks(void *ctx, gd_index b0, gd_index b1) {
+    const lb_phase *x = ctx;
+    for (gd_index b = b0, lo = b0 * GD_LB_BLOCK; b < b1; b++, lo += GD_LB_BLOCK) {
+        const float *z = x->z ? x->z + lo : NULL;
+        x->part[b] = x->axpy ? x->k->axpy_dot(x->d + lo, x->c, x->src + lo, z, block_len(x->n, b))
+                             : x->k->scale_dot(x->d + lo, x->src + lo, x->c, z, block_len(x->n, b));
     }
-    /* r = h q, and y_oldest . r */
-    for (gd_index b = b0, lo = b0 * GD_LB_BLOCK; b < b1; b++, lo += GD_LB_BLOCK)
-        part[p * nb + b] = kr->scale_dot(d + lo, d + lo, (float)h, k ? Y[0] + lo : NULL,
-                                         block_len(n, b));
-    if (k) dot = pass_sum(part, nb, &p);
-    for (int i = 0; i < k; i++) {
-        double be = rho[i] * dot;
-        const float *z = i + 1 < k ? Y[i + 1] : NULL;
-        for (gd_index b = b0, lo = b0 * GD_LB_BLOCK; b < b1; b++, lo += GD_LB_BLOCK)
-            part[p * nb + b] = kr->axpy_dot(d + lo, (float)(al[i] - be), S[i] + lo,
-                                            z ? z + lo : NULL, block_len(n, b));
-        if (z) dot = pass_sum(part, nb, &p);
-    }
+    return 0;
 }
 
+/* Runs a phase on every block; the dot with z, partials added in block order. */
+static double phase(lb_phase *x, int nt, gd_index nb, int axpy, const float *src, float c,
+                    const float *z) {
+    x->axpy = axpy, x->src = src, x->c = c, x->z = z;
+    gdfast_parallel(nt, nb, phase_blocks, x);
+    double s = 0.0;
+    if (z)
+        for (gd_index b = 0; b < nb; b++) s += x->part[b];
+    return s;
+}
+
+/* Every phase is one parallel pass (blocks taken as they come, see
+ * gdfast_parallel) followed by the ordered sum on the caller's thread. */
 int gdfast_lbfgs_two_loop(const float *g, float *d, gd_index n, const float *const *S,
                           const float *const *Y, const double *rho, int k, double h) {
-    const gd_lbfgs_kernels *kr = kernels();
     gd_index nb = nblocks(n);
-    int nt = gdfast_threads_for(n, GD_LB_GRAIN);
-    double *part = malloc((size_t)(2 * (nb > 0 ? nb : 1) + (gd_index)nt * (k > 0 ? k : 1)) *
-                          sizeof(double));
+    double *part = malloc((size_t)((nb > 0 ? nb : 1) + (k > 0 ? k : 1)) * sizeof(double));
     if (!part) return -1;
-    double *al = part + 2 * (nb > 0 ? nb : 1);
-    if (nt <= 1) {
-        unsigned fp = gd_fpmode_enter();
-        two_loop_range(kr, g, d, n, S, Y, rho, k, h, 0, nb, part, nb, al);
-        gd_fpmode_leave(fp);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-        {
-            unsigned fp = gd_fpmode_enter();
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
-            two_loop_range(kr, g, d, n, S, Y, rho, k, h, nb * t / T, nb * (t + 1) / T, part, nb,
-                           al + (gd_index)t * (k > 0 ? k : 1));
-            gd_fpmode_leave(fp);
-        }
-#endif
+    double *al = part + (nb > 0 ? nb : 1);
+    int nt = gdfast_threads_for(n, GD_LB_GRAIN);
+    lb_phase x = {kernels(), d, NULL, NULL, 0.0f, 0, n, part};
+    /* q = -g, and s_newest . q */
+    double dot = phase(&x, nt, nb, 0, g, -1.0f, k ? S[k - 1] : NULL);
+    for (int i = k - 1; i >= 0; i--) {
+        al[i] = rho[i] * dot;
+        dot = phase(&x, nt, nb, 1, Y[i], (float)-al[i], i > 0 ? S[i - 1] : NULL);
+    }
+    /* r = h q, and y_oldest . r */
+    dot = phase(&x, nt, nb, 0, d, (float)h, k ? Y[0] : NULL);
+    for (int i = 0; i < k; i++) {
+        double be = rho[i] * dot;
+        dot = phase(&x, nt, nb, 1, S[i], (float)(al[i] - be), i + 1 < k ? Y[i + 1] : NULL);
     }
     free(part);
     return 0;
