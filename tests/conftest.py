@@ -5,6 +5,7 @@ in-place developer build (`python setup.py build_ext --inplace`) is fine."""
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gdfast
@@ -46,3 +47,12 @@ def simd(request):
     gdfast.set_simd(request.param)
     yield request.param
     gdfast.set_simd(before)
+
+
+def assert_same_state(opt_a, opt_b):
+    """Every state slot of two optimizers holds the same bits."""
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for key in sb:
+        for slot in sb[key]:
+            np.testing.assert_array_equal(sa[key][slot], sb[key][slot], err_msg=key + slot)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gdfast
+from conftest import assert_same_state
 from gdfast.reference.mlp import MLP as RefMLP
 
 ACTS = ["identity", "relu", "sigmoid", "tanh"]
@@ -204,10 +205,7 @@ def test_fused_train_step_equals_loss_and_grad_then_step(simd, name, hyper, n, t
             opt_s.step()
             assert loss_f == loss_s
         np.testing.assert_array_equal(fused.params.data, split.params.data)
-        sf, ss = opt_f.state_dict()["state"], opt_s.state_dict()["state"]
-        for key in ss:
-            for slot in ss[key]:
-                np.testing.assert_array_equal(sf[key][slot], ss[key][slot], err_msg=key + slot)
+        assert_same_state(opt_f, opt_s)
     finally:
         gdfast.set_num_threads(before)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gdfast
+from conftest import assert_same_state
 from gdfast.reference.mlp import MLP as RefMLP, dropout_mask
 from gdfast.train import Trainer
 from test_mlp import ACTS, batch
@@ -179,10 +180,7 @@ def test_fused_train_step_equals_loss_and_grad_then_step(simd, opt, reg, n, thre
                 assert out[0] == loss_s
                 assert out[1] == pytest.approx(norm_s, rel=1e-6)
         np.testing.assert_array_equal(fused.params.data, split.params.data)
-        sf, ss = opt_f.state_dict()["state"], opt_s.state_dict()["state"]
-        for key in ss:
-            for slot in ss[key]:
-                np.testing.assert_array_equal(sf[key][slot], ss[key][slot], err_msg=key + slot)
+        assert_same_state(opt_f, opt_s)
     finally:
         gdfast.set_num_threads(before)
 
