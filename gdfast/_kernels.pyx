@@ -99,13 +99,17 @@ def _guard_trips():
 
 def _guard_replay(passes, int nt=2):
     """Replay passes (now, team_s, alone_s), in seconds, through a fresh team
-    guard: the team size it allows at each pass's time, then records it."""
+    guard: the team size it allows at each pass's time; as gdfast_parallel, it
+    records the passes it lets a team run."""
     cdef gd_guard g
+    cdef int size
     gdfast_guard_init(&g)
     sizes = []
     for now, team_s, alone_s in passes:
-        sizes.append(gdfast_guard_threads(&g, now, nt))
-        gdfast_guard_record(&g, now, team_s, alone_s)
+        size = gdfast_guard_threads(&g, now, nt)
+        sizes.append(size)
+        if size > 1:
+            gdfast_guard_record(&g, now, team_s, alone_s)
     return sizes
 
 

@@ -57,6 +57,7 @@ int gdfast_parallel(int nt, gd_index chunks, gd_chunk_fn body, void *ctx);
  * `alone_s` on the caller's thread. */
 typedef struct {
     double solo_until, backoff, credit;
+    double last_end; /* when the last team pass ended */
     long long trips; /* times the guard shrank the team */
 } gd_guard;
 void gdfast_guard_init(gd_guard *g);

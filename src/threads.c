@@ -46,20 +46,29 @@ int gdfast_threads_for(gd_index work, gd_index grain) {
  * pass the caller compares its time with what the pass would have taken
  * alone (all chunks at the pace of the fastest thread) and keeps the net
  * time the team saved, capped at GD_GUARD_CREDIT. When the team has lost
- * more than that, passes run on the caller's thread alone for a while, four
- * times as long at each further loss (GD_GUARD_MIN up to GD_GUARD_MAX: each
- * try of a team on a busy machine costs a slow pass, tens of ms at worst),
- * back to the shortest once the team has done well for GD_GUARD_RESET. Which thread
- * runs a chunk never changes its bits, so neither does the guard. */
+ * more than that, passes run on the caller's thread alone for GD_GUARD_MIN.
+ * A team that loses again within GD_GUARD_TREND of its return is up against
+ * a busy machine: it waits four times as long at each such loss, up to
+ * GD_GUARD_MAX (each try on a busy machine costs a slow pass, tens of ms at
+ * worst). A loss later than that is a one-off (on a VM, the host taking a
+ * vCPU away for a millisecond) and gets the shortest wait again.
+ * The first pass after the team has been idle for GD_GUARD_IDLE pays to wake
+ * sleeping workers (measured on a 2-vCPU VM: 0.8-1.6 ms after a solo
+ * period); losses up to GD_GUARD_WAKE on such a pass are forgiven, or
+ * every try would count as a loss and a quiet machine would stay alone.
+ * Which thread runs a chunk never changes its bits, so neither does the
+ * guard. */
 #define GD_GUARD_CREDIT 100e-6
 #define GD_GUARD_MIN 0.01
 #define GD_GUARD_MAX 2.0
-#define GD_GUARD_RESET 2.0
+#define GD_GUARD_TREND 0.1
+#define GD_GUARD_IDLE 1e-3
+#define GD_GUARD_WAKE 2e-3
 /* Threads whose pace a pass measures (the first ones of a larger team). */
 #define GD_GUARD_THREADS 16
 
 void gdfast_guard_init(gd_guard *g) {
-    g->solo_until = g->credit = 0.0;
+    g->solo_until = g->credit = g->last_end = 0.0;
     g->backoff = GD_GUARD_MIN;
     g->trips = 0;
 }
@@ -69,11 +78,14 @@ int gdfast_guard_threads(const gd_guard *g, double now, int nt) {
 }
 
 void gdfast_guard_record(gd_guard *g, double now, double team_s, double alone_s) {
-    double credit = g->credit + (alone_s - team_s);
+    double loss = team_s - alone_s;
+    int cold = now - team_s - g->last_end > GD_GUARD_IDLE;
+    g->last_end = now;
+    if (cold && loss <= GD_GUARD_WAKE) return;
+    double credit = g->credit - loss;
     g->credit = credit < GD_GUARD_CREDIT ? credit : GD_GUARD_CREDIT;
     if (g->credit >= -GD_GUARD_CREDIT) return;
-    /* the last solo period ended long ago: this loss is news, not a trend */
-    if (now - g->solo_until > GD_GUARD_RESET) g->backoff = GD_GUARD_MIN;
+    if (now - g->solo_until > GD_GUARD_TREND) g->backoff = GD_GUARD_MIN;
     g->solo_until = now + g->backoff;
     g->backoff = 4 * g->backoff < GD_GUARD_MAX ? 4 * g->backoff : GD_GUARD_MAX;
     g->credit = 0.0;
@@ -81,7 +93,7 @@ void gdfast_guard_record(gd_guard *g, double now, double team_s, double alone_s)
 }
 
 #ifdef _OPENMP
-static gd_guard guard = {0.0, GD_GUARD_MIN, 0.0, 0};
+static gd_guard guard = {0.0, GD_GUARD_MIN, 0.0, 0.0, 0};
 
 #if defined(_MSC_VER)
 #include <intrin.h>
