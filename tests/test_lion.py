@@ -77,6 +77,16 @@ def test_nan_gradient_propagates_and_zero_update_stays():
     assert np.isnan(opt.state_dict()["state"][0]["exp_avg"][0])
 
 
+def test_sign_in_the_vector_loop_keeps_nan_and_zeros(simd):
+    """NaN, +0 and -0 at every lane of the SIMD loop (not just its scalar tail)."""
+    g = np.tile(np.array([np.nan, 0.0, -0.0, 2.0, -3.0, 1e-30, -1e-30, np.inf], np.float32), 32)
+    p = [np.ones_like(g)]
+    gdfast.Lion(p, lr=0.5).step([g])
+    want = np.tile(np.array([np.nan, 1.0, 1.0, 0.5, 1.5, 0.5, 1.5, 0.5], np.float32), 32)
+    np.testing.assert_array_equal(p[0], want)
+    assert not np.signbit(p[0][1::8]).any()
+
+
 def test_arena_groups_match_reference(simd, threads):
     threads(2)
     rng = np.random.default_rng(3)
