@@ -426,7 +426,9 @@ class Trainer:
         if layout != self.params.layout():
             raise ValueError(f"checkpoint is for a model with layout {layout}, "
                              f"this model has {self.params.layout()}")
-        saved, mine = state.get("model"), _model_info(self.model)
+        saved, mine = state.get("model"), _same_layers(_model_info(self.model))
+        if saved is not None:
+            saved = _same_layers(saved)
         if saved is not None and saved != mine:
             diff = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, this model {mine.get(k)!r}"
                              for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
@@ -543,6 +545,21 @@ def _model_info(model):
         # no regularization is left out, as in checkpoints from before it existed
         if isinstance(v, (str, int, float, list, tuple)) and not (k in ("alpha", "dropout") and not v):
             info[k] = list(v) if isinstance(v, tuple) else v
+    return info
+
+
+def _same_layers(info):
+    """`info` with per-layer settings spelled out: "relu" and ["relu", "relu"]
+    are the same layers, dropout 0.2 and [0.2, 0.2] too."""
+    info = dict(info)
+    sizes = info.get("sizes")
+    if isinstance(sizes, (list, tuple)):
+        n_hidden = len(sizes) - 2
+        for k in ("activation", "dropout"):
+            if isinstance(info.get(k), (str, int, float)):
+                info[k] = [info[k]] * n_hidden
+        if "dropout" in info:
+            info["dropout"] = [float(p) for p in info["dropout"]]
     return info
 
 

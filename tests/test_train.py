@@ -282,3 +282,29 @@ def test_best_checkpoint_written_on_every_improvement_without_early_stopping(tmp
 def test_mlp_documents_its_arguments():
     for word in ("sizes", "activation", "loss", "init", "output_activation", "params"):
         assert word in gdfast.MLP.__doc__
+
+
+def _activation_trainer(tmp_path, activation, dropout=0.0):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 32).astype(np.int32)
+    model = gdfast.MLP([6, 5, 4, 3], activation=activation, dropout=dropout)
+    return Trainer(model, gdfast.SGD(model.params, lr=0.1), (x, y), batch_size=16,
+                   checkpoint_dir=tmp_path)
+
+
+def test_resume_accepts_equivalent_per_layer_settings(tmp_path):
+    _activation_trainer(tmp_path, "relu", dropout=0.2).fit(1)
+    t = _activation_trainer(tmp_path, ["relu", "relu"], dropout=[0.2, 0.2])
+    t.load_checkpoint(tmp_path / "last.npz")
+    assert t.step == 2
+
+
+def test_resume_refuses_a_real_activation_difference(tmp_path):
+    _activation_trainer(tmp_path, "relu").fit(1)
+    t = _activation_trainer(tmp_path, ["relu", "tanh"])
+    before = t.params.data.copy()
+    with pytest.raises(ValueError, match=r"activation: checkpoint \['relu', 'relu'\], "
+                                         r"this model \['relu', 'tanh'\]"):
+        t.load_checkpoint(tmp_path / "last.npz")
+    np.testing.assert_array_equal(t.params.data, before)
