@@ -56,6 +56,19 @@ def _rates(text):
     return rates[0] if len(rates) == 1 else rates
 
 
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+
+
+def _activations(text):
+    """One activation for every hidden layer, or one per layer (relu or relu,tanh)."""
+    names = text.split(",")
+    bad = [n for n in names if n not in ACTIVATIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"activations must be {', '.join(ACTIVATIONS)} (one, or "
+                                         f"one per hidden layer like relu,tanh), got {text!r}")
+    return names[0] if len(names) == 1 else names
+
+
 def _number(kind=float, low=None, high=None, low_open=False, high_open=True):
     """An argparse type: a finite `kind` in [low, high) (open/closed ends as given)."""
     bounds = (f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
@@ -107,7 +120,9 @@ def _add_train(p):
                    help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) +
                         "; flags given explicitly win")
     m.add_argument("--hidden", type=_sizes, default=[256, 128], help="hidden sizes (default 256,128)")
-    m.add_argument("--activation", choices=["relu", "sigmoid", "tanh"], default="relu")
+    m.add_argument("--activation", type=_activations, default="relu", metavar="NAME",
+                   help=f"{', '.join(ACTIVATIONS)}: one for all hidden layers, or one per "
+                        "layer (relu,tanh) (default relu)")
     m.add_argument("--loss", choices=["cross_entropy", "mse"], default="cross_entropy")
     m.add_argument("--init", choices=INITS, default="he", help="weight initialisation (default he)")
     m.add_argument("--dropout", type=_rates, default=0.0, metavar="P",
@@ -331,7 +346,7 @@ def _train(args, t_start, comm):
             data = datasets.load(args.dataset, args.data, download=args.download,
                                  validation=args.validation)
     except (FileNotFoundError, datasets.DatasetError) as e:
-        sys.exit(f"gdfast train: {e}")
+        _fail("train", " ".join(str(e).split()))
     except ValueError as e:         # a --validation count as large as the training set
         _fail("train", f"--validation: {e}")
     image_data = data.x_train.shape[1] == _IMAGE_SIDE ** 2
@@ -348,9 +363,11 @@ def _train(args, t_start, comm):
     n_out = 10 if not args.train_file else 1 + max(
         int(y.max()) for y in (data.y_train, data.y_val, data.y_test) if y is not None)
     sizes = [data.x_train.shape[1]] + list(args.hidden) + [n_out]
-    if isinstance(args.dropout, list) and len(args.dropout) != len(args.hidden):
-        _fail("train", f"--dropout has {len(args.dropout)} rates but --hidden has "
-              f"{len(args.hidden)} layers (give one rate for all, or one per layer)")
+    for flag, value, what in (("--dropout", args.dropout, "rates"),
+                              ("--activation", args.activation, "names")):
+        if isinstance(value, list) and len(value) != len(args.hidden):
+            _fail("train", f"{flag} has {len(value)} {what} but --hidden has "
+                  f"{len(args.hidden)} layers (give one for all, or one per layer)")
     model = gdfast.MLP(sizes=sizes, activation=args.activation, loss=args.loss, init=args.init,
                        seed=args.seed, alpha=args.alpha, dropout=args.dropout)
     optimizer = _make_optimizer(args.optimizer, model.params, args)
@@ -363,7 +380,8 @@ def _train(args, t_start, comm):
                               steps_per_epoch=steps_per_epoch)
     reg = "".join(f", {k} {v if isinstance(v, float) else ','.join(map(str, v))}"
                   for k, v in (("dropout", args.dropout), ("alpha", args.alpha)) if v)
-    settings = (f"{'-'.join(map(str, sizes))} {args.activation} {args.loss}{reg}, {args.optimizer} "
+    act = args.activation if isinstance(args.activation, str) else ",".join(args.activation)
+    settings = (f"{'-'.join(map(str, sizes))} {act} {args.loss}{reg}, {args.optimizer} "
                 f"lr {args.lr:g} {args.schedule}, batch {batch or 'full'}, shift {args.shift if batch else 0}, "
                 f"{args.epochs} epochs")
     n_test = "no" if data.x_test is None else len(data.x_test)

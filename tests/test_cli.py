@@ -133,7 +133,7 @@ def test_nielsen_preset_values_and_overrides():
     assert args.epochs == 2                 # explicit flag wins over the preset
 
 
-def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
+def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("GDFAST_DATA", str(tmp_path / "none"))
     # Debian's dataset-fashion-mnist may be installed on this machine: hide it.
@@ -141,7 +141,8 @@ def test_missing_data_exits_with_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", dataclasses.replace(spec, system_dirs=()))
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--dataset", "fashion-mnist", "--no-download", "--no-progress"])
-    msg = str(e.value)
+    msg = capsys.readouterr().err
+    assert e.value.code == 2 and len(msg.splitlines()) == 1   # a usage error, on one line
     assert "fashion-mnist not found" in msg and str(tmp_path / "none" / "fashion-mnist") in msg
 
 

@@ -133,7 +133,31 @@ def test_train_user_data_errors(tmp_path, capsys):
     assert e.value.code == 2 and "--test needs --train" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:     # a broken file: the DatasetError, naming it
         cli.main(TRAIN + ["--train", str(write(tmp_path, "a,label\n1,x\n"))])
-    assert "d.csv, line 2, column 'label': not a number" in str(e.value.code)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("gdfast train: error: ")
+    assert "d.csv, line 2, column 'label': not a number" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as e:     # a missing file: a usage error too
+        cli.main(TRAIN + ["--train", str(tmp_path / "nowhere.csv")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "nowhere.csv" in err and "Traceback" not in err
+
+
+def test_train_takes_one_activation_per_hidden_layer(tmp_path, capsys):
+    from gdfast import cli
+    train = separable_csv(tmp_path / "train.csv")
+    model = tmp_path / "m.npz"
+    args = TRAIN + ["--train", str(train), "--hidden", "8,6", "--save-model", str(model)]
+    assert cli.main(args + ["--activation", "relu,tanh"]) == 0
+    assert "relu,tanh" in capsys.readouterr().out
+    import gdfast
+    assert gdfast.MLP.load(model).activation == ["relu", "tanh"]
+    with pytest.raises(SystemExit) as e:     # three names for two layers
+        cli.main(args + ["--activation", "relu,tanh,relu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--activation has 3 names but --hidden has 2 layers" in err
+    with pytest.raises(SystemExit) as e:     # an unknown name: argparse's own error
+        cli.main(args + ["--activation", "relu,swish"])
+    assert e.value.code == 2 and "'relu,swish'" in capsys.readouterr().err
 
 
 # -- gdfast evaluate --------------------------------------------------------------
