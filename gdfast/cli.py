@@ -56,6 +56,8 @@ def _rates(text):
     return rates[0] if len(rates) == 1 else rates
 
 
+# gdfast.mlp.ACTIVATIONS without identity (a hidden layer needs a nonlinearity), without
+# importing the extension
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .batching import Batches
-from .mlp import MLP
+from .mlp import MLP, _check_activation, _check_dropout
 from .reference.mlp import MLP as _ReferenceMLP, hidden_activations
 from .optim import clip_grad_norm
 from .schedules import Constant, ReduceOnPlateau
@@ -550,16 +550,17 @@ def _model_info(model):
 
 def _same_layers(info):
     """`info` with per-layer settings spelled out: "relu" and ["relu", "relu"]
-    are the same layers, dropout 0.2 and [0.2, 0.2] too."""
+    are the same layers, dropout 0.2 and [0.2, 0.2] too. A value the model
+    could not have been built with is left as it is, for the caller's diff."""
     info = dict(info)
     sizes = info.get("sizes")
     if isinstance(sizes, (list, tuple)):
-        n_hidden = len(sizes) - 2
-        for k in ("activation", "dropout"):
-            if isinstance(info.get(k), (str, int, float)):
-                info[k] = [info[k]] * n_hidden
-        if "dropout" in info:
-            info["dropout"] = [float(p) for p in info["dropout"]]
+        for k, spell in (("activation", _check_activation), ("dropout", _check_dropout)):
+            if k in info:
+                try:
+                    info[k] = spell(info[k], len(sizes) - 2)
+                except (TypeError, ValueError):
+                    pass
     return info
 
 

@@ -205,8 +205,9 @@ def test_bad_values_are_one_line_usage_errors(capsys, flags, message):
     refused(capsys, ["train", *flags], message)
 
 
-def test_init_choices_match_the_model():
+def test_init_and_activation_choices_match_the_model():
     assert cli.INITS == gdfast.mlp.INITS
+    assert cli.ACTIVATIONS == tuple(a for a in gdfast.mlp.ACTIVATIONS if a != "identity")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adagrad"])
