@@ -4,7 +4,8 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "mlp.h" nogil:
-    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE, GD_LOSS_BINARY, GD_MLP_SKIPPED
+    int GD_LOSS_CROSS_ENTROPY, GD_LOSS_MSE, GD_LOSS_BINARY, GD_MLP_SKIPPED, GD_MLP_STOPPED
+    ctypedef int (*gd_layer_done)(void *ctx, int layer) noexcept
     ctypedef struct gd_mlp:
         int n_layers
         const gd_index *sizes
@@ -24,7 +25,7 @@ cdef extern from "mlp.h" nogil:
     gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
                                       const float *x, gd_index n, const int64_t *labels,
                                       const float *targets, float *ws, double *loss,
-                                      gd_index n_mean, int acc)
+                                      gd_index n_mean, int acc, gd_layer_done done, void *ctx)
     gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads,
                                    const float *x, gd_index n, const int64_t *labels,
                                    const float *targets, float *ws, gd_plan *plan,
@@ -53,6 +54,7 @@ cdef class MLPCore:
     # thread running the same MLP gets an error instead of sharing the batch
     # fields and work buffers (or freeing them, when its batch is bigger).
     cdef bint busy
+    cdef object on_layer, on_layer_error   # loss_and_grad's on_layer, while it runs
 
     cdef int _enter(self) except -1:
         if self.busy:
@@ -211,20 +213,27 @@ cdef class MLPCore:
         return (X, T)
 
     cdef gd_index _loss_grad(self, const float *x, double *loss, gd_index n_mean,
-                             int acc) noexcept nogil:
+                             int acc, bint hook) noexcept nogil:
         return gdfast_mlp_loss_grad_acc(&self.net, <const float *>cnp.PyArray_DATA(self.data),
                                         <float *>cnp.PyArray_DATA(self.grad), x, self._n,
                                         self._labels, self._targets,
-                                        <float *>cnp.PyArray_DATA(self.ws), loss, n_mean, acc)
+                                        <float *>cnp.PyArray_DATA(self.ws), loss, n_mean, acc,
+                                        _tell_layer_done if hook else <gd_layer_done>NULL,
+                                        <void *>self)
 
-    def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0):
+    def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0, on_layer=None):
         """Mean loss over the batch; gradients overwrite params.grad (accumulate:
-        are added to it), as those of a mean over mean_over examples (0: the batch)."""
+        are added to it), as those of a mean over mean_over examples (0: the
+        batch). on_layer(l) is called as layer l's gradients become final."""
+        if on_layer is not None and not callable(on_layer):
+            raise TypeError(f"on_layer must be callable or None, got {type(on_layer).__name__}")
         self._enter()
+        self.on_layer, self.on_layer_error = on_layer, None
         try:
             return self._loss_and_grad(x, y, accumulate, mean_over)
         finally:
             self.busy = False
+            self.on_layer = None
 
     cdef _loss_and_grad(self, x, y, bint acc, gd_index mean_over):
         keep = self._prepare(x, y, False)
@@ -236,8 +245,12 @@ cdef class MLPCore:
         cdef const float *px = <const float *>cnp.PyArray_DATA(<cnp.ndarray>keep[0])
         cdef double loss = 0.0
         cdef gd_index status
+        cdef bint hook = self.on_layer is not None
         with nogil:
-            status = self._loss_grad(px, &loss, mean_over, acc)
+            status = self._loss_grad(px, &loss, mean_over, acc, hook)
+        if status == GD_MLP_STOPPED:
+            error, self.on_layer_error = self.on_layer_error, None
+            raise error
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
         self.net.drop_step += 1
@@ -286,3 +299,16 @@ cdef class MLPCore:
         if status != 0:
             raise MemoryError("MLP backward could not allocate a GEMM packing buffer")
         return loss, (plan.plan.norm if mx > 0 else None)
+
+
+cdef int _tell_layer_done(void *ctx, int layer) noexcept nogil:
+    """gd_layer_done for MLPCore: calls its on_layer(layer) under the GIL; an
+    exception is kept for the caller and stops the backward pass."""
+    with gil:
+        core = <MLPCore>ctx
+        try:
+            core.on_layer(layer)
+        except BaseException as e:
+            core.on_layer_error = e
+            return 1
+    return 0

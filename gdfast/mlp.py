@@ -157,7 +157,7 @@ class MLP:
         """Most likely class of each row of x, as int64."""
         return np.argmax(self.forward(x), axis=1).astype(np.int64)
 
-    def loss_and_grad(self, x, y, accumulate=False, mean_over=None):
+    def loss_and_grad(self, x, y, accumulate=False, mean_over=None, on_layer=None):
         """Mean loss over the batch; the gradients overwrite params.grad.
 
         Gradient accumulation: accumulate=True adds the gradients to
@@ -166,12 +166,20 @@ class MLP:
         examples, this batch's share of a bigger one. K micro-batches of n
         with mean_over=K*n, the first with accumulate=False, leave the
         gradients of their K*n-example batch, to float32 rounding. The
-        returned loss is this batch's own mean."""
+        returned loss is this batch's own mean.
+
+        on_layer(l): called from inside the backward pass as soon as layer
+        l's gradients (``w{l}`` and ``b{l}``, one contiguous slice of
+        params.grad) are final, for l = n_layers down to 1, while the layers
+        below are still to be computed: e.g. to start a non-blocking
+        allreduce of them (gdfast.distributed does). It runs in the calling
+        thread with the GIL; an exception it raises stops the backward pass
+        and is raised here (params.grad is then unspecified)."""
         if mean_over is not None and (isinstance(mean_over, bool) or int(mean_over) != mean_over
                                       or mean_over < 1):
             raise ValueError(f"mean_over must be a positive integer or None, got {mean_over!r}")
         return self._core.loss_and_grad(x, y, bool(accumulate),
-                                        0 if mean_over is None else int(mean_over))
+                                        0 if mean_over is None else int(mean_over), on_layer)
 
     def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False, agc=None,
                    agc_eps=1e-3, agc_output=False):

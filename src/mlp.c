@@ -202,12 +202,49 @@ static double loss_and_output_grad(const gd_mlp *net, float *out, gd_index n,
     return total / (double)n;
 }
 
-/* Forward, loss, and the backward pass up to every dZ_l and db_l (added to
- * grads when acc); the weight gradients are left to the caller. */
+/* The input of layer l. */
+static const float *layer_input(const gd_mlp *net, const float *x, float *ws, gd_index n, int l) {
+    return l == 1 ? x : act_buf(net, ws, n, l - 1);
+}
+
+/* Who to tell that a layer's gradients are final, and the caller's
+ * floating-point mode to run it in (MPI may reduce floats in there). */
+typedef struct {
+    gd_layer_done done;
+    void *ctx;
+    unsigned fp;
+} layer_hook;
+
+static int tell_done(const layer_hook *hook, int l) {
+    if (!hook || !hook->done) return 0;
+    gd_fpmode_leave(hook->fp);
+    int stop = hook->done(hook->ctx, l);
+    gd_fpmode_enter();
+    return stop;
+}
+
+/* dW_l = A_{l-1}^T dZ_l (+ (alpha / n_mean) W_l, the L2 term in the
+ * epilogue, once per accumulated batch), straight into the arena. */
+static int weight_grad(const gd_mlp *net, const float *params, float *grads, const float *x,
+                       float *ws, gd_index n, gd_index n_mean, int acc, int l) {
+    gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
+    gd_epilogue ep = {NULL, GD_ACT_IDENTITY, NULL, 0, 0, NULL, params + w_offset(net, l),
+                      fo, (float)(net->alpha / (double)n_mean), NULL};
+    return gdfast_sgemm(1, 0, fi, fo, n, 1.0f, layer_input(net, x, ws, n, l), fi,
+                        dz_buf(net, ws, n, l), fo, acc ? 1.0f : 0.0f, grads + w_offset(net, l),
+                        fo, net->alpha > 0.0 && !acc ? &ep : NULL);
+}
+
+/* Forward, loss, and the backward pass: every dZ_l and db_l (added to grads
+ * when acc), from the last layer down. With `weights` it forms each dW_l as
+ * soon as dZ_l is known, so layer l's gradients are final before layer l - 1
+ * is started, and tells `hook`; else the weight gradients are left to the
+ * caller (the one-example step forms them inside the update). Each product
+ * sums in its own fixed order, so the interleaving changes no bits. */
 static gd_index backward_data(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss, gd_index n_mean,
-                              int acc) {
+                              int acc, int weights, const layer_hook *hook) {
     int L = net->n_layers;
     if (labels)
         for (gd_index i = 0; i < n; i++)
@@ -215,7 +252,12 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
     if (forward_layers(net, params, x, n, ws, 1) != 0) return -1;
     *loss = loss_and_output_grad(net, gdfast_mlp_output(net, ws, n), n, labels, targets,
                                  dz_buf(net, ws, n, L), grads + b_offset(net, L), n_mean, acc);
-    for (int l = L; l >= 2; l--) {
+    for (int l = L; l >= 1; l--) {
+        if (weights) {
+            if (weight_grad(net, params, grads, x, ws, n, n_mean, acc, l) != 0) return -1;
+            if (tell_done(hook, l)) return GD_MLP_STOPPED;
+        }
+        if (l == 1) break;
         gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
         const float *in = act_buf(net, ws, n, l - 1);
         float *db = grads + b_offset(net, l - 1);
@@ -230,11 +272,6 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
             return -1;
     }
     return 0;
-}
-
-/* The input of layer l. */
-static const float *layer_input(const gd_mlp *net, const float *x, float *ws, gd_index n, int l) {
-    return l == 1 ? x : act_buf(net, ws, n, l - 1);
 }
 
 /* The L2 penalty (0.5 * alpha / n) ||W||^2 from the rows' sums of squares
@@ -258,20 +295,9 @@ static double l2_penalty(const gd_mlp *net, const float *params, gd_index n,
 static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss, gd_index n_mean,
-                              int acc) {
+                              int acc, const layer_hook *hook) {
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
-                                    acc);
-    float l2 = (float)(net->alpha / (double)n_mean);
-    for (int l = 1; l <= net->n_layers && status == 0; l++) {
-        gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
-        /* dW = A^T dZ + (alpha / n) W: the L2 term in the epilogue */
-        gd_epilogue ep = {NULL, GD_ACT_IDENTITY, NULL, 0, 0, NULL, params + w_offset(net, l),
-                          fo, l2, NULL};
-        if (gdfast_sgemm(1, 0, fi, fo, n, 1.0f, layer_input(net, x, ws, n, l), fi,
-                         dz_buf(net, ws, n, l), fo, acc ? 1.0f : 0.0f,
-                         grads + w_offset(net, l), fo, net->alpha > 0.0 && !acc ? &ep : NULL) != 0)
-            status = -1;
-    }
+                                    acc, 1, hook);
     if (status == 0 && net->alpha > 0.0) *loss += l2_penalty(net, params, n_mean, NULL);
     return status;
 }
@@ -433,13 +459,15 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
                                float *ws, gd_plan *plan, int skip_nonfinite, double *loss) {
     gd_index total = w_offset(net, net->n_layers + 1);
     if (!fusable(net, params, grads, total, n, plan)) {
-        gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
+        gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n, 0,
+                                        NULL);
         if (status != 0) return status;
         if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
         gdfast_optim_run(plan);
         return 0;
     }
-    gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
+    gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n, 0, 0,
+                                    NULL);
     if (status != 0) return status;
     if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
     /* with alpha the norm (max_norm infinite here) is only known after the
@@ -470,16 +498,18 @@ int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, g
 gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss) {
-    return gdfast_mlp_loss_grad_acc(net, params, grads, x, n, labels, targets, ws, loss, n, 0);
+    return gdfast_mlp_loss_grad_acc(net, params, grads, x, n, labels, targets, ws, loss, n, 0,
+                                    NULL, NULL);
 }
 
 gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss,
-                                  gd_index n_mean, int acc) {
+                                  gd_index n_mean, int acc, gd_layer_done done, void *ctx) {
     unsigned fp = gd_fpmode_enter();
+    layer_hook hook = {done, ctx, fp};
     gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
-                                    acc);
+                                    acc, &hook);
     gd_fpmode_leave(fp);
     return status;
 }

@@ -60,14 +60,24 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss);
 
+/* Told by the backward pass that layer l's gradients (w_l and b_l, one
+ * contiguous range of the arena) are final, from layer L down to 1, so their
+ * communication can start while the layers below are computed. It runs in
+ * the calling thread, outside any parallel region, in the caller's
+ * floating-point mode. A non-zero return stops the pass: the call returns
+ * GD_MLP_STOPPED and the other layers' gradients are unspecified. */
+typedef int (*gd_layer_done)(void *ctx, int layer);
+#define GD_MLP_STOPPED (-3)
+
 /* As gdfast_mlp_loss_grad, for gradient accumulation: the gradients are
  * those of a mean over n_mean examples (n_mean >= n: this batch is part of
  * a bigger one), and with acc they are added to `grads` instead of
- * overwriting them (beta = 1 in the weight-gradient GEMMs). */
+ * overwriting them (beta = 1 in the weight-gradient GEMMs). `done` (or
+ * NULL) is told of each finished layer, with `ctx`. */
 gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss,
-                                  gd_index n_mean, int acc);
+                                  gd_index n_mean, int acc, gd_layer_done done, void *ctx);
 
 /* Forward, backward and one optimizer step of `plan` (built over this
  * arena); the same parameters and optimizer state, bit for bit, as loss_grad

@@ -382,3 +382,53 @@ def test_train_step_reuses_its_buffers():
         tracemalloc.stop()
     # the forward activations alone are 64 * 394 floats (~100 kB): none is allocated
     assert peak < 16_000, peak
+
+
+def layer_slice(net, l):
+    """Layer l's gradients (w_l then b_l) in the arena."""
+    p = net.params
+    return slice(p.offset(f"w{l}"), p.offset(f"b{l}") + net.sizes[l])
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("alpha", [0.0, 1e-3])
+def test_on_layer_sees_each_layer_final_while_the_layers_below_are_not_done(accumulate, alpha):
+    rng = np.random.default_rng(7)
+    net = gdfast.MLP([9, 7, 6, 4], seed=2, alpha=alpha, activation=["relu", "tanh"])
+    x, y = batch(rng, 17, net.sizes)
+    grad = net.params.grad
+    start = rng.standard_normal(grad.shape).astype(np.float32)
+    grad[...] = start
+    net.loss_and_grad(x, y, accumulate=accumulate, mean_over=40)
+    plain = grad.copy()
+    seen = []
+
+    def on_layer(l):
+        # layer l is final now, layers below it still hold what was there before
+        seen.append((l, grad[layer_slice(net, l)].copy(), grad[:net.params.offset(f"w{l}")].copy()))
+
+    grad[...] = start
+    net.loss_and_grad(x, y, accumulate=accumulate, mean_over=40, on_layer=on_layer)
+    assert [l for l, _, _ in seen] == [3, 2, 1]
+    np.testing.assert_array_equal(grad, plain)       # the hook changes no bits
+    for l, mine, below in seen:
+        np.testing.assert_array_equal(mine, plain[layer_slice(net, l)])
+        np.testing.assert_array_equal(below, start[:net.params.offset(f"w{l}")])
+
+
+def test_an_error_in_on_layer_stops_backward_and_is_raised():
+    rng = np.random.default_rng(8)
+    net = gdfast.MLP([5, 4, 3], seed=1)
+    x, y = batch(rng, 6, net.sizes)
+    calls = []
+
+    def fail(l):
+        calls.append(l)
+        raise KeyError("from the hook")
+    with pytest.raises(KeyError, match="from the hook"):
+        net.loss_and_grad(x, y, on_layer=fail)
+    assert calls == [2]                 # stopped at the first layer it was told of
+    with pytest.raises(TypeError, match="on_layer must be callable"):
+        net.loss_and_grad(x, y, on_layer=3)
+    loss = net.loss_and_grad(x, y)      # the model is still usable, the hook gone
+    assert loss == pytest.approx(reference_of(net).loss_and_grad(x, y)[0], rel=1e-5)
