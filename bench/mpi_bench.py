@@ -5,14 +5,16 @@ docs/distributed.md and BENCHMARKS.md's "Data-parallel over MPI").
     python bench/mpi_bench.py                  # one process: what deterministic=True
                                                # and each rank's batch gathering cost
     python bench/mpi_bench.py compare          # gdfast train, 1 process x 2 threads
-                                               # vs mpirun -n 2 x 1 thread
+                                               # vs mpirun -n 2 x 1 thread (and --overlap)
     python bench/mpi_bench.py model            # docs/distributed.md's scaling tables
 
 For the MNIST network 784-256-128-10 and the 12M-weight
 784-2500-2000-1500-1000-500-10, with a global batch of 128: the gradient of
 a rank's share (loss_and_grad), and the ways to sum the arena over the ranks:
-one blocking Allreduce; one Iallreduce per layer, all started together
-(what overlap with backward would pipeline); Reduce_scatter + Adam on 1/N
+one blocking Allreduce; one Iallreduce per layer, all started together;
+backward then a blocking Allreduce against backward starting each layer's
+Iallreduce as it finishes the layer (DistributedTrainer's overlap=False and
+True, their runs alternated); Reduce_scatter + Adam on 1/N
 of the arena + Allgather of the parameters (the sharded optimizer) against
 Allreduce + Adam on all of it; and deterministic=True's Alltoall + ordered
 sum + Allgather. Best and median of repeated runs, each after a Barrier.
@@ -58,6 +60,18 @@ def best_ms(fn, reps, comm=None):
     return Ms(times)
 
 
+def alternated(fns, reps, comm):
+    """best_ms of each of fns, their runs taken in turn so that all see the same machine."""
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, ts in zip(fns, times):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [Ms(ts) for ts in times]
+
+
 def batch(sizes, n, seed=0):
     rng = np.random.default_rng(seed)
     return rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
@@ -87,6 +101,21 @@ def ranks(comm, reps):
             MPI.Request.Waitall([comm.Iallreduce(MPI.IN_PLACE, grad[a:b], op=MPI.SUM)
                                  for a, b in reversed(layers)])     # backward's order
         split = best_ms(per_layer, r, comm)
+
+        def blocking():         # DistributedTrainer(overlap=False)
+            model.loss_and_grad(x, y)
+            comm.Allreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
+        views = {l: grad[a:b] for l, (a, b) in enumerate(layers, 1)}
+
+        def overlapped():       # DistributedTrainer(overlap=True)
+            requests = []
+
+            def start(l):
+                requests.append(comm.Iallreduce(MPI.IN_PLACE, views[l], op=MPI.SUM))
+                MPI.Request.Testall(requests)
+            model.loss_and_grad(x, y, on_layer=start)
+            MPI.Request.Waitall(requests)
+        blocked, overlap = alternated((blocking, overlapped), r, comm)
         # the sharded optimizer: each rank sums and updates 1/N of the arena
         gpad, ppad = np.zeros(size * width, np.float32), np.zeros(size * width, np.float32)
         gpad[:n_p], ppad[:n_p] = grad, data
@@ -118,6 +147,8 @@ def ranks(comm, reps):
         out(f"  Allreduce (blocking)                {allreduce:8.3f} ms  "
             f"({2 * (size - 1) / size * mb / allreduce:.2f} GB/s bus bandwidth)")
         out(f"  Iallreduce per layer, {len(layers)} at once     {split:8.3f} ms")
+        out(f"  backward, then Allreduce (overlap=False)      {blocked:8.3f} ms")
+        out(f"  backward starting each layer's Iallreduce (overlap=True) {overlap:8.3f} ms")
         out(f"  Adam on the whole arena             {adam_all:8.3f} ms")
         out(f"  Reduce_scatter + Adam 1/{size} + Allgather "
             f"{rs:.3f} + {adam_part:.3f} + {ag:.3f} = {rs + adam_part + ag:.3f} ms "
@@ -181,11 +212,14 @@ def one_process(reps):
 
 
 def compare():
-    """gdfast train on MNIST (GDFAST_DATA), 1 process x 2 threads, then 2 ranks x 1 thread."""
+    """gdfast train on MNIST (GDFAST_DATA), 1 process x 2 threads, then 2 ranks x 1 thread
+    without and with --overlap."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     train = [sys.executable, "-m", "gdfast", "train", "--no-progress"]
     for label, cmd in (("1 process x 2 threads", train + ["--threads", "2"]),
-                       ("2 ranks x 1 thread", ["mpirun", "--oversubscribe", "-n", "2"] + train)):
+                       ("2 ranks x 1 thread", ["mpirun", "--oversubscribe", "-n", "2"] + train),
+                       ("2 ranks, --overlap", ["mpirun", "--oversubscribe", "-n", "2"] + train
+                        + ["--overlap"])):
         log = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         acc = re.search(r"final test accuracy ([0-9.]+)%", log).group(1)
         rate = re.search(r"training throughput ([0-9,]+) samples/s", log).group(1)
@@ -194,15 +228,12 @@ def compare():
 
 # The paper model of docs/distributed.md. A node computes like one core of
 # the machine of BENCHMARKS.md: ms per step (loss_and_grad of the rows per
-# node + Adam). Measured as 1-thread CPU times by `python bench/mpi_bench.py`
-# on a loaded machine (2026-12-02: MNIST 128 rows 2.423 + Adam 0.118, 16 rows
-# 0.257, 2 rows 0.126; 12M 218.8 + 14.66, 47.8, 20.3), times 0.256: the
-# quiet 1-thread MNIST train step of BENCHMARKS.md (650 us) over the loaded one.
-QUIET = 0.650 / (2.423 + 0.118)
-COMPUTE_MS = {"MNIST 784-256-128-10": {n: QUIET * (t + 0.118) for n, t in
-                                       ((128, 2.423), (16, 0.257), (2, 0.126))},
-              "12M 784-2500-2000-1500-1000-500-10": {n: QUIET * (t + 14.66) for n, t in
-                                                     ((128, 218.8), (16, 47.8), (2, 20.3))}}
+# node + Adam), the best 1-thread CPU times `python bench/mpi_bench.py`
+# printed on that machine while it was quiet (2026-12-03).
+ADAM_MS = {"MNIST 784-256-128-10": 0.117, "12M 784-2500-2000-1500-1000-500-10": 13.56}
+COMPUTE_MS = {name: {n: t + ADAM_MS[name] for n, t in rows.items()} for name, rows in (
+    ("MNIST 784-256-128-10", {128: 1.214, 16: 0.202, 2: 0.059}),
+    ("12M 784-2500-2000-1500-1000-500-10", {128: 78.02, 16: 23.58, 2: 10.95}))}
 LINKS = {"100 Gb/s InfiniBand (alpha 1.5 us, 11 GB/s)": (1.5e-6, 11e9),
          "10 Gb/s Ethernet (alpha 25 us, 1.1 GB/s)": (25e-6, 1.1e9)}
 

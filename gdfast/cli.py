@@ -168,6 +168,9 @@ def _add_train(p):
                    help="stop after this many epochs without improvement (needs --validation)")
     t.add_argument("--threads", type=_number(int, 1), help="worker threads (default: OMP_NUM_THREADS or all cores; "
                    "under mpirun, per rank: the host's cores divided between its ranks)")
+    t.add_argument("--overlap", action="store_true",
+                   help="under mpirun: start each layer's allreduce inside backward, as soon as "
+                        "the layer is done (measured slower on one host; see docs/distributed.md)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-dir", metavar="DIR",
                    help="write last.npz and history.json/.csv here every epoch, and best.npz "
@@ -326,6 +329,8 @@ def _run_train(args, argv):
         _pyplot()       # a missing matplotlib is said before training, not after
     from gdfast import distributed
     if not distributed.launched():
+        if args.overlap:
+            _fail("train", "--overlap applies to runs on several ranks (mpirun -n N gdfast train)")
         return _train(args, t_start, None)
     comm = distributed.start(args.threads)     # under mpirun: every rank runs this command
     with distributed.abort_on_error(comm):
@@ -398,6 +403,7 @@ def _train(args, t_start, comm):
     if args.resume and not has_run:
         print(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch")
     progress = _ProgressBar(args.epochs, enabled=args.progress and root)
+    ranks = {} if comm is None else {"overlap": args.overlap}
     trainer = (Trainer if comm is None else distributed.DistributedTrainer)(model, optimizer, (data.x_train, data.y_train), batch_size=batch,
                       schedule=schedule, seed=args.seed, shift=args.shift if batch else 0,
                       validation=(data.x_val, data.y_val) if data.x_val is not None else None,
@@ -405,7 +411,7 @@ def _train(args, t_start, comm):
                       early_stopping=args.early_stopping,
                       checkpoint_dir=args.checkpoint_dir, progress=progress,
                       clip_norm=args.clip_norm, accumulate=args.accumulate,
-                      eval_ema=bool(args.ema), monitor_layers=args.monitor_layers)
+                      eval_ema=bool(args.ema), monitor_layers=args.monitor_layers, **ranks)
     if args.resume and has_run:
         try:
             trainer.load_checkpoint(last)

@@ -18,6 +18,15 @@ identical on all ranks (checked at the end of every epoch). The optimizer
 state is whole on every rank, so checkpoints do not depend on N: rank 0
 writes them and a run resumes with any number of ranks.
 
+By default the whole arena is summed in one blocking Allreduce after
+backward. overlap=True (gdfast's MLP only) starts each layer's allreduce as
+soon as backward has produced its gradients instead: one Iallreduce per
+layer, from the last layer down, through MLP.loss_and_grad's on_layer hook,
+so the messages can travel while the layers below are computed. On one host
+it measured slower (docs/distributed.md): there the CPU that computes also
+moves the bytes. On 2 ranks both give the same bits; on more, MPI may sum a
+layer's smaller message in another order than the whole arena's.
+
 deterministic=True fixes the order in which partial gradients are summed:
 the batch is cut into `shards` parts (default N), each part's gradient is
 computed on its own, and each rank sums its slice of the arena over all
@@ -34,6 +43,7 @@ checkpoint, a start-up mismatch) are raised on every rank instead.
 """
 import contextlib
 import hashlib
+import inspect
 import os
 import sys
 import traceback
@@ -44,6 +54,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from ._version import __version__
+from .mlp import MLP
 from .train import Trainer, TrainingDiverged, _model_info, _optimizer_name
 
 __all__ = ["DistributedTrainer", "DistributedError", "launched", "set_threads",
@@ -214,10 +225,12 @@ class DistributedTrainer(Trainer):
     deterministic: sum partial gradients in a fixed order, so the result
         depends on `shards` (the parts each batch is cut into; default N,
         a multiple of N) and not on the number of ranks.
+    overlap: start each layer's allreduce inside backward, as soon as the
+        layer is done (needs gdfast's MLP; not with deterministic).
     """
 
     def __init__(self, model, optimizer, train, *, comm=None, deterministic=False, shards=None,
-                 **kwargs):
+                 overlap=False, **kwargs):
         MPI = _mpi()
         comm = MPI.COMM_WORLD if comm is None else comm
         size = comm.Get_size()
@@ -240,13 +253,28 @@ class DistributedTrainer(Trainer):
             if isinstance(shards, bool) or int(shards) != shards or shards < 1 or shards % size:
                 raise ValueError(f"shards must be a positive multiple of the {size} ranks, "
                                  f"got {shards!r}")
+        if not isinstance(overlap, bool):
+            raise TypeError(f"overlap must be True or False, got {overlap!r}")
+        if overlap and deterministic:
+            raise ValueError("overlap=True cannot be combined with deterministic=True: the "
+                             "ordered sum needs every part's whole gradient first")
+        if overlap and not isinstance(model, MLP):
+            raise ValueError(f"overlap=True needs gdfast's MLP, whose backward reports each "
+                             f"finished layer; got a {type(model).__name__}")
         super().__init__(model, optimizer, train, **kwargs)
         self.comm, self.rank, self.size = comm, comm.Get_rank(), size
         self.deterministic, self.shards = deterministic, int(shards or size)
+        self.overlap = overlap
         self._one_call = False          # the gradients must be summed before the update
         self.batches = _RankBatches(self.batches, self.rank, size)
-        self._in_place, self._sum = MPI.IN_PLACE, MPI.SUM
+        self._in_place, self._sum, self._request = MPI.IN_PLACE, MPI.SUM, MPI.Request
         self._loss = np.zeros(1)
+        self._mean_over = "mean_over" in inspect.signature(model.loss_and_grad).parameters
+        if self.overlap:                # layer l's gradients: w_l then b_l, one slice
+            p = self.params
+            self._layer_grads = {l: p.grad[p.offset(f"w{l}"):p.offset(f"b{l}") + model.sizes[l]]
+                                 for l in range(1, len(model.sizes))}
+            self._requests = []
         if deterministic:
             parts, width = self.shards // size, -(-self.params.size // size)
             self._send = np.zeros((size, parts, width), np.float32)
@@ -277,7 +305,7 @@ class DistributedTrainer(Trainer):
             "trainer settings": (self.monitor, self.early_stopping, self.min_delta,
                                  self.restore_best, self.clip_norm, self.track_grad_norm,
                                  self.acc_every, self.eval_batch_size, self.checkpoint_dir is None,
-                                 self.deterministic, self.shards),
+                                 self.deterministic, self.shards, self.overlap),
         }
         return {k: hashlib.blake2b(repr(v).encode(), digest_size=8).hexdigest()
                 for k, v in items.items()}
@@ -305,21 +333,51 @@ class DistributedTrainer(Trainer):
         if not len(y):                  # more parts than rows in a last short batch
             out.fill(0.0)
             return 0.0
-        loss = self.model.loss_and_grad(x, y)
         w = len(y) / n
-        np.multiply(self.params.grad, np.float32(w), out=out)
+        if self._mean_over:             # the model scales its gradients: no pass over them
+            loss = self.model.loss_and_grad(x, y, mean_over=n)
+            if out is not self.params.grad:
+                np.copyto(out, self.params.grad)
+        else:
+            loss = self.model.loss_and_grad(x, y)
+            np.multiply(self.params.grad, np.float32(w), out=out)
         return loss * w
 
     def _loss_and_grad(self, xb, yb):
         """xb: this rank's rows of the batch, yb: the whole batch's targets."""
         if self.deterministic:
             return self._ordered_loss_and_grad(xb, yb)
+        if self.overlap:
+            return self._overlapped_loss_and_grad(xb, yb)
         grad = self.params.grad
         lo, hi = _rows(len(yb), self.rank, self.size)
         self._loss[0] = self._share(xb, yb[lo:hi], len(yb), grad)
         loss = self.comm.Iallreduce(self._in_place, self._loss, op=self._sum)
         self.comm.Allreduce(self._in_place, grad, op=self._sum)   # their latencies overlap
         loss.Wait()
+        return float(self._loss[0])
+
+    def _overlapped_loss_and_grad(self, xb, yb):
+        """Each layer's allreduce starts as backward finishes it, last layer first."""
+        requests, comm, n = self._requests, self.comm, len(yb)
+        lo, hi = _rows(n, self.rank, self.size)
+
+        def start(layer):
+            requests.append(comm.Iallreduce(self._in_place, self._layer_grads[layer],
+                                            op=self._sum))
+            # Open MPI moves non-blocking collectives on only inside MPI calls
+            self._request.Testall(requests)
+        requests.clear()
+        if hi > lo:     # the gradient of this rank's rows, as their share of the batch mean
+            self._loss[0] = self.model.loss_and_grad(xb, yb[lo:hi], mean_over=n,
+                                                     on_layer=start) * ((hi - lo) / n)
+        else:           # no rows here (a short last batch): the same messages, of zeros
+            self.params.grad.fill(0.0)
+            self._loss[0] = 0.0
+            for layer in sorted(self._layer_grads, reverse=True):
+                start(layer)
+        requests.append(comm.Iallreduce(self._in_place, self._loss, op=self._sum))
+        self._request.Waitall(requests)
         return float(self._loss[0])
 
     def _ordered_loss_and_grad(self, xb, yb):

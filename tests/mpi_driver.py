@@ -68,8 +68,8 @@ def untimed(history):
 
 
 def check_identical_every_step():
-    for deterministic in (False, True):
-        t = trainer(deterministic=deterministic)
+    for kw in (dict(overlap=True), dict(overlap=False), dict(deterministic=True)):
+        t = trainer(**kw)
         t.progress = EveryStep(t.params)
         t.fit(3)
         assert t.progress.steps == 3 * 16
@@ -83,6 +83,17 @@ def check_close_to_one_process():
     alone.fit(3)
     np.testing.assert_allclose(both.params.data, alone.params.data, rtol=0, atol=1e-4)
     assert abs(both.history[-1]["train_loss"] - alone.history[-1]["train_loss"]) < 1e-5
+
+
+def check_overlap_equals_blocking():
+    # 129 rows in batches of 64 end with one row: rank 0's share is empty
+    for n in (1000, 129):
+        runs = [trainer(n=n, overlap=overlap) for overlap in (True, False)]
+        for t in runs:
+            t.fit(3)
+        assert runs[0].overlap and not runs[1].overlap
+        assert np.array_equal(runs[0].params.data, runs[1].params.data), n
+        assert untimed(runs[0].history) == untimed(runs[1].history), n
 
 
 def check_deterministic_equals_one_process():
@@ -190,7 +201,8 @@ def check_threads():
 
 
 def run_checks(tmp):
-    checks = [check_threads, check_identical_every_step, check_close_to_one_process,
+    checks = [check_threads, check_identical_every_step, check_overlap_equals_blocking,
+              check_close_to_one_process,
               check_deterministic_equals_one_process, lambda: check_checkpoints(tmp),
               lambda: check_write_failure(tmp), check_mismatch, check_early_stopping_and_plateau,
               check_lbfgs_closure]

@@ -200,6 +200,7 @@ def refused(capsys, argv, message):
     (["--validation", "2.5"], "--validation: expected a fraction in (0, 1) or a whole count"),
     (["--validation", "inf"], "--validation: expected a number >= 0"),
     (["--plot", "no-such-folder/curves.png"], "--plot: folder 'no-such-folder' does not exist"),
+    (["--overlap"], "--overlap applies to runs on several ranks"),
 ])
 def test_bad_values_are_one_line_usage_errors(capsys, flags, message):
     refused(capsys, ["train", *flags], message)

@@ -80,11 +80,45 @@ def _fit(cls, **kw):
     return t
 
 
-def test_one_rank_is_the_plain_trainer_bit_for_bit(mpi):
+class Wrapped:
+    """A model of the Trainer's protocol that is not gdfast's MLP (no on_layer, no mean_over)."""
+
+    def __init__(self, mlp):
+        self.mlp, self.params = mlp, mlp.params
+
+    def loss_and_grad(self, x, y):
+        return self.mlp.loss_and_grad(x, y)
+
+    def predict(self, x):
+        return self.mlp.predict(x)
+
+    def evaluate(self, x, y, batch_size=1000):
+        return self.mlp.evaluate(x, y, batch_size)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_one_rank_is_the_plain_trainer_bit_for_bit(mpi, overlap):
     plain = _fit(Trainer)
-    one = _fit(distributed.DistributedTrainer, comm=mpi.COMM_SELF)
+    one = _fit(distributed.DistributedTrainer, comm=mpi.COMM_SELF, overlap=overlap)
+    assert one.overlap is overlap
     assert np.array_equal(one.params.data, plain.params.data)
     assert [r["train_loss"] for r in one.history] == [r["train_loss"] for r in plain.history]
+
+
+def test_a_model_of_the_trainers_protocol_trains_without_overlap(mpi):
+    x, y = _data()
+    runs = []
+    for wrap in (False, True):
+        mlp = gdfast.MLP([6, 8, 2], seed=3)
+        model = Wrapped(mlp) if wrap else mlp
+        t = distributed.DistributedTrainer(model, gdfast.Adam(mlp.params, lr=1e-2), (x, y),
+                                           batch_size=32, comm=mpi.COMM_SELF, overlap=not wrap)
+        t.fit(2)
+        runs.append(t)
+    assert np.array_equal(runs[0].params.data, runs[1].params.data)
+    with pytest.raises(ValueError, match="overlap=True needs gdfast's MLP"):
+        distributed.DistributedTrainer(Wrapped(gdfast.MLP([6, 2])), gdfast.SGD(runs[0].params),
+                                       (x, y), comm=mpi.COMM_SELF, overlap=True)
 
 
 def test_deterministic_result_depends_on_shards_only(mpi):
@@ -101,6 +135,8 @@ def test_deterministic_result_depends_on_shards_only(mpi):
     (dict(deterministic=True, shards=0), ValueError, "shards must be a positive multiple"),
     (dict(deterministic=True, shards=1.5), ValueError, "shards must be a positive multiple"),
     (dict(deterministic=1), TypeError, "deterministic must be True or False"),
+    (dict(overlap=1), TypeError, "overlap must be True or False"),
+    (dict(deterministic=True, overlap=True), ValueError, "cannot be combined with deterministic"),
 ])
 def test_bad_arguments(mpi, kw, error, match):
     model = gdfast.MLP([6, 2])
@@ -179,7 +215,7 @@ def test_gdfast_train_on_two_ranks_then_resumed_on_one(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     common = ["-m", "gdfast", "train", "--train", str(tmp_path / "d.npz"), "--hidden", "16",
               "--no-progress", "--checkpoint-dir", str(tmp_path / "run")]
-    proc = _mpirun(sys.executable, *common, "--epochs", "2")
+    proc = _mpirun(sys.executable, *common, "--epochs", "2", "--overlap")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(re.findall(r"2 ranks x \d+ threads", proc.stdout)) == 1, proc.stdout  # rank 0's
     assert proc.stdout.count("final training loss") == 1, proc.stdout
