@@ -15,6 +15,7 @@ cdef extern from "mlp.h" nogil:
         double alpha
         const double *dropout
         uint64_t drop_seed, drop_step
+        gd_index drop_row0
     gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n)
     float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n)
     int gdfast_mlp_forward(const gd_mlp *net, const float *params, const float *x, gd_index n,
@@ -90,6 +91,7 @@ cdef class MLPCore:
             self.net.dropout = <const double *>cnp.PyArray_DATA(self.dropout)
         self.net.drop_seed = seed
         self.net.drop_step = 0
+        self.net.drop_row0 = 0
         self.rows = 0
         self._reserve(1)
 
@@ -221,19 +223,25 @@ cdef class MLPCore:
                                         _tell_layer_done if hook else <gd_layer_done>NULL,
                                         <void *>self)
 
-    def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0, on_layer=None):
+    def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0, on_layer=None,
+                      gd_index first_row=0):
         """Mean loss over the batch; gradients overwrite params.grad (accumulate:
         are added to it), as those of a mean over mean_over examples (0: the
-        batch). on_layer(l) is called as layer l's gradients become final."""
+        batch). on_layer(l) is called as layer l's gradients become final.
+        first_row: the rows' place in a bigger batch, for the dropout masks."""
         if on_layer is not None and not callable(on_layer):
             raise TypeError(f"on_layer must be callable or None, got {type(on_layer).__name__}")
+        if first_row < 0:
+            raise ValueError(f"first_row must be >= 0, got {first_row}")
         self._enter()
         self.on_layer, self.on_layer_error = on_layer, None
+        self.net.drop_row0 = first_row
         try:
             return self._loss_and_grad(x, y, accumulate, mean_over)
         finally:
             self.busy = False
             self.on_layer = None
+            self.net.drop_row0 = 0
 
     cdef _loss_and_grad(self, x, y, bint acc, gd_index mean_over):
         keep = self._prepare(x, y, False)

@@ -234,13 +234,10 @@ class DistributedTrainer(Trainer):
         MPI = _mpi()
         comm = MPI.COMM_WORLD if comm is None else comm
         size = comm.Get_size()
-        unsupported = [k for k in ("alpha", "dropout") if np.any(getattr(model, k, 0))]
-        if unsupported:
+        if getattr(model, "alpha", 0):
             raise ValueError(
-                f"DistributedTrainer cannot train a model with {' or '.join(unsupported)} yet: "
-                "every part of a batch would add the whole L2 penalty (alpha / rows * W) once, "
-                "and dropout masks are keyed by the row within a call, so parts would repeat "
-                "each other's masks")
+                "DistributedTrainer cannot train a model with alpha yet: every part of a batch "
+                "would add the whole L2 penalty (alpha / rows * W) once")
         if kwargs.get("accumulate", 1) != 1:
             raise ValueError("DistributedTrainer cannot accumulate gradients yet (accumulate=1): "
                              "the micro-batches' gradients would be summed before the ranks' "
@@ -270,6 +267,8 @@ class DistributedTrainer(Trainer):
         self._in_place, self._sum, self._request = MPI.IN_PLACE, MPI.SUM, MPI.Request
         self._loss = np.zeros(1)
         self._mean_over = "mean_over" in inspect.signature(model.loss_and_grad).parameters
+        self._is_mlp = isinstance(model, MLP)
+        self._step0 = None      # the MLP's dropout step at the start of this optimizer step
         if self.overlap:                # layer l's gradients: w_l then b_l, one slice
             p = self.params
             self._layer_grads = {l: p.grad[p.offset(f"w{l}"):p.offset(f"b{l}") + model.sizes[l]]
@@ -327,15 +326,24 @@ class DistributedTrainer(Trainer):
 
     # -- the step ------------------------------------------------------------------
 
-    def _share(self, x, y, n, out):
-        """The loss and gradient (into out) of rows x, y of a batch of n, both
-        weighted by the rows' share of it, so that the shares sum to the batch mean."""
+    def _part_loss(self, x, y, n, first_row, **kwargs):
+        """loss_and_grad of rows first_row.. of a batch of n, gradients as their
+        share of its mean. gdfast's MLP draws the dropout masks of those rows
+        in one call over the whole batch: every part gets the step's counter."""
+        if self._is_mlp:
+            self.model.step = self._step0
+            return self.model.loss_and_grad(x, y, mean_over=n, first_row=first_row, **kwargs)
+        return self.model.loss_and_grad(x, y, mean_over=n, **kwargs)
+
+    def _share(self, x, y, n, first_row, out):
+        """The loss and gradient (into out) of rows x, y (first_row.. of a batch of n),
+        both weighted by the rows' share of it, so that the shares sum to the batch mean."""
         if not len(y):                  # more parts than rows in a last short batch
             out.fill(0.0)
             return 0.0
         w = len(y) / n
         if self._mean_over:             # the model scales its gradients: no pass over them
-            loss = self.model.loss_and_grad(x, y, mean_over=n)
+            loss = self._part_loss(x, y, n, first_row)
             if out is not self.params.grad:
                 np.copyto(out, self.params.grad)
         else:
@@ -344,14 +352,24 @@ class DistributedTrainer(Trainer):
         return loss * w
 
     def _loss_and_grad(self, xb, yb):
-        """xb: this rank's rows of the batch, yb: the whole batch's targets."""
+        """xb: this rank's rows of the batch, yb: the whole batch's targets. An
+        MLP's dropout counter steps once, as in one process, however many
+        parts (or none, on a rank without rows) this rank computes."""
+        self._step0 = self.model.step if self._is_mlp else None
         if self.deterministic:
-            return self._ordered_loss_and_grad(xb, yb)
-        if self.overlap:
-            return self._overlapped_loss_and_grad(xb, yb)
+            loss = self._ordered_loss_and_grad(xb, yb)
+        elif self.overlap:
+            loss = self._overlapped_loss_and_grad(xb, yb)
+        else:
+            loss = self._summed_loss_and_grad(xb, yb)
+        if self._is_mlp:
+            self.model.step = self._step0 + 1
+        return loss
+
+    def _summed_loss_and_grad(self, xb, yb):
         grad = self.params.grad
         lo, hi = _rows(len(yb), self.rank, self.size)
-        self._loss[0] = self._share(xb, yb[lo:hi], len(yb), grad)
+        self._loss[0] = self._share(xb, yb[lo:hi], len(yb), lo, grad)
         loss = self.comm.Iallreduce(self._in_place, self._loss, op=self._sum)
         self.comm.Allreduce(self._in_place, grad, op=self._sum)   # their latencies overlap
         loss.Wait()
@@ -369,8 +387,8 @@ class DistributedTrainer(Trainer):
             self._request.Testall(requests)
         requests.clear()
         if hi > lo:     # the gradient of this rank's rows, as their share of the batch mean
-            self._loss[0] = self.model.loss_and_grad(xb, yb[lo:hi], mean_over=n,
-                                                     on_layer=start) * ((hi - lo) / n)
+            self._loss[0] = self._part_loss(xb, yb[lo:hi], n, lo, on_layer=start) * \
+                ((hi - lo) / n)
         else:           # no rows here (a short last batch): the same messages, of zeros
             self.params.grad.fill(0.0)
             self._loss[0] = 0.0
@@ -385,7 +403,7 @@ class DistributedTrainer(Trainer):
         parts, first = self.shards // size, _rows(n, self.rank, size)[0]
         for j in range(parts):
             lo, hi = _rows(n, self.rank * parts + j, self.shards)
-            self._losses[j] = self._share(xb[lo - first:hi - first], yb[lo:hi], n,
+            self._losses[j] = self._share(xb[lo - first:hi - first], yb[lo:hi], n, lo,
                                           self._part[:size_p])
             self._send[:, j] = self._part.reshape(size, -1)
         # rank q receives slice q of every part's gradient, from rank 0's parts on: part order

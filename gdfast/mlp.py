@@ -157,7 +157,7 @@ class MLP:
         """Most likely class of each row of x, as int64."""
         return np.argmax(self.forward(x), axis=1).astype(np.int64)
 
-    def loss_and_grad(self, x, y, accumulate=False, mean_over=None, on_layer=None):
+    def loss_and_grad(self, x, y, accumulate=False, mean_over=None, on_layer=None, first_row=0):
         """Mean loss over the batch; the gradients overwrite params.grad.
 
         Gradient accumulation: accumulate=True adds the gradients to
@@ -167,6 +167,11 @@ class MLP:
         with mean_over=K*n, the first with accumulate=False, leave the
         gradients of their K*n-example batch, to float32 rounding. The
         returned loss is this batch's own mean.
+
+        first_row: these rows are rows first_row.. of a bigger batch, so
+        their dropout masks are those the whole batch draws in one call
+        (give each part the same ``step``): gdfast.distributed computes a
+        batch in parts this way.
 
         on_layer(l): called from inside the backward pass as soon as layer
         l's gradients (``w{l}`` and ``b{l}``, one contiguous slice of
@@ -178,8 +183,12 @@ class MLP:
         if mean_over is not None and (isinstance(mean_over, bool) or int(mean_over) != mean_over
                                       or mean_over < 1):
             raise ValueError(f"mean_over must be a positive integer or None, got {mean_over!r}")
+        if isinstance(first_row, bool) or not isinstance(first_row, (int, np.integer)) \
+                or first_row < 0:
+            raise ValueError(f"first_row must be an integer >= 0, got {first_row!r}")
         return self._core.loss_and_grad(x, y, bool(accumulate),
-                                        0 if mean_over is None else int(mean_over), on_layer)
+                                        0 if mean_over is None else int(mean_over), on_layer,
+                                        int(first_row))
 
     def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False, agc=None,
                    agc_eps=1e-3, agc_output=False):

@@ -24,16 +24,17 @@
 
 enum { GD_ACT_IDENTITY = 0, GD_ACT_RELU = 1, GD_ACT_SIGMOID = 2, GD_ACT_TANH = 3, GD_ACT_COUNT };
 
-/* Inverted dropout of an n x ld activation: element (i, j) is kept when
- * gdfast_drop_hash(k0, k1, i*ld + j) >> 8 >= thresh (a 24-bit threshold,
- * round(p * 2^24) for rate p), and a kept value is multiplied by
- * scale = 1 / keep, keep = 1 - p. A counter-based mask: any element, any
- * thread, any order gives the same bits. */
+/* Inverted dropout of an n x ld activation, rows row0.. of a bigger batch:
+ * element (i, j) is kept when gdfast_drop_hash(k0, k1, (row0 + i)*ld + j)
+ * >> 8 >= thresh (a 24-bit threshold, round(p * 2^24) for rate p; the index
+ * taken mod 2^32), and a kept value is multiplied by scale = 1 / keep,
+ * keep = 1 - p. A counter-based mask: any element, any thread, any order,
+ * and any cut of the batch into parts gives the same bits. */
 typedef struct {
     uint32_t k0, k1;
     int32_t thresh;
     float scale, keep;
-    gd_index ld;
+    gd_index ld, row0;
 } gd_dropout;
 
 /* The mask's 32-bit hash of one element index e (a mix of Wellons'

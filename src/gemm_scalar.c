@@ -82,7 +82,7 @@ float gdfast_epilogue_scalar(const gd_epilogue *ep, float v, gd_index i, gd_inde
         v *= gdfast_dact_scalar(ep->dact_kind, d ? y * d->keep : y);
     }
     if (d) {
-        uint32_t h = gdfast_drop_hash(d->k0, d->k1, (uint32_t)(i * d->ld + j));
+        uint32_t h = gdfast_drop_hash(d->k0, d->k1, (uint32_t)((d->row0 + i) * d->ld + j));
         v *= (int32_t)(h >> 8) >= d->thresh ? d->scale : 0.0f;
     }
     if (ep->add) v += ep->add_scale * ep->add[i * ep->ld_add + j];

@@ -104,7 +104,7 @@ GD_INLINE void store_part(float *p, int full, __m256i m, __m256 v) {
 
 /* The dropout multipliers (0 or scale) of elements (i, j .. j+7). */
 GD_INLINE __m256 drop_mask256(const gd_dropout *d, gd_index i, gd_index j) {
-    __m256i e = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)(i * d->ld + j)),
+    __m256i e = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)((d->row0 + i) * d->ld + j)),
                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256i x = _mm256_xor_si256(e, _mm256_set1_epi32((int)d->k0));
     for (int round = 0; round < 2; round++) {

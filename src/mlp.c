@@ -96,6 +96,7 @@ static const gd_dropout *layer_dropout(const gd_mlp *net, int l, gd_dropout *d) 
     d->keep = (float)(1.0 - p);
     d->scale = (float)(1.0 / (1.0 - p));
     d->ld = net->sizes[l];
+    d->row0 = net->drop_row0;
     return d;
 }
 

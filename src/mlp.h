@@ -20,8 +20,10 @@
  * Dropout (training passes only): hidden layer l's output is multiplied by
  * the mask of gd_dropout (gemm.h) with rate dropout[l-1], keyed by
  *   k = splitmix64(splitmix64(splitmix64(drop_seed) ^ drop_step) ^ l),
- *   k0 = low 32 bits of k, k1 = high 32 bits, element index i * sizes[l] + j;
- * forward-only calls never drop.
+ *   k0 = low 32 bits of k, k1 = high 32 bits,
+ *   element index (drop_row0 + i) * sizes[l] + j (mod 2^32),
+ * so a batch computed in parts (drop_row0 = each part's first row, the same
+ * drop_step) draws the masks of one call; forward-only calls never drop.
  */
 #ifndef GDFAST_MLP_H
 #define GDFAST_MLP_H
@@ -40,6 +42,7 @@ typedef struct {
     double alpha;          /* L2 penalty (0: none) */
     const double *dropout; /* NULL, or a rate in [0, 1) per hidden layer */
     uint64_t drop_seed, drop_step;
+    gd_index drop_row0;    /* the call's rows are rows drop_row0.. of the batch */
 } gd_mlp;
 
 /* Floats of work space for a batch of n rows. */

@@ -32,9 +32,9 @@ def data(n=1000, seed=0):
     return x, y
 
 
-def trainer(comm=WORLD, n=1000, batch_size=64, epochs_total=3, x=None, **kw):
+def trainer(comm=WORLD, n=1000, batch_size=64, epochs_total=3, x=None, dropout=0.0, **kw):
     xy = data(n) if x is None else x
-    model = gdfast.MLP([12, 16, 8, 3], seed=1)
+    model = gdfast.MLP([12, 16, 8, 3], seed=1, dropout=dropout)
     opt = gdfast.Adam(model.params, lr=1e-2)
     kw.setdefault("schedule", schedules.Cosine(1e-2, epochs_total * -(-n // batch_size)))
     return DistributedTrainer(model, opt, xy, batch_size=batch_size, comm=comm,
@@ -78,19 +78,24 @@ def check_identical_every_step():
 
 
 def check_close_to_one_process():
-    both, alone = trainer(), trainer(comm=MPI.COMM_SELF)
-    both.fit(3)
-    alone.fit(3)
-    np.testing.assert_allclose(both.params.data, alone.params.data, rtol=0, atol=1e-4)
-    assert abs(both.history[-1]["train_loss"] - alone.history[-1]["train_loss"]) < 1e-5
+    # with dropout each rank draws its rows' masks of the whole batch: the same training
+    for dropout in (0.0, [0.3, 0.1]):
+        both, alone = trainer(dropout=dropout), trainer(comm=MPI.COMM_SELF, dropout=dropout)
+        both.fit(3)
+        alone.fit(3)
+        np.testing.assert_allclose(both.params.data, alone.params.data, rtol=0, atol=1e-4)
+        assert abs(both.history[-1]["train_loss"] - alone.history[-1]["train_loss"]) < 1e-5
+        assert both.model.step == alone.model.step == 3 * 16
 
 
 def check_overlap_equals_blocking():
-    # 129 rows in batches of 64 end with one row: rank 0's share is empty
-    for n in (1000, 129):
-        runs = [trainer(n=n, overlap=overlap) for overlap in (True, False)]
+    # 129 rows in batches of 64 end with one row: rank 0's share is empty, and
+    # its dropout counter must still step
+    for n, dropout in ((1000, 0.0), (129, 0.3)):
+        runs = [trainer(n=n, overlap=overlap, dropout=dropout) for overlap in (True, False)]
         for t in runs:
             t.fit(3)
+            assert same_on_all_ranks(np.array([t.model.step])) and t.model.step == 3 * -(-n // 64)
         assert runs[0].overlap and not runs[1].overlap
         assert np.array_equal(runs[0].params.data, runs[1].params.data), n
         assert untimed(runs[0].history) == untimed(runs[1].history), n
@@ -99,9 +104,11 @@ def check_overlap_equals_blocking():
 def check_deterministic_equals_one_process():
     # 1000 rows in batches of 64 end with a batch of 40; 130 rows end with 2 rows,
     # fewer than 4 parts: two of them are empty
-    for n, shards in ((1000, 2), (1000, 4), (130, 4)):
-        both = trainer(n=n, deterministic=True, shards=shards)
-        alone = trainer(n=n, comm=MPI.COMM_SELF, deterministic=True, shards=shards)
+    for n, shards, dropout in ((1000, 2, 0.0), (1000, 4, 0.0), (130, 4, 0.0), (1000, 4, 0.3),
+                               (130, 4, 0.3)):
+        both = trainer(n=n, deterministic=True, shards=shards, dropout=dropout)
+        alone = trainer(n=n, comm=MPI.COMM_SELF, deterministic=True, shards=shards,
+                        dropout=dropout)
         both.fit(3)
         alone.fit(3)
         assert np.array_equal(both.params.data, alone.params.data), (n, shards)

@@ -134,6 +134,48 @@ def test_c_mask_drops_exactly_the_reference_units():
     np.testing.assert_allclose(dz1.sum(axis=0), net.params.grad_of("b1"), rtol=1e-6)
 
 
+def test_a_part_of_a_batch_draws_the_masks_of_its_rows_in_the_whole_batch():
+    net = gdfast.MLP([4, 300, 3], activation="identity", dropout=0.25, seed=9)
+    net.params["w1"][...] = 1.0
+    net.step = 5
+    net.loss_and_grad(np.eye(4, dtype=np.float32), np.zeros(4, np.int64), first_row=7)
+    assert net.step == 6
+    np.testing.assert_array_equal(net.params.grad_of("w1") == 0,
+                                  dropout_mask(9, 5, 1, 11, 300, 0.25)[7:] == 0)
+    with pytest.raises(ValueError, match="first_row must be an integer >= 0"):
+        net.loss_and_grad(np.eye(4, dtype=np.float32), np.zeros(4, np.int64), first_row=-1)
+
+
+def test_parts_with_their_first_rows_sum_to_the_whole_batch_gradient():
+    rng = np.random.default_rng(3)
+    net = gdfast.MLP([20, 64, 32, 5], dropout=[0.3, 0.2], seed=4)
+    x = rng.standard_normal((50, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 50)
+    net.step = 12
+    whole_loss = net.loss_and_grad(x, y)
+    whole = net.params.grad.copy()
+    assert whole_loss == pytest.approx(reference_of(net).loss_and_grad(x, y, step=12)[0],
+                                       rel=1e-5)
+    for first_rows in (True, False):
+        total, loss = np.zeros_like(whole), 0.0
+        for lo, hi in ((0, 17), (17, 50)):
+            net.step = 12
+            loss += net.loss_and_grad(x[lo:hi], y[lo:hi], mean_over=50,
+                                      first_row=lo if first_rows else 0) * (hi - lo) / 50
+            total += net.params.grad
+        if first_rows:
+            np.testing.assert_allclose(total, whole, rtol=1e-5, atol=1e-7)
+            assert loss == pytest.approx(whole_loss, rel=1e-6)
+        else:           # every part draws the first rows' masks: another gradient
+            assert np.abs(total - whole).max() > 1e-3
+    net.step = 12       # one part alone against the NumPy twin's masks of those rows
+    part_loss = net.loss_and_grad(x[17:], y[17:], first_row=17)
+    ref_loss, ref = reference_of(net).loss_and_grad(x[17:], y[17:], step=12, first_row=17)
+    assert part_loss == pytest.approx(ref_loss, rel=1e-5)
+    for name in net.params:
+        np.testing.assert_allclose(net.params.grad_of(name), ref[name], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("reg", list(REGS))
 def test_one_and_two_threads_agree_bitwise(reg):
     rng = np.random.default_rng(5)

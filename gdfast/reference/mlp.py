@@ -88,14 +88,16 @@ def _mix32(x):
     return x ^ (x >> np.uint32(16))
 
 
-def dropout_mask(seed, step, layer, n, width, p):
+def dropout_mask(seed, step, layer, n, width, p, first_row=0):
     """Multipliers (n, width) of hidden layer `layer` (1-based) in training call
     `step`: 0 for a dropped unit, float32(1 / (1 - p)) for a kept one. Unit
-    (i, j) is dropped when the 24-bit hash of its index i * width + j is below
-    round(p * 2^24): the C kernels' mask, bit for bit."""
+    (i, j), row first_row + i of the batch, is dropped when the 24-bit hash of
+    its index (first_row + i) * width + j is below round(p * 2^24): the C
+    kernels' mask, bit for bit."""
     k = splitmix64(splitmix64(splitmix64(seed % 2 ** 64) ^ step) ^ layer)
     k0, k1 = np.uint32(k & 0xFFFFFFFF), np.uint32(k >> 32)
-    e = np.arange(n * width, dtype=np.uint64).astype(np.uint32).reshape(n, width)
+    e = np.arange(first_row * width, (first_row + n) * width,
+                  dtype=np.uint64).astype(np.uint32).reshape(n, width)
     h = _mix32(_mix32(e ^ k0) + k1)
     keep = (h >> np.uint32(8)).astype(np.int64) >= int(np.floor(p * 2 ** 24 + 0.5))
     return np.where(keep, np.float32(1.0 / (1.0 - p)), np.float32(0.0))
@@ -131,7 +133,7 @@ class MLP:
     def n_layers(self):
         return len(self.sizes) - 1
 
-    def _layers(self, x, step=None):
+    def _layers(self, x, step=None, first_row=0):
         """(activations of every layer, the last being logits for cross-entropy;
         {l: act' of hidden layer l, times its dropout mask}). With a training
         `step`, hidden outputs are dropped out."""
@@ -143,7 +145,8 @@ class MLP:
                 dacts[l] = activation_grad(self.activations[l - 1], a)
                 p = self.dropout[l - 1]
                 if step is not None and p > 0:
-                    mask = dropout_mask(self.seed, step, l, *a.shape, p).astype(self.dtype)
+                    mask = dropout_mask(self.seed, step, l, *a.shape, p,
+                                        first_row).astype(self.dtype)
                     a, dacts[l] = a * mask, dacts[l] * mask
                 acts.append(a)
             elif self.loss in ("cross_entropy", "binary_cross_entropy"):
@@ -162,9 +165,10 @@ class MLP:
             return activate("sigmoid", out)
         return softmax(out) if self.loss == "cross_entropy" else out
 
-    def loss_and_grad(self, x, y, step=0):
-        """(mean loss, {name: gradient}) for a batch; `step` keys the dropout masks."""
-        acts, dacts = self._layers(x, step)
+    def loss_and_grad(self, x, y, step=0, first_row=0):
+        """(mean loss, {name: gradient}) for a batch; `step` keys the dropout
+        masks, `first_row` is the batch's first row in a bigger one (for them too)."""
+        acts, dacts = self._layers(x, step, first_row)
         n = acts[0].shape[0]
         t = targets_of(y, self.sizes[-1], self.dtype)
         out = acts[-1]
