@@ -258,19 +258,30 @@ static double clip_factor(const gd_plan *pl) {
     return coef >= 1.0 ? 1.0 : coef;
 }
 
-/* The AGC norms in chunks of fixed work: a vector tensor is one chunk, a
- * matrix one chunk per GD_AGC_COLS columns, each column summed over all its
- * rows within its chunk, so the sums are the same whichever thread takes it. */
-#define GD_AGC_COLS 64
+/* The AGC norms in chunks: a vector tensor is one chunk, a matrix one chunk
+ * per `width` columns, each column summed over all its rows in row order, so
+ * the sums are the same whatever the width or the thread that takes it. The
+ * rows are read in order (a run of `width` columns from each), so the width
+ * is as wide as the threads allow: with narrow chunks every row is a jump to
+ * another page of the weights and gradients, which costs the prefetchers
+ * and the TLB more than the sums themselves. */
+#define GD_AGC_COLS 64          /* the narrowest chunk */
 
-static gd_index agc_tensor_chunks(const gd_agc *a) {
+typedef struct {
+    const gd_plan *pl;
+    gd_index width;
+} agc_pass;
+
+static gd_index agc_tensor_chunks(const gd_agc *a, gd_index width) {
     if (!(a->clip > 0.0)) return 0;
-    return a->units == 1 ? 1 : (a->units + GD_AGC_COLS - 1) / GD_AGC_COLS;
+    return a->units == 1 ? 1 : (a->units + width - 1) / width;
 }
 
-static void agc_norms_chunk(const gd_plan *pl, gd_index c) {
+static void agc_norms_chunk(const agc_pass *f, gd_index c) {
+    const gd_plan *pl = f->pl;
     int k = 0;
-    for (; c >= agc_tensor_chunks(&pl->agc[k]); k++) c -= agc_tensor_chunks(&pl->agc[k]);
+    for (; c >= agc_tensor_chunks(&pl->agc[k], f->width); k++)
+        c -= agc_tensor_chunks(&pl->agc[k], f->width);
     const gd_agc *a = &pl->agc[k];
     const gd_segment *s = &pl->seg[a->seg];
     const float *p = s->p + a->off, *g = s->g + a->off;
@@ -279,8 +290,8 @@ static void agc_norms_chunk(const gd_plan *pl, gd_index c) {
         a->acc[1] = (float)gd_optim_k.sumsq(g, a->n);
         return;
     }
-    gd_index lo = c * GD_AGC_COLS;
-    gd_index hi = lo + GD_AGC_COLS < a->units ? lo + GD_AGC_COLS : a->units;
+    gd_index lo = c * f->width;
+    gd_index hi = lo + f->width < a->units ? lo + f->width : a->units;
     memset(a->acc + lo, 0, (size_t)(hi - lo) * sizeof(float));
     memset(a->acc + a->units + lo, 0, (size_t)(hi - lo) * sizeof(float));
     gd_optim_k.colsumsq2(p + lo, g + lo, a->n / a->units, a->units, hi - lo, a->acc + lo,
@@ -299,9 +310,16 @@ void gdfast_optim_agc_scales(gd_plan *pl) {
     gd_index work = 0;
     for (int k = 0; k < pl->nagc; k++)
         if (pl->agc[k].clip > 0.0) work += pl->agc[k].n;
+    /* the widest matrix cut into one chunk per thread (64-column multiples) */
+    int nt = gdfast_threads_for(work, GD_GRAIN_STREAM);
+    gd_index widest = 0;
+    for (int k = 0; k < pl->nagc; k++)
+        if (pl->agc[k].clip > 0.0 && pl->agc[k].units > widest) widest = pl->agc[k].units;
+    gd_index per = (widest + nt - 1) / nt;
+    agc_pass f = {pl, (per + GD_AGC_COLS - 1) / GD_AGC_COLS * GD_AGC_COLS};
     gd_index chunks = 0;
-    for (int k = 0; k < pl->nagc; k++) chunks += agc_tensor_chunks(&pl->agc[k]);
-    gdfast_parallel(gdfast_threads_for(work, GD_GRAIN_STREAM), chunks, agc_norms_chunks, pl);
+    for (int k = 0; k < pl->nagc; k++) chunks += agc_tensor_chunks(&pl->agc[k], f.width);
+    gdfast_parallel(nt, chunks, agc_norms_chunks, &f);
     /* optax/timm: keep g_j when ||g_j|| < clip * max(||p_j||, eps), else scale
      * it to that norm; a NaN norm gives a NaN scale, which propagates */
     for (int k = 0; k < pl->nagc; k++) {
