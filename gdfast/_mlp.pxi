@@ -26,7 +26,8 @@ cdef extern from "mlp.h" nogil:
     gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
                                       const float *x, gd_index n, const int64_t *labels,
                                       const float *targets, float *ws, double *loss,
-                                      gd_index n_mean, int acc, gd_layer_done done, void *ctx)
+                                      gd_index n_mean, int acc, gd_layer_done done, void *ctx,
+                                      double *penalty)
     gd_index gdfast_mlp_train_step(const gd_mlp *net, float *params, float *grads,
                                    const float *x, gd_index n, const int64_t *labels,
                                    const float *targets, float *ws, gd_plan *plan,
@@ -56,6 +57,7 @@ cdef class MLPCore:
     # fields and work buffers (or freeing them, when its batch is bigger).
     cdef bint busy
     cdef object on_layer, on_layer_error   # loss_and_grad's on_layer, while it runs
+    cdef readonly double last_penalty      # the L2 term in loss_and_grad's last loss
 
     cdef int _enter(self) except -1:
         if self.busy:
@@ -221,14 +223,15 @@ cdef class MLPCore:
                                         self._labels, self._targets,
                                         <float *>cnp.PyArray_DATA(self.ws), loss, n_mean, acc,
                                         _tell_layer_done if hook else <gd_layer_done>NULL,
-                                        <void *>self)
+                                        <void *>self, &self.last_penalty)
 
     def loss_and_grad(self, x, y, bint accumulate=False, gd_index mean_over=0, on_layer=None,
-                      gd_index first_row=0):
+                      gd_index first_row=0, bint penalty=True):
         """Mean loss over the batch; gradients overwrite params.grad (accumulate:
         are added to it), as those of a mean over mean_over examples (0: the
         batch). on_layer(l) is called as layer l's gradients become final.
-        first_row: the rows' place in a bigger batch, for the dropout masks."""
+        first_row: the rows' place in a bigger batch, for the dropout masks.
+        penalty=False leaves the L2 term out of gradients and loss."""
         if on_layer is not None and not callable(on_layer):
             raise TypeError(f"on_layer must be callable or None, got {type(on_layer).__name__}")
         if first_row < 0:
@@ -236,12 +239,17 @@ cdef class MLPCore:
         self._enter()
         self.on_layer, self.on_layer_error = on_layer, None
         self.net.drop_row0 = first_row
+        cdef double alpha = self.net.alpha
+        if not penalty:
+            self.net.alpha = 0.0
+        self.last_penalty = 0.0
         try:
             return self._loss_and_grad(x, y, accumulate, mean_over)
         finally:
             self.busy = False
             self.on_layer = None
             self.net.drop_row0 = 0
+            self.net.alpha = alpha
 
     cdef _loss_and_grad(self, x, y, bint acc, gd_index mean_over):
         keep = self._prepare(x, y, False)

@@ -18,6 +18,11 @@ identical on all ranks (checked at the end of every epoch). The optimizer
 state is whole on every rank, so checkpoints do not depend on N: rank 0
 writes them and a run resumes with any number of ranks.
 
+Parts of a batch train the network one process would: a dropout mask is
+keyed by its row's place in the whole batch (loss_and_grad's first_row) and
+the masks' counter steps once per optimizer step, and the part holding the
+batch's first row alone adds the L2 penalty (penalty=False elsewhere).
+
 By default the whole arena is summed in one blocking Allreduce after
 backward. overlap=True (gdfast's MLP only) starts each layer's allreduce as
 soon as backward has produced its gradients instead: one Iallreduce per
@@ -234,10 +239,11 @@ class DistributedTrainer(Trainer):
         MPI = _mpi()
         comm = MPI.COMM_WORLD if comm is None else comm
         size = comm.Get_size()
-        if getattr(model, "alpha", 0):
+        if getattr(model, "alpha", 0) and not isinstance(model, MLP):
             raise ValueError(
-                "DistributedTrainer cannot train a model with alpha yet: every part of a batch "
-                "would add the whole L2 penalty (alpha / rows * W) once")
+                f"DistributedTrainer cannot train a {type(model).__name__} with alpha: every "
+                "part of a batch would add the whole L2 penalty once (gdfast's MLP adds it on "
+                "one part only)")
         if kwargs.get("accumulate", 1) != 1:
             raise ValueError("DistributedTrainer cannot accumulate gradients yet (accumulate=1): "
                              "the micro-batches' gradients would be summed before the ranks' "
@@ -327,13 +333,18 @@ class DistributedTrainer(Trainer):
     # -- the step ------------------------------------------------------------------
 
     def _part_loss(self, x, y, n, first_row, **kwargs):
-        """loss_and_grad of rows first_row.. of a batch of n, gradients as their
-        share of its mean. gdfast's MLP draws the dropout masks of those rows
-        in one call over the whole batch: every part gets the step's counter."""
-        if self._is_mlp:
-            self.model.step = self._step0
-            return self.model.loss_and_grad(x, y, mean_over=n, first_row=first_row, **kwargs)
-        return self.model.loss_and_grad(x, y, mean_over=n, **kwargs)
+        """loss_and_grad of rows first_row.. (at least one) of a batch of n,
+        loss and gradients as their share of its mean. gdfast's MLP draws the
+        dropout masks of those rows in one call over the whole batch (every
+        part gets the step's counter), and the part holding row 0 alone adds
+        the L2 penalty, whole."""
+        w = len(y) / n
+        if not self._is_mlp:
+            return self.model.loss_and_grad(x, y, mean_over=n, **kwargs) * w
+        self.model.step = self._step0
+        loss = self.model.loss_and_grad(x, y, mean_over=n, first_row=first_row,
+                                        penalty=first_row == 0, **kwargs)
+        return loss * w + self.model.last_penalty * (1 - w)   # exactly loss when w = 1
 
     def _share(self, x, y, n, first_row, out):
         """The loss and gradient (into out) of rows x, y (first_row.. of a batch of n),
@@ -341,14 +352,14 @@ class DistributedTrainer(Trainer):
         if not len(y):                  # more parts than rows in a last short batch
             out.fill(0.0)
             return 0.0
-        w = len(y) / n
         if self._mean_over:             # the model scales its gradients: no pass over them
             loss = self._part_loss(x, y, n, first_row)
             if out is not self.params.grad:
                 np.copyto(out, self.params.grad)
-        else:
-            loss = self.model.loss_and_grad(x, y)
-            np.multiply(self.params.grad, np.float32(w), out=out)
+            return loss
+        w = len(y) / n
+        loss = self.model.loss_and_grad(x, y)
+        np.multiply(self.params.grad, np.float32(w), out=out)
         return loss * w
 
     def _loss_and_grad(self, xb, yb):
@@ -387,8 +398,7 @@ class DistributedTrainer(Trainer):
             self._request.Testall(requests)
         requests.clear()
         if hi > lo:     # the gradient of this rank's rows, as their share of the batch mean
-            self._loss[0] = self._part_loss(xb, yb[lo:hi], n, lo, on_layer=start) * \
-                ((hi - lo) / n)
+            self._loss[0] = self._part_loss(xb, yb[lo:hi], n, lo, on_layer=start)
         else:           # no rows here (a short last batch): the same messages, of zeros
             self.params.grad.fill(0.0)
             self._loss[0] = 0.0

@@ -157,7 +157,8 @@ class MLP:
         """Most likely class of each row of x, as int64."""
         return np.argmax(self.forward(x), axis=1).astype(np.int64)
 
-    def loss_and_grad(self, x, y, accumulate=False, mean_over=None, on_layer=None, first_row=0):
+    def loss_and_grad(self, x, y, accumulate=False, mean_over=None, on_layer=None, first_row=0,
+                      penalty=True):
         """Mean loss over the batch; the gradients overwrite params.grad.
 
         Gradient accumulation: accumulate=True adds the gradients to
@@ -172,6 +173,10 @@ class MLP:
         their dropout masks are those the whole batch draws in one call
         (give each part the same ``step``): gdfast.distributed computes a
         batch in parts this way.
+
+        penalty=False leaves the L2 term (alpha) out of the gradients and
+        the loss, for all parts of a batch but one. ``last_penalty`` is the
+        term the last call's loss includes (0.0 without it).
 
         on_layer(l): called from inside the backward pass as soon as layer
         l's gradients (``w{l}`` and ``b{l}``, one contiguous slice of
@@ -188,7 +193,12 @@ class MLP:
             raise ValueError(f"first_row must be an integer >= 0, got {first_row!r}")
         return self._core.loss_and_grad(x, y, bool(accumulate),
                                         0 if mean_over is None else int(mean_over), on_layer,
-                                        int(first_row))
+                                        int(first_row), bool(penalty))
+
+    @property
+    def last_penalty(self):
+        """The L2 penalty term included in the last loss_and_grad's loss."""
+        return self._core.last_penalty
 
     def train_step(self, x, y, optimizer, max_grad_norm=None, skip_nonfinite=False, agc=None,
                    agc_eps=1e-3, agc_output=False):

@@ -296,10 +296,12 @@ static double l2_penalty(const gd_mlp *net, const float *params, gd_index n,
 static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *grads,
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss, gd_index n_mean,
-                              int acc, const layer_hook *hook) {
+                              int acc, const layer_hook *hook, double *penalty) {
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
                                     acc, 1, hook);
-    if (status == 0 && net->alpha > 0.0) *loss += l2_penalty(net, params, n_mean, NULL);
+    double pen = status == 0 && net->alpha > 0.0 ? l2_penalty(net, params, n_mean, NULL) : 0.0;
+    *loss += pen;
+    if (penalty) *penalty = pen;
     return status;
 }
 
@@ -461,7 +463,7 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
     gd_index total = w_offset(net, net->n_layers + 1);
     if (!fusable(net, params, grads, total, n, plan)) {
         gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n, 0,
-                                        NULL);
+                                        NULL, NULL);
         if (status != 0) return status;
         if (skip_nonfinite && !isfinite(*loss)) return GD_MLP_SKIPPED;
         gdfast_optim_run(plan);
@@ -500,17 +502,18 @@ gd_index gdfast_mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss) {
     return gdfast_mlp_loss_grad_acc(net, params, grads, x, n, labels, targets, ws, loss, n, 0,
-                                    NULL, NULL);
+                                    NULL, NULL, NULL);
 }
 
 gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss,
-                                  gd_index n_mean, int acc, gd_layer_done done, void *ctx) {
+                                  gd_index n_mean, int acc, gd_layer_done done, void *ctx,
+                                  double *penalty) {
     unsigned fp = gd_fpmode_enter();
     layer_hook hook = {done, ctx, fp};
     gd_index status = mlp_loss_grad(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
-                                    acc, &hook);
+                                    acc, &hook, penalty);
     gd_fpmode_leave(fp);
     return status;
 }

@@ -76,11 +76,13 @@ typedef int (*gd_layer_done)(void *ctx, int layer);
  * those of a mean over n_mean examples (n_mean >= n: this batch is part of
  * a bigger one), and with acc they are added to `grads` instead of
  * overwriting them (beta = 1 in the weight-gradient GEMMs). `done` (or
- * NULL) is told of each finished layer, with `ctx`. */
+ * NULL) is told of each finished layer, with `ctx`. *penalty (if not NULL)
+ * gets the L2 penalty term that *loss includes (0 without alpha). */
 gd_index gdfast_mlp_loss_grad_acc(const gd_mlp *net, const float *params, float *grads,
                                   const float *x, gd_index n, const int64_t *labels,
                                   const float *targets, float *ws, double *loss,
-                                  gd_index n_mean, int acc, gd_layer_done done, void *ctx);
+                                  gd_index n_mean, int acc, gd_layer_done done, void *ctx,
+                                  double *penalty);
 
 /* Forward, backward and one optimizer step of `plan` (built over this
  * arena); the same parameters and optimizer state, bit for bit, as loss_grad

@@ -32,9 +32,10 @@ def data(n=1000, seed=0):
     return x, y
 
 
-def trainer(comm=WORLD, n=1000, batch_size=64, epochs_total=3, x=None, dropout=0.0, **kw):
+def trainer(comm=WORLD, n=1000, batch_size=64, epochs_total=3, x=None, dropout=0.0, alpha=0.0,
+            **kw):
     xy = data(n) if x is None else x
-    model = gdfast.MLP([12, 16, 8, 3], seed=1, dropout=dropout)
+    model = gdfast.MLP([12, 16, 8, 3], seed=1, dropout=dropout, alpha=alpha)
     opt = gdfast.Adam(model.params, lr=1e-2)
     kw.setdefault("schedule", schedules.Cosine(1e-2, epochs_total * -(-n // batch_size)))
     return DistributedTrainer(model, opt, xy, batch_size=batch_size, comm=comm,
@@ -78,9 +79,11 @@ def check_identical_every_step():
 
 
 def check_close_to_one_process():
-    # with dropout each rank draws its rows' masks of the whole batch: the same training
-    for dropout in (0.0, [0.3, 0.1]):
-        both, alone = trainer(dropout=dropout), trainer(comm=MPI.COMM_SELF, dropout=dropout)
+    # with dropout each rank draws its rows' masks of the whole batch, and rank 0
+    # alone adds the L2 penalty: the same training
+    for dropout, alpha in ((0.0, 0.0), ([0.3, 0.1], 0.0), (0.0, 1e-2), (0.2, 1e-2)):
+        both = trainer(dropout=dropout, alpha=alpha)
+        alone = trainer(comm=MPI.COMM_SELF, dropout=dropout, alpha=alpha)
         both.fit(3)
         alone.fit(3)
         np.testing.assert_allclose(both.params.data, alone.params.data, rtol=0, atol=1e-4)
@@ -91,8 +94,9 @@ def check_close_to_one_process():
 def check_overlap_equals_blocking():
     # 129 rows in batches of 64 end with one row: rank 0's share is empty, and
     # its dropout counter must still step
-    for n, dropout in ((1000, 0.0), (129, 0.3)):
-        runs = [trainer(n=n, overlap=overlap, dropout=dropout) for overlap in (True, False)]
+    for n, dropout, alpha in ((1000, 0.0, 0.0), (129, 0.3, 1e-2)):
+        runs = [trainer(n=n, overlap=overlap, dropout=dropout, alpha=alpha)
+                for overlap in (True, False)]
         for t in runs:
             t.fit(3)
             assert same_on_all_ranks(np.array([t.model.step])) and t.model.step == 3 * -(-n // 64)
@@ -104,11 +108,12 @@ def check_overlap_equals_blocking():
 def check_deterministic_equals_one_process():
     # 1000 rows in batches of 64 end with a batch of 40; 130 rows end with 2 rows,
     # fewer than 4 parts: two of them are empty
-    for n, shards, dropout in ((1000, 2, 0.0), (1000, 4, 0.0), (130, 4, 0.0), (1000, 4, 0.3),
-                               (130, 4, 0.3)):
-        both = trainer(n=n, deterministic=True, shards=shards, dropout=dropout)
+    for n, shards, dropout, alpha in ((1000, 2, 0.0, 0.0), (1000, 4, 0.0, 0.0),
+                                      (130, 4, 0.0, 0.0), (1000, 4, 0.3, 1e-2),
+                                      (130, 4, 0.3, 1e-2)):
+        both = trainer(n=n, deterministic=True, shards=shards, dropout=dropout, alpha=alpha)
         alone = trainer(n=n, comm=MPI.COMM_SELF, deterministic=True, shards=shards,
-                        dropout=dropout)
+                        dropout=dropout, alpha=alpha)
         both.fit(3)
         alone.fit(3)
         assert np.array_equal(both.params.data, alone.params.data), (n, shards)

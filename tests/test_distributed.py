@@ -72,8 +72,8 @@ def _data(n=300, seed=0):
     return x, (x[:, 0] > x[:, 1]).astype(np.int64)
 
 
-def _fit(cls, dropout=0.0, **kw):
-    model = gdfast.MLP([6, 8, 2], seed=3, dropout=dropout)
+def _fit(cls, dropout=0.0, alpha=0.0, **kw):
+    model = gdfast.MLP([6, 8, 2], seed=3, dropout=dropout, alpha=alpha)
     t = cls(model, gdfast.Adam(model.params, lr=1e-2), _data(), batch_size=32, test=_data(50, 1),
             **kw)
     t.fit(2)
@@ -96,11 +96,12 @@ class Wrapped:
         return self.mlp.evaluate(x, y, batch_size)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dropout, alpha", [(0.0, 0.0), (0.3, 0.0), (0.0, 1e-2), (0.3, 1e-2)])
 @pytest.mark.parametrize("overlap", [True, False])
-def test_one_rank_is_the_plain_trainer_bit_for_bit(mpi, overlap, dropout):
-    plain = _fit(Trainer, dropout)
-    one = _fit(distributed.DistributedTrainer, dropout, comm=mpi.COMM_SELF, overlap=overlap)
+def test_one_rank_is_the_plain_trainer_bit_for_bit(mpi, overlap, dropout, alpha):
+    plain = _fit(Trainer, dropout, alpha)
+    one = _fit(distributed.DistributedTrainer, dropout, alpha, comm=mpi.COMM_SELF,
+               overlap=overlap)
     assert one.overlap is overlap
     assert np.array_equal(one.params.data, plain.params.data)
     assert [r["train_loss"] for r in one.history] == [r["train_loss"] for r in plain.history]
@@ -122,16 +123,19 @@ def test_a_model_of_the_trainers_protocol_trains_without_overlap(mpi):
                                        (x, y), comm=mpi.COMM_SELF, overlap=True)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_deterministic_result_depends_on_shards_only(mpi, dropout):
-    two = _fit(distributed.DistributedTrainer, dropout, comm=mpi.COMM_SELF, deterministic=True,
-               shards=2)
-    again = _fit(distributed.DistributedTrainer, dropout, comm=mpi.COMM_SELF, deterministic=True,
-                 shards=2)
-    plain = _fit(Trainer, dropout)      # the same masks: each part draws its rows' own
+@pytest.mark.parametrize("dropout, alpha", [(0.0, 0.0), (0.3, 1e-2)])
+def test_deterministic_result_depends_on_shards_only(mpi, dropout, alpha):
+    two = _fit(distributed.DistributedTrainer, dropout, alpha, comm=mpi.COMM_SELF,
+               deterministic=True, shards=2)
+    again = _fit(distributed.DistributedTrainer, dropout, alpha, comm=mpi.COMM_SELF,
+                 deterministic=True, shards=2)
+    # the same masks (each part draws its rows' own) and the penalty added once
+    plain = _fit(Trainer, dropout, alpha)
     assert np.array_equal(two.params.data, again.params.data)
     # the same training, summed in another order: close, not equal
     np.testing.assert_allclose(two.params.data, plain.params.data, atol=1e-4)
+    for a, b in zip(two.history, plain.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("kw, error, match", [
@@ -151,9 +155,10 @@ def test_bad_arguments(mpi, kw, error, match):
     assert np.array_equal(model.params.data, before)
 
 
-def test_refuses_what_it_would_get_wrong(mpi):
-    model = gdfast.MLP([6, 4, 4, 2], alpha=1e-3)
-    with pytest.raises(ValueError, match="cannot train a model with alpha"):
+def test_refuses_an_l2_penalty_it_cannot_count_once(mpi):
+    model = Wrapped(gdfast.MLP([6, 4, 4, 2]))
+    model.alpha = 1e-3
+    with pytest.raises(ValueError, match="cannot train a Wrapped with alpha"):
         distributed.DistributedTrainer(model, gdfast.SGD(model.params), _data(), comm=mpi.COMM_SELF)
 
 
@@ -217,7 +222,8 @@ def test_gdfast_train_on_two_ranks_then_resumed_on_one(tmp_path):
     x, y = _data(600)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     common = ["-m", "gdfast", "train", "--train", str(tmp_path / "d.npz"), "--hidden", "16",
-              "--no-progress", "--checkpoint-dir", str(tmp_path / "run")]
+              "--dropout", "0.1", "--alpha", "1e-4", "--no-progress",
+              "--checkpoint-dir", str(tmp_path / "run")]
     proc = _mpirun(sys.executable, *common, "--epochs", "2", "--overlap")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(re.findall(r"2 ranks x \d+ threads", proc.stdout)) == 1, proc.stdout  # rank 0's

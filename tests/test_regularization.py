@@ -369,3 +369,22 @@ def test_fashion_mnist_defaults_to_its_preset_and_flags_win():
     args = parser.parse_args(["train", "--dataset", "fashion-mnist"])
     cli._apply_preset(args, [])
     assert (args.hidden, args.shift, args.batch_size) == ([256, 128], 0, 256)
+
+
+def test_penalty_false_leaves_the_l2_term_out_and_last_penalty_reports_it():
+    rng = np.random.default_rng(6)
+    net = gdfast.MLP([7, 9, 4], alpha=0.3, seed=2)
+    x, y = batch(rng, 11, net.sizes)
+    with_l2 = net.loss_and_grad(x, y, mean_over=20)
+    grads, pen = {name: net.params.grad_of(name).copy() for name in net.params}, net.last_penalty
+    squares = sum(float(np.sum(net.params[f"w{l}"].astype(np.float64) ** 2)) for l in (1, 2))
+    assert pen == pytest.approx(0.5 * 0.3 / 20 * squares, rel=1e-6)
+    without = net.loss_and_grad(x, y, mean_over=20, penalty=False)
+    assert net.last_penalty == 0.0
+    assert without == pytest.approx(with_l2 - pen, rel=1e-12)
+    for l in (1, 2):        # the L2 gradient term, on the weights only
+        np.testing.assert_allclose(grads[f"w{l}"] - net.params.grad_of(f"w{l}"),
+                                   0.3 / 20 * net.params[f"w{l}"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(grads[f"b{l}"], net.params.grad_of(f"b{l}"))
+    assert net.alpha == 0.3             # the call left the model's alpha alone
+    assert net.loss_and_grad(x, y, mean_over=20) == with_l2
