@@ -49,6 +49,7 @@ checkpoint, a start-up mismatch) are raised on every rank instead.
 import contextlib
 import hashlib
 import inspect
+import math
 import os
 import sys
 import traceback
@@ -244,10 +245,10 @@ class DistributedTrainer(Trainer):
                 f"DistributedTrainer cannot train a {type(model).__name__} with alpha: every "
                 "part of a batch would add the whole L2 penalty once (gdfast's MLP adds it on "
                 "one part only)")
-        if kwargs.get("accumulate", 1) != 1:
-            raise ValueError("DistributedTrainer cannot accumulate gradients yet (accumulate=1): "
-                             "the micro-batches' gradients would be summed before the ranks' "
-                             "are; use a global batch that many times larger instead")
+        if kwargs.get("accumulate", 1) != 1 and deterministic:
+            raise ValueError("deterministic=True cannot accumulate gradients (accumulate=1): its "
+                             "ordered sum needs each part's whole gradient; use a global batch "
+                             "that many times larger instead")
         if not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
         if shards is not None:
@@ -407,6 +408,35 @@ class DistributedTrainer(Trainer):
         requests.append(comm.Iallreduce(self._in_place, self._loss, op=self._sum))
         self._request.Waitall(requests)
         return float(self._loss[0])
+
+    def _accumulated_step(self, xb, yb, lr, first, mean_over, last):
+        """One micro-batch of an accumulated step: this rank's rows added to
+        its gradients (beta = 1 in the weight-gradient GEMMs, no message);
+        after the last, one Allreduce of the sums and the update. The loss
+        is summed over the ranks for every micro-batch (8 bytes)."""
+        n = len(yb)
+        lo, hi = _rows(n, self.rank, self.size)
+        step0 = self.model.step if self._is_mlp else None
+        if hi > lo:
+            kwargs = {} if step0 is None else {"first_row": lo, "penalty": lo == 0}
+            loss = self.model.loss_and_grad(xb, yb[lo:hi], accumulate=not first,
+                                            mean_over=mean_over, **kwargs)
+            w = (hi - lo) / n       # the micro-batch's loss: a mean over its n rows
+            pen = self.model.last_penalty if step0 is not None else 0.0
+            self._loss[0] = loss * w + pen * (1 - w)
+        else:                       # no rows here: nothing to add (zeros on a first)
+            if first:
+                self.params.grad.fill(0.0)
+            self._loss[0] = 0.0
+        if step0 is not None:
+            self.model.step = step0 + 1
+        self.comm.Allreduce(self._in_place, self._loss, op=self._sum)
+        loss = float(self._loss[0])
+        self._check_loss(loss, lr)
+        if not last:
+            return loss, math.nan
+        self.comm.Allreduce(self._in_place, self.params.grad, op=self._sum)
+        return loss, self._step_stored()
 
     def _ordered_loss_and_grad(self, xb, yb):
         n, size, size_p = len(yb), self.size, self.params.size

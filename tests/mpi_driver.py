@@ -91,6 +91,18 @@ def check_close_to_one_process():
         assert both.model.step == alone.model.step == 3 * 16
 
 
+def check_accumulation_close_to_one_process():
+    # 1000 rows in batches of 64, 3 per step: micro-batches of 40 rows at the end
+    for dropout, alpha in ((0.0, 0.0), (0.2, 1e-2)):
+        both = trainer(accumulate=3, dropout=dropout, alpha=alpha)
+        alone = trainer(comm=MPI.COMM_SELF, accumulate=3, dropout=dropout, alpha=alpha)
+        both.fit(3)
+        alone.fit(3)
+        np.testing.assert_allclose(both.params.data, alone.params.data, rtol=0, atol=1e-4)
+        assert abs(both.history[-1]["train_loss"] - alone.history[-1]["train_loss"]) < 1e-5
+        assert both.step == alone.step == 3 * 6 and both.model.step == alone.model.step
+
+
 def check_overlap_equals_blocking():
     # 129 rows in batches of 64 end with one row: rank 0's share is empty, and
     # its dropout counter must still step
@@ -214,6 +226,7 @@ def check_threads():
 
 def run_checks(tmp):
     checks = [check_threads, check_identical_every_step, check_overlap_equals_blocking,
+              check_accumulation_close_to_one_process,
               check_close_to_one_process,
               check_deterministic_equals_one_process, lambda: check_checkpoints(tmp),
               lambda: check_write_failure(tmp), check_mismatch, check_early_stopping_and_plateau,

@@ -162,11 +162,21 @@ def test_refuses_an_l2_penalty_it_cannot_count_once(mpi):
         distributed.DistributedTrainer(model, gdfast.SGD(model.params), _data(), comm=mpi.COMM_SELF)
 
 
-def test_refuses_gradient_accumulation(mpi):
+def test_refuses_gradient_accumulation_in_deterministic_mode(mpi):
     model = gdfast.MLP([6, 4, 2])
-    with pytest.raises(ValueError, match="cannot accumulate gradients"):
+    with pytest.raises(ValueError, match="deterministic=True cannot accumulate gradients"):
         distributed.DistributedTrainer(model, gdfast.SGD(model.params), _data(), comm=mpi.COMM_SELF,
-                                       accumulate=2)
+                                       accumulate=2, deterministic=True)
+
+
+@pytest.mark.parametrize("dropout, alpha", [(0.0, 0.0), (0.3, 1e-2)])
+def test_one_rank_accumulates_as_the_plain_trainer_bit_for_bit(mpi, dropout, alpha):
+    # 300 rows in batches of 32 with accumulate=3: the last step has one micro-batch of 12
+    plain = _fit(Trainer, dropout, alpha, accumulate=3)
+    one = _fit(distributed.DistributedTrainer, dropout, alpha, comm=mpi.COMM_SELF, accumulate=3)
+    assert np.array_equal(one.params.data, plain.params.data)
+    assert [r["train_loss"] for r in one.history] == [r["train_loss"] for r in plain.history]
+    assert one.step == plain.step and one.model.step == plain.model.step
 
 
 def test_set_threads(mpi, monkeypatch):
@@ -222,7 +232,7 @@ def test_gdfast_train_on_two_ranks_then_resumed_on_one(tmp_path):
     x, y = _data(600)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     common = ["-m", "gdfast", "train", "--train", str(tmp_path / "d.npz"), "--hidden", "16",
-              "--dropout", "0.1", "--alpha", "1e-4", "--no-progress",
+              "--dropout", "0.1", "--alpha", "1e-4", "--accumulate", "2", "--no-progress",
               "--checkpoint-dir", str(tmp_path / "run")]
     proc = _mpirun(sys.executable, *common, "--epochs", "2", "--overlap")
     assert proc.returncode == 0, proc.stdout + proc.stderr
