@@ -57,6 +57,7 @@ cdef extern from "optim.h" nogil:
         gd_agc *agc
         int nagc, agc_on, ema_on
     int gdfast_optim_run(gd_plan *plan)
+    gd_index gdfast_agc_acc_floats(gd_index n, gd_index units)
     void gdfast_optim_agc_scales(gd_plan *plan)
     void gdfast_optim_agc_clip(gd_plan *plan)
     double gdfast_optim_grad_norm(gd_plan *plan)
@@ -106,16 +107,17 @@ cdef class StepPlan:
     cdef int _set_agc(self, list tensors) except -1:
         """tensors: [(segment, offset in it, n, units, group)], the tensors AGC may clip."""
         cdef Py_ssize_t k, n = len(tensors), units = sum(t[3] for t in tensors)
+        cdef Py_ssize_t sums = sum(gdfast_agc_acc_floats(t[2], t[3]) for t in tensors)
         self.plan.agc = <gd_agc *>calloc(max(n, 1), sizeof(gd_agc))
         self.agc_group = <int *>calloc(max(n, 1), sizeof(int))
         if self.plan.agc == NULL or self.agc_group == NULL:
             raise MemoryError()
         scale = np.ones(max(units, 1), np.float32)
-        acc = np.zeros(2 * max(units, 1), np.float32)
+        acc = np.zeros(max(sums, 1), np.float32)
         self._agc_bufs = (scale, acc)
         cdef float *ps = <float *>cnp.PyArray_DATA(<cnp.ndarray>scale)
         cdef float *pa = <float *>cnp.PyArray_DATA(<cnp.ndarray>acc)
-        cdef gd_index used = 0
+        cdef gd_index used = 0, used_acc = 0
         for k in range(n):
             seg, off, size, u, grp = tensors[k]
             self.plan.agc[k].seg = seg
@@ -123,9 +125,10 @@ cdef class StepPlan:
             self.plan.agc[k].n = size
             self.plan.agc[k].units = u
             self.plan.agc[k].scale = ps + used
-            self.plan.agc[k].acc = pa + 2 * used
+            self.plan.agc[k].acc = pa + used_acc
             self.agc_group[k] = grp
             used += u
+            used_acc += gdfast_agc_acc_floats(size, u)
         self.plan.nagc = <int>n
         return 0
 

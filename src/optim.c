@@ -258,30 +258,30 @@ static double clip_factor(const gd_plan *pl) {
     return coef >= 1.0 ? 1.0 : coef;
 }
 
-/* The AGC norms in chunks: a vector tensor is one chunk, a matrix one chunk
- * per `width` columns, each column summed over all its rows in row order, so
- * the sums are the same whatever the width or the thread that takes it. The
- * rows are read in order (a run of `width` columns from each), so the width
- * is as wide as the threads allow: with narrow chunks every row is a jump to
- * another page of the weights and gradients, which costs the prefetchers
- * and the TLB more than the sums themselves. */
-#define GD_AGC_COLS 64          /* the narrowest chunk */
+/* The AGC norms in tiles: a vector tensor is one tile, a matrix one tile per
+ * block of GD_AGC_ROWS rows and GD_AGC_COLS columns, whose column sums go to
+ * the block's partial sums; the blocks are then added in order. The sums are
+ * the same whichever thread takes a tile. A tile reads runs of 4 KB (whole
+ * rows of a narrower matrix): threads that split every row between them
+ * would each fetch the other's half too (the prefetchers run ahead). */
+#define GD_AGC_COLS 1024
 
-typedef struct {
-    const gd_plan *pl;
-    gd_index width;
-} agc_pass;
-
-static gd_index agc_tensor_chunks(const gd_agc *a, gd_index width) {
-    if (!(a->clip > 0.0)) return 0;
-    return a->units == 1 ? 1 : (a->units + width - 1) / width;
+static gd_index agc_row_blocks(const gd_agc *a) {
+    return (a->n / a->units + GD_AGC_ROWS - 1) / GD_AGC_ROWS;
 }
 
-static void agc_norms_chunk(const agc_pass *f, gd_index c) {
-    const gd_plan *pl = f->pl;
+static gd_index agc_col_chunks(const gd_agc *a) {
+    return (a->units + GD_AGC_COLS - 1) / GD_AGC_COLS;
+}
+
+static gd_index agc_tiles(const gd_agc *a) {
+    if (!(a->clip > 0.0)) return 0;
+    return a->units == 1 ? 1 : agc_row_blocks(a) * agc_col_chunks(a);
+}
+
+static void agc_norms_tile(const gd_plan *pl, gd_index t) {
     int k = 0;
-    for (; c >= agc_tensor_chunks(&pl->agc[k], f->width); k++)
-        c -= agc_tensor_chunks(&pl->agc[k], f->width);
+    for (; t >= agc_tiles(&pl->agc[k]); k++) t -= agc_tiles(&pl->agc[k]);
     const gd_agc *a = &pl->agc[k];
     const gd_segment *s = &pl->seg[a->seg];
     const float *p = s->p + a->off, *g = s->g + a->off;
@@ -290,17 +290,32 @@ static void agc_norms_chunk(const agc_pass *f, gd_index c) {
         a->acc[1] = (float)gd_optim_k.sumsq(g, a->n);
         return;
     }
-    gd_index lo = c * f->width;
-    gd_index hi = lo + f->width < a->units ? lo + f->width : a->units;
-    memset(a->acc + lo, 0, (size_t)(hi - lo) * sizeof(float));
-    memset(a->acc + a->units + lo, 0, (size_t)(hi - lo) * sizeof(float));
-    gd_optim_k.colsumsq2(p + lo, g + lo, a->n / a->units, a->units, hi - lo, a->acc + lo,
-                         a->acc + a->units + lo);
+    gd_index u = a->units, rows = a->n / u, b = t / agc_col_chunks(a);
+    gd_index lo = t % agc_col_chunks(a) * GD_AGC_COLS, hi = lo + GD_AGC_COLS < u ? lo + GD_AGC_COLS : u;
+    gd_index r0 = b * GD_AGC_ROWS, r1 = r0 + GD_AGC_ROWS < rows ? r0 + GD_AGC_ROWS : rows;
+    float *sp = a->acc + 2 * u * (1 + b), *sg = sp + u;
+    memset(sp + lo, 0, (size_t)(hi - lo) * sizeof(float));
+    memset(sg + lo, 0, (size_t)(hi - lo) * sizeof(float));
+    gd_optim_k.colsumsq2(p + r0 * u + lo, g + r0 * u + lo, r1 - r0, u, hi - lo, sp + lo, sg + lo);
 }
 
-static int agc_norms_chunks(void *ctx, gd_index c0, gd_index c1) {
-    for (gd_index c = c0; c < c1; c++) agc_norms_chunk(ctx, c);
+static int agc_norms_tiles(void *ctx, gd_index t0, gd_index t1) {
+    for (gd_index t = t0; t < t1; t++) agc_norms_tile(ctx, t);
     return 0;
+}
+
+/* A matrix's sums: its row blocks' partial sums added in block order. */
+static void agc_add_blocks(const gd_agc *a) {
+    gd_index u = a->units, nb = agc_row_blocks(a);
+    float *sp = a->acc, *sg = a->acc + u;
+    memcpy(sp, a->acc + 2 * u, (size_t)(2 * u) * sizeof(float));
+    for (gd_index b = 1; b < nb; b++) {
+        const float *bp = a->acc + 2 * u * (1 + b), *bg = bp + u;
+        for (gd_index j = 0; j < u; j++) {
+            sp[j] += bp[j];
+            sg[j] += bg[j];
+        }
+    }
 }
 
 /* max that propagates a NaN in a (a norm), like numpy.maximum. */
@@ -310,16 +325,11 @@ void gdfast_optim_agc_scales(gd_plan *pl) {
     gd_index work = 0;
     for (int k = 0; k < pl->nagc; k++)
         if (pl->agc[k].clip > 0.0) work += pl->agc[k].n;
-    /* the widest matrix cut into one chunk per thread (64-column multiples) */
-    int nt = gdfast_threads_for(work, GD_GRAIN_STREAM);
-    gd_index widest = 0;
+    gd_index tiles = 0;
+    for (int k = 0; k < pl->nagc; k++) tiles += agc_tiles(&pl->agc[k]);
+    gdfast_parallel(gdfast_threads_for(work, GD_GRAIN_STREAM), tiles, agc_norms_tiles, pl);
     for (int k = 0; k < pl->nagc; k++)
-        if (pl->agc[k].clip > 0.0 && pl->agc[k].units > widest) widest = pl->agc[k].units;
-    gd_index per = (widest + nt - 1) / nt;
-    agc_pass f = {pl, (per + GD_AGC_COLS - 1) / GD_AGC_COLS * GD_AGC_COLS};
-    gd_index chunks = 0;
-    for (int k = 0; k < pl->nagc; k++) chunks += agc_tensor_chunks(&pl->agc[k], f.width);
-    gdfast_parallel(nt, chunks, agc_norms_chunks, &f);
+        if (pl->agc[k].clip > 0.0 && pl->agc[k].units > 1) agc_add_blocks(&pl->agc[k]);
     /* optax/timm: keep g_j when ||g_j|| < clip * max(||p_j||, eps), else scale
      * it to that norm; a NaN norm gives a NaN scale, which propagates */
     for (int k = 0; k < pl->nagc; k++) {

@@ -66,7 +66,10 @@ typedef struct {
 /* A tensor under adaptive gradient clipping (AGC, Brock et al. 2021): n floats
  * from position off of segment seg, `units` columns of n / units rows (a
  * (fan_in, fan_out) weight: one unit per output column; a vector: units = 1).
- * Norms: float32 sums of squares per column (vectors: float64, rounded).
+ * Norms: float32 sums of squares per column, each block of GD_AGC_ROWS rows
+ * summed in row order and the blocks' sums added in block order (so blocks
+ * can be read by different threads, a whole row at a time); vectors: float64,
+ * rounded.
  * Unit j's gradient is scaled by scale[j] = min(1, clip * max(||p_j||, eps) /
  * max(||g_j||, 1e-6)) (1 when ||g_j|| < clip * max(||p_j||, eps)) before the
  * update; clip = 0 leaves the tensor alone. */
@@ -75,8 +78,16 @@ typedef struct {
     gd_index off, n, units;
     double clip, eps; /* this step's clip factor and eps (set by the caller) */
     float *scale;     /* units floats, computed by the driver */
-    float *acc;       /* 2 * units floats: sums of squares of p and g */
+    float *acc;       /* gdfast_agc_acc_floats: the sums of squares of p and g (2 *
+                         units), then for a matrix each row block's (2 * units each) */
 } gd_agc;
+
+#define GD_AGC_ROWS 256
+/* Floats of gd_agc.acc for a tensor of n floats in `units` units. */
+static inline gd_index gdfast_agc_acc_floats(gd_index n, gd_index units) {
+    gd_index blocks = units > 1 ? (n / units + GD_AGC_ROWS - 1) / GD_AGC_ROWS : 0;
+    return 2 * units * (1 + blocks);
+}
 
 typedef struct {
     gd_segment *seg;

@@ -80,7 +80,8 @@ def test_agc_against_the_optax_timm_formula():
 
 def test_adaptive_clip_grad_matches_its_twin_and_is_thread_independent(threads):
     rng = np.random.default_rng(3)
-    params = _arrays(rng, [(1000, 300), (300,), (2, 3)])
+    # row blocks of 256 (4, the last short) and column chunks of 1024 (2)
+    params = _arrays(rng, [(1000, 300), (300,), (2, 3), (777, 1100)])
     grads = _arrays(rng, [p.shape for p in params])
     outs = []
     for nt in (1, 2):
@@ -94,6 +95,9 @@ def test_adaptive_clip_grad_matches_its_twin_and_is_thread_independent(threads):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
     assert not np.array_equal(outs[0][0], grads[0])   # it clipped something
+    # the twin's blocked sums are not one chain down each column (these differ)
+    sq = params[3].reshape(-1, 1100) ** 2
+    assert not np.array_equal(ref.unit_sumsq(params[3]), np.add.reduce(sq, axis=0))
 
 
 def test_adaptive_clip_grad_on_an_arena():

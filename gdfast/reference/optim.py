@@ -56,14 +56,22 @@ def sumsq(x):
     return float(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
 
 
+AGC_ROWS = 256     # src/optim.h's GD_AGC_ROWS
+
+
 def unit_sumsq(x):
     """AGC's per-unit sums of squares (float32): over every axis but the last
-    for a tensor of 2 or more axes (its columns, rows added in order, in
-    float32 as optax and timm), the whole of a vector (sumsq, rounded)."""
+    for a tensor of 2 or more axes (its columns, in float32 as optax and timm:
+    each block of AGC_ROWS rows added in row order, then the blocks' sums in
+    block order), the whole of a vector (sumsq, rounded)."""
     if x.ndim < 2:
         return np.array([sumsq(x)], dtype=f32)
-    x2 = x.reshape(-1, x.shape[-1])
-    return np.add.reduce(x2 * x2, axis=0)
+    sq = x.reshape(-1, x.shape[-1])
+    sq = sq * sq
+    total = np.add.reduce(sq[:AGC_ROWS], axis=0)
+    for r in range(AGC_ROWS, len(sq), AGC_ROWS):
+        total = total + np.add.reduce(sq[r:r + AGC_ROWS], axis=0)
+    return total
 
 
 def agc_scales(p, g, clip, eps):
