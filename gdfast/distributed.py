@@ -339,13 +339,17 @@ class DistributedTrainer(Trainer):
         dropout masks of those rows in one call over the whole batch (every
         part gets the step's counter), and the part holding row 0 alone adds
         the L2 penalty, whole."""
-        w = len(y) / n
         if not self._is_mlp:
-            return self.model.loss_and_grad(x, y, mean_over=n, **kwargs) * w
+            return self.model.loss_and_grad(x, y, mean_over=n, **kwargs) * (len(y) / n)
         self.model.step = self._step0
         loss = self.model.loss_and_grad(x, y, mean_over=n, first_row=first_row,
                                         penalty=first_row == 0, **kwargs)
-        return loss * w + self.model.last_penalty * (1 - w)   # exactly loss when w = 1
+        return self._mlp_share(loss, len(y) / n)
+
+    def _mlp_share(self, loss, w):
+        """The share w of a batch's loss from an MLP part's own mean `loss`,
+        whose L2 penalty (if it added it) counts whole; exactly loss when w = 1."""
+        return loss * w + self.model.last_penalty * (1 - w)
 
     def _share(self, x, y, n, first_row, out):
         """The loss and gradient (into out) of rows x, y (first_row.. of a batch of n),
@@ -422,8 +426,7 @@ class DistributedTrainer(Trainer):
             loss = self.model.loss_and_grad(xb, yb[lo:hi], accumulate=not first,
                                             mean_over=mean_over, **kwargs)
             w = (hi - lo) / n       # the micro-batch's loss: a mean over its n rows
-            pen = self.model.last_penalty if step0 is not None else 0.0
-            self._loss[0] = loss * w + pen * (1 - w)
+            self._loss[0] = loss * w if step0 is None else self._mlp_share(loss, w)
         else:                       # no rows here: nothing to add (zeros on a first)
             if first:
                 self.params.grad.fill(0.0)
