@@ -115,9 +115,13 @@ typedef void (*gd_update_fn)(const gd_hyper *h, float *p, const float *g, float 
 typedef void (*gd_update_outer_fn)(const gd_hyper *h, float *p, const float *ga, const float *b,
                                    float *s0, float *s1, float *s2, gd_index rows,
                                    gd_index cols);
+/* The same update with gradient g[i] * sc[i]. */
+typedef void (*gd_update_scaled_fn)(const gd_hyper *h, float *p, const float *g, const float *sc,
+                                    float *s0, float *s1, float *s2, gd_index n);
 typedef struct {
     gd_update_fn update[GD_NKINDS];
-    gd_update_outer_fn update_outer[GD_NKINDS]; /* NULL where there is no gradient */
+    gd_update_outer_fn update_outer[GD_NKINDS];   /* NULL where there is no gradient */
+    gd_update_scaled_fn update_scaled[GD_NKINDS]; /* NULL where there is no gradient */
     double (*sumsq)(const float *x, gd_index n);
     void (*scale)(float *x, float c, gd_index n);
     void (*clamp)(float *x, float lo, float hi, gd_index n);
@@ -127,8 +131,6 @@ typedef struct {
      * accp/accg in row order; out = g * s[j] (vector) or g * s[0] (scalar). */
     void (*colsumsq2)(const float *p, const float *g, gd_index rows, gd_index ld,
                       gd_index cols, float *accp, float *accg);
-    void (*mulv)(float *out, const float *g, const float *s, gd_index n);
-    void (*muls)(float *out, const float *g, float s, gd_index n);
     void (*ema)(const float *p, float *e, float m, float m1m, gd_index n);
 } gd_optim_kernels;
 
