@@ -66,10 +66,6 @@ static int find_segment(const gd_plan *pl, gd_index pos) {
     return lo;
 }
 
-/* Floats per kernel call when AGC or EMA is on: the EMA reads the
- * just-updated parameters back from cache, so it adds no pass over memory. */
-#define GD_CHUNK 2048
-
 /* The next AGC tensor of segment si, from index k on, that is active and
  * ends after offset pos (nagc if none). */
 static int next_agc(const gd_plan *pl, int k, int si, gd_index pos) {
@@ -82,31 +78,36 @@ static int next_agc(const gd_plan *pl, int k, int si, gd_index pos) {
 }
 
 /* The update of floats [i, i + len) of segment s, scaled by AGC tensor a
- * (NULL: not scaled): the kernels multiply each gradient by its unit's
- * scale as they read it (a piece of one row at a time), so the scaled
- * gradients are never stored. */
-static void update_piece(const gd_segment *s, const gd_hyper *h, const gd_agc *a, gd_index i,
-                         gd_index len) {
+ * (NULL: not scaled), with the EMA e (NULL: none): the kernels multiply each
+ * gradient by its unit's scale as they read it (a piece of one row at a
+ * time), so the scaled gradients are never stored, and average the weights
+ * they have just written. */
+static void update_piece(const gd_segment *s, const gd_hyper *h, const gd_agc *a, float *e,
+                         gd_index i, gd_index len) {
     float *s0 = s->s[0] ? s->s[0] + i : NULL, *s1 = s->s[1] ? s->s[1] + i : NULL;
     float *s2 = s->s[2] ? s->s[2] + i : NULL;
-    if (!a || !gd_optim_k.update_scaled[h->kind]) {   /* Lookahead's sync reads no gradient */
+    gd_update_ema_fn fused = gd_optim_k.update_ema[h->kind];
+    if (!fused) {   /* Lookahead's sync reads no gradient */
         gd_optim_k.update[h->kind](h, s->p + i, s->g ? s->g + i : NULL, s0, s1, s2, len);
+        if (e) gd_optim_k.ema(s->p + i, e, h->ema_m, h->ema_m1m, len);
+    } else if (!a) {
+        fused(h, s->p + i, s->g + i, NULL, s0, s1, s2, e, len);
     } else if (a->units == 1) {
         gd_optim_k.update_outer[h->kind](h, s->p + i, a->scale, s->g + i, s0, s1, s2, 1, len);
+        if (e) gd_optim_k.ema(s->p + i, e, h->ema_m, h->ema_m1m, len);
     } else {
         for (gd_index o = 0; o < len;) {
             gd_index col = (i + o - a->off) % a->units;
             gd_index piece = a->units - col < len - o ? a->units - col : len - o;
-            gd_optim_k.update_scaled[h->kind](h, s->p + i + o, s->g + i + o, a->scale + col,
-                                              s0 ? s0 + o : NULL, s1 ? s1 + o : NULL,
-                                              s2 ? s2 + o : NULL, piece);
+            fused(h, s->p + i + o, s->g + i + o, a->scale + col, s0 ? s0 + o : NULL,
+                  s1 ? s1 + o : NULL, s2 ? s2 + o : NULL, e ? e + o : NULL, piece);
             o += piece;
         }
     }
 }
 
-/* The update of segment si over [from, to) in chunks, AGC's tensors scaled,
- * the EMA following each chunk's update. */
+/* The update of segment si over [from, to), AGC's tensors scaled, the EMA
+ * in the same pass. */
 static void update_chunked(const gd_plan *pl, int si, gd_index from, gd_index to) {
     const gd_segment *s = &pl->seg[si];
     const gd_hyper *h = &pl->hyper[s->group];
@@ -119,10 +120,8 @@ static void update_chunked(const gd_plan *pl, int si, gd_index from, gd_index to
         int scaled = a && a->off <= i;
         gd_index end = !a ? to : scaled ? a->off + a->n : a->off;
         end = end < to ? end : to;
-        gd_index len = end - i < GD_CHUNK ? end - i : GD_CHUNK;
-        update_piece(s, h, scaled ? a : NULL, i, len);
-        if (ema) gd_optim_k.ema(s->p + i, s->ema + i, h->ema_m, h->ema_m1m, len);
-        i += len;
+        update_piece(s, h, scaled ? a : NULL, ema ? s->ema + i : NULL, i, end - i);
+        i = end;
     }
 }
 
