@@ -399,12 +399,8 @@ void gdfast_optim_update_piece(const gd_plan *pl, const float *base, gd_index lo
         gd_index to = hi < off + s->n ? hi - off : s->n;
         if (from >= to) continue;
         const gd_hyper *h = &pl->hyper[s->group];
-        gd_optim_k.update[h->kind](h, s->p + from, s->g ? s->g + from : NULL,
-                                   s->s[0] ? s->s[0] + from : NULL,
-                                   s->s[1] ? s->s[1] + from : NULL,
-                                   s->s[2] ? s->s[2] + from : NULL, to - from);
-        if (pl->ema_on && h->ema && s->ema)
-            gd_optim_k.ema(s->p + from, s->ema + from, h->ema_m, h->ema_m1m, to - from);
+        update_piece(s, h, NULL, pl->ema_on && h->ema && s->ema ? s->ema + from : NULL, from,
+                     to - from);
     }
 }
 
