@@ -113,6 +113,14 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
     else if (rsa == 1 && csa == GD_MR) accum_packed[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
     else accum_strided[mr](k, a, rsa, csa, b, rsb, NULL, nr, acc, mode, c, ldc);
     if (mode != GD_RETURN) return;
+    if (nr == GD_NR && only_add(ep, alpha, beta, last)) {
+        const __m256 s = _mm256_set1_ps(ep->add_scale);
+        const float *w = ep->add + i0 * ep->ld_add + j0;
+        for (int r = 0; r < 2 * mr; r++)
+            _mm256_storeu_ps(c + r / 2 * ldc + 8 * (r & 1),
+                             _mm256_add_ps(acc[r], _mm256_mul_ps(s, _mm256_loadu_ps(w + r / 2 * ep->ld_add + 8 * (r & 1)))));
+        return;
+    }
     __m256 valpha = _mm256_set1_ps(alpha);
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
     int full0 = nr >= 8, full1 = nr >= 16;

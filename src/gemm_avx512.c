@@ -126,6 +126,16 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
                                                          : accum_strided[nh - 1];
     table[mr](k, a, rsa, csa, b, rsb, b_hi, bcopy, nr, acc, mode, c, ldc);
     if (mode != GD_RETURN) return;
+    if (nr == nh * GD_NR && only_add(ep, alpha, beta, last)) {
+        const __m512 s = _mm512_set1_ps(ep->add_scale);
+        const float *w = ep->add + i0 * ep->ld_add + j0;
+        for (int r = 0; r < mr; r++)
+            for (int h = 0; h < nh; h++)
+                _mm512_storeu_ps(c + r * ldc + 16 * h,
+                                 _mm512_add_ps(acc[2 * r + h],
+                                               _mm512_mul_ps(s, _mm512_loadu_ps(w + r * ep->ld_add + 16 * h))));
+        return;
+    }
     const __m256 valpha = _mm256_set1_ps(alpha);
     for (int q = 0; 8 * q < nr; q++) {
         const int full = nr >= 8 * (q + 1);

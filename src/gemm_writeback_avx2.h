@@ -119,6 +119,17 @@ GD_INLINE __m256 drop_mask256(const gd_dropout *d, gd_index i, gd_index j) {
     return _mm256_andnot_ps(_mm256_castsi256_ps(dropped), _mm256_set1_ps(d->scale));
 }
 
+/* An epilogue that only adds add_scale * add (the L2 term of a weight
+ * gradient) to alpha = 1, beta = 0 sums: the tiles then write it back in one
+ * tight loop, the same operations as write_back below (v + s * w, each
+ * rounded), without write_back's tests for every 8 lanes (the three weight
+ * gradients of 784-256-128-10 at batch 128, 1 thread: the term cost 93 us
+ * over the plain store, now 24). */
+GD_INLINE int only_add(const gd_epilogue *ep, float alpha, float beta, int last) {
+    return last && ep && ep->add && !ep->bias && ep->act == GD_ACT_IDENTITY && !ep->dact &&
+           !ep->drop && !ep->colsum && alpha == 1.0f && beta == 0.0f;
+}
+
 /* Write one 8-wide half-row of a finished tile back to C. */
 GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valpha, float beta,
                           const gd_epilogue *ep, gd_index i, gd_index j, int last) {

@@ -276,18 +276,46 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
 }
 
 /* The L2 penalty (0.5 * alpha / n) ||W||^2 from the rows' sums of squares
- * `rowsq` (NULL: computed here, each row as the one-example step does). */
-static double l2_penalty(const gd_mlp *net, const float *params, gd_index n,
-                         const double *rowsq) {
+ * `rowsq`, added in row order. */
+static double l2_penalty(const gd_mlp *net, gd_index n, const double *rowsq) {
     double total = 0.0;
-    gd_index r = 0;
-    for (int l = 1; l <= net->n_layers; l++) {
-        const float *w = params + w_offset(net, l);
-        gd_index fo = net->sizes[l];
-        for (gd_index i = 0; i < net->sizes[l - 1]; i++, r++)
-            total += rowsq ? rowsq[r] : gd_optim_k.sumsq(w + i * fo, fo);
-    }
+    for (gd_index r = 0; r < weight_rows(net); r++) total += rowsq[r];
     return 0.5 * net->alpha / (double)n * total;
+}
+
+/* Weight floats per thread below which the rows' sums stay on one thread. */
+#define L2_GRAIN 65536
+
+typedef struct {
+    const gd_mlp *net;
+    const float *params;
+    double *rowsq;
+    gd_index rows, chunks;
+} l2_pass;
+
+/* rowsq[r] = ||weight row r||^2 for the rows of chunks [c0, c1), each row as
+ * the one-example step sums it, so the penalty has the same bits either way. */
+static int l2_rows(void *ctx, gd_index c0, gd_index c1) {
+    const l2_pass *x = ctx;
+    gd_index r0 = x->rows * c0 / x->chunks, r1 = x->rows * c1 / x->chunks, first = 0;
+    for (int l = 1; l <= x->net->n_layers && r0 < r1; l++) {
+        gd_index fi = x->net->sizes[l - 1], fo = x->net->sizes[l];
+        const float *w = x->params + w_offset(x->net, l);
+        for (; r0 < r1 && r0 < first + fi; r0++)
+            x->rowsq[r0] = gd_optim_k.sumsq(w + (r0 - first) * fo, fo);
+        first += fi;
+    }
+    return 0;
+}
+
+/* Every weight row's sum of squares, into rowsq, on the threads. */
+static void l2_row_sums(const gd_mlp *net, const float *params, double *rowsq) {
+    gd_index rows = weight_rows(net), floats = 0;
+    for (int l = 1; l <= net->n_layers; l++) floats += net->sizes[l - 1] * net->sizes[l];
+    int nt = gdfast_threads_for(floats, L2_GRAIN);
+    gd_index chunks = gdfast_optim_chunks(floats, nt, L2_GRAIN);
+    l2_pass x = {net, params, rowsq, rows, chunks < rows ? chunks : rows};
+    gdfast_parallel(nt, x.chunks, l2_rows, &x);
 }
 
 /* Gradient accumulation (acc) adds this batch's gradients to grads: beta = 1
@@ -299,7 +327,11 @@ static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
                               int acc, const layer_hook *hook, double *penalty) {
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
                                     acc, 1, hook);
-    double pen = status == 0 && net->alpha > 0.0 ? l2_penalty(net, params, n_mean, NULL) : 0.0;
+    double pen = 0.0;
+    if (status == 0 && net->alpha > 0.0) {
+        l2_row_sums(net, params, row_sums(net, ws, n));
+        pen = l2_penalty(net, n_mean, row_sums(net, ws, n));
+    }
     *loss += pen;
     if (penalty) *penalty = pen;
     return status;
@@ -482,7 +514,7 @@ static gd_index mlp_train_step(const gd_mlp *net, float *params, float *grads, c
     fused_pass f = {net, params, x, ws, plan, total, (int)gdfast_optim_chunks(total, nt, grain)};
     gdfast_parallel(nt, f.chunks, fused_chunks, &f);
     if (net->alpha > 0.0) {
-        *loss += l2_penalty(net, params, 1, row_sums(net, ws, 1));
+        *loss += l2_penalty(net, 1, row_sums(net, ws, 1));
         if (plan->max_norm > 0.0) plan->norm = l2_grad_norm(net, ws);
     }
     return 0;

@@ -120,9 +120,11 @@ def test_one_and_two_threads_agree_bitwise(act):
 @pytest.mark.parametrize("act,loss", [("relu", "cross_entropy"), ("sigmoid", "mse"),
                                       ("tanh", "cross_entropy")])
 @pytest.mark.parametrize("n", [1, 32])
-def test_avx512_trains_to_the_avx2_bits(act, loss, n):
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_avx512_trains_to_the_avx2_bits(act, loss, n, alpha):
     # GEMM and optimizer kernels give every path's bits on AVX-512 (the same
-    # FMA chains and write-back as AVX2, the same separately rounded updates).
+    # FMA chains and write-back as AVX2, the same separately rounded updates),
+    # the L2 term's write-back of full and part tiles too.
     rng = np.random.default_rng(7)
     sizes = [784, 100, 37, 10]
     data = [batch(rng, n, sizes, targets=loss == "mse") for _ in range(4)]
@@ -131,7 +133,7 @@ def test_avx512_trains_to_the_avx2_bits(act, loss, n):
     try:
         for name in ("avx2", "avx512"):
             gdfast.set_simd(name)
-            net = gdfast.MLP(sizes, activation=act, loss=loss, seed=2)
+            net = gdfast.MLP(sizes, activation=act, loss=loss, seed=2, alpha=alpha)
             opt = gdfast.Adam(net.params, lr=1e-2)
             losses = [net.train_step(x, y, opt) for x, y in data]
             nets.append((losses, net.params.data.copy(), net.forward(data[0][0])))
