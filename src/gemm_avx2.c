@@ -124,12 +124,16 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
     __m256 valpha = _mm256_set1_ps(alpha);
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
     int full0 = nr >= 8, full1 = nr >= 16;
-    for (int r = 0; r < mr; r++) {
-        write_back(acc[2 * r], c + r * ldc, full0, m0, valpha, beta, ep, i0 + r, j0, last);
-        if (nr > 8)
-            write_back(acc[2 * r + 1], c + r * ldc + 8, full1, m1, valpha, beta, ep, i0 + r,
-                       j0 + 8, last);
+#define GD_TILE_WB(F)                                                              \
+    for (int r = 0; r < mr; r++) {                                                 \
+        write_back_parts(F, acc[2 * r], c + r * ldc, full0, m0, valpha, beta, ep, i0 + r, \
+                         j0, last);                                                \
+        if (nr > 8)                                                                \
+            write_back_parts(F, acc[2 * r + 1], c + r * ldc + 8, full1, m1, valpha, beta, \
+                             ep, i0 + r, j0 + 8, last);                            \
     }
+    GD_EP_DISPATCH(ep_parts(ep, last), GD_TILE_WB)
+#undef GD_TILE_WB
 }
 
 /* nr <= GD_NR: b_hi is never used. */

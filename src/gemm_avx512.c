@@ -137,13 +137,16 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
         return;
     }
     const __m256 valpha = _mm256_set1_ps(alpha);
-    for (int q = 0; 8 * q < nr; q++) {
-        const int full = nr >= 8 * (q + 1);
-        const __m256i m = lane_mask(nr - 8 * q);
-        for (int r = 0; r < mr; r++)
-            write_back(lanes8(acc[2 * r + q / 2], q & 1), c + r * ldc + 8 * q, full, m, valpha,
-                       beta, ep, i0 + r, j0 + 8 * q, last);
+#define GD_TILE_WB(F)                                                              \
+    for (int q = 0; 8 * q < nr; q++) {                                             \
+        const int full = nr >= 8 * (q + 1);                                        \
+        const __m256i m = lane_mask(nr - 8 * q);                                   \
+        for (int r = 0; r < mr; r++)                                               \
+            write_back_parts(F, lanes8(acc[2 * r + q / 2], q & 1), c + r * ldc + 8 * q, full, \
+                             m, valpha, beta, ep, i0 + r, j0 + 8 * q, last);       \
     }
+    GD_EP_DISPATCH(ep_parts(ep, last), GD_TILE_WB)
+#undef GD_TILE_WB
 }
 
 void gdfast_gemm_tile_avx512(gd_index k, const float *a, gd_index rsa, gd_index csa,

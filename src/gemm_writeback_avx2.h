@@ -130,29 +130,69 @@ GD_INLINE int only_add(const gd_epilogue *ep, float alpha, float beta, int last)
            !ep->drop && !ep->colsum && alpha == 1.0f && beta == 0.0f;
 }
 
-/* Write one 8-wide half-row of a finished tile back to C. */
-GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valpha, float beta,
-                          const gd_epilogue *ep, gd_index i, gd_index j, int last) {
+/* The parts of an epilogue, for write-backs specialised at compile time:
+ * a tile tests its epilogue once and runs the write-back made for it
+ * (GD_EP_ANY: tests each part for every 8 lanes). */
+enum {
+    GD_EP_BIAS = 1, GD_EP_ACT = 2, GD_EP_DACT = 4, GD_EP_DROP = 8, GD_EP_ADD = 16,
+    GD_EP_COLSUM = 32, GD_EP_ANY = 64
+};
+
+GD_INLINE int ep_parts(const gd_epilogue *ep, int last) {
+    if (!last || !ep) return 0;
+    return (ep->bias ? GD_EP_BIAS : 0) | (ep->act != GD_ACT_IDENTITY ? GD_EP_ACT : 0) |
+           (ep->dact ? GD_EP_DACT : 0) | (ep->drop ? GD_EP_DROP : 0) |
+           (ep->add ? GD_EP_ADD : 0) | (ep->colsum ? GD_EP_COLSUM : 0);
+}
+
+/* Write one 8-wide half-row of a finished tile back to C, with the epilogue
+ * parts F (or GD_EP_ANY: the parts ep has when `last`). Every F runs the
+ * same operations on the parts present, so all give the same bits. */
+GD_INLINE void write_back_parts(const int F, __m256 acc, float *c, int full, __m256i m,
+                                __m256 valpha, float beta, const gd_epilogue *ep, gd_index i,
+                                gd_index j, int last) {
+#define GD_HAS(part, test) (F == GD_EP_ANY ? (last && ep && (test)) : (F & (part)) != 0)
     __m256 v = _mm256_mul_ps(acc, valpha);
     if (beta == 1.0f) v = _mm256_add_ps(v, load_part(c, full, m));
     else if (beta != 0.0f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), load_part(c, full, m), v);
-    if (last && ep) {
-        if (ep->bias) v = _mm256_add_ps(v, load_part(ep->bias + j, full, m));
-        v = act256(ep->act, v);
-        const gd_dropout *d = ep->drop;
-        if (ep->dact) {
-            __m256 y = load_part(ep->dact + i * ep->ld_dact + j, full, m);
-            if (d) y = _mm256_mul_ps(y, _mm256_set1_ps(d->keep));
-            v = dact256(ep->dact_kind, v, y);
-        }
-        if (d) v = _mm256_mul_ps(v, drop_mask256(d, i, j));
-        if (ep->add)
-            v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->add_scale),
-                                               load_part(ep->add + i * ep->ld_add + j, full, m)));
-        if (ep->colsum) store_part(ep->colsum + j, full, m,
-                                   _mm256_add_ps(load_part(ep->colsum + j, full, m), v));
+    if (GD_HAS(GD_EP_BIAS, ep->bias)) v = _mm256_add_ps(v, load_part(ep->bias + j, full, m));
+    if (GD_HAS(GD_EP_ACT, ep->act != GD_ACT_IDENTITY)) v = act256(ep->act, v);
+    const gd_dropout *d = GD_HAS(GD_EP_DROP, ep->drop) ? ep->drop : NULL;
+    if (GD_HAS(GD_EP_DACT, ep->dact)) {
+        __m256 y = load_part(ep->dact + i * ep->ld_dact + j, full, m);
+        if (d) y = _mm256_mul_ps(y, _mm256_set1_ps(d->keep));
+        v = dact256(ep->dact_kind, v, y);
     }
+    if (d) v = _mm256_mul_ps(v, drop_mask256(d, i, j));
+    if (GD_HAS(GD_EP_ADD, ep->add))
+        v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->add_scale),
+                                           load_part(ep->add + i * ep->ld_add + j, full, m)));
+    if (GD_HAS(GD_EP_COLSUM, ep->colsum))
+        store_part(ep->colsum + j, full, m, _mm256_add_ps(load_part(ep->colsum + j, full, m), v));
+#undef GD_HAS
     store_part(c, full, m, v);
 }
+
+GD_INLINE void write_back(__m256 acc, float *c, int full, __m256i m, __m256 valpha, float beta,
+                          const gd_epilogue *ep, gd_index i, gd_index j, int last) {
+    write_back_parts(GD_EP_ANY, acc, c, full, m, valpha, beta, ep, i, j, last);
+}
+
+/* Calls BODY(F) with F a compile-time constant for the epilogues the MLP
+ * uses (none; a hidden layer's bias + activation, with dropout; the output
+ * layer's bias; the backward act' with the bias gradient's column sums, with
+ * dropout; the L2 term), GD_EP_ANY for any other. */
+#define GD_EP_DISPATCH(parts, BODY)                                                \
+    switch (parts) {                                                               \
+    case 0: BODY(0); break;                                                        \
+    case GD_EP_BIAS: BODY(GD_EP_BIAS); break;                                      \
+    case GD_EP_BIAS | GD_EP_ACT: BODY(GD_EP_BIAS | GD_EP_ACT); break;              \
+    case GD_EP_BIAS | GD_EP_ACT | GD_EP_DROP: BODY(GD_EP_BIAS | GD_EP_ACT | GD_EP_DROP); break; \
+    case GD_EP_DACT | GD_EP_COLSUM: BODY(GD_EP_DACT | GD_EP_COLSUM); break;         \
+    case GD_EP_DACT | GD_EP_DROP | GD_EP_COLSUM:                                   \
+        BODY(GD_EP_DACT | GD_EP_DROP | GD_EP_COLSUM); break;                       \
+    case GD_EP_ADD: BODY(GD_EP_ADD); break;                                        \
+    default: BODY(GD_EP_ANY); break;                                               \
+    }
 
 #endif
