@@ -407,8 +407,9 @@ int gdfast_sgemm(int trans_a, int trans_b, gd_index m, gd_index n, gd_index k,
     gemm_job g = make_job(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
     double flops = 2.0 * (double)m * (double)n * (double)k;
 
-    /* Column sums add rows in order, so their columns must stay on one thread. */
-    int by_cols = (ep && ep->colsum) || n >= m;
+    /* Column sums add rows in order, so their columns must stay on one thread;
+     * the rows' sums of squares add columns in order, so their rows too. */
+    int by_cols = ep && ep->addsq ? 0 : (ep && ep->colsum) || n >= m;
     gd_index tiles = by_cols ? (n + gk->tile_cols - 1) / gk->tile_cols : (m + GD_MR - 1) / GD_MR;
     gd_index grain = GD_THREAD_GRAIN;
     int nt = gdfast_threads_for((gd_index)(flops / (double)grain) + 1, 1);

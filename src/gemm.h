@@ -12,6 +12,11 @@
  *                                 that output undone of the dropout scale: y * keep)
  *   v *= drop mask of (i, j)      (drop != NULL: 0 or 1 / keep, see gd_dropout)
  *   v += add_scale * add[i*ld_add + j]   (add != NULL; the L2 term of a weight gradient)
+ *   addsq[8*i + j%8] += add(i, j)^2   (addsq != NULL, with add; in float64, each
+ *                                 row's columns in ascending order: the 8 interleaved
+ *                                 sums of ||W_i||^2 of gd_optim_k.sumsq, which the
+ *                                 caller zeroes first and combines; C is then split
+ *                                 over rows, never with colsum)
  *   colsum[j] += v                (colsum != NULL; rows added in ascending order)
  * beta == 0 never reads C, so C may hold garbage. Results are the same bit
  * for bit for any thread count: work is split over output tiles only and the
@@ -62,6 +67,7 @@ typedef struct {
     gd_index ld_add;
     float add_scale;
     const gd_dropout *drop;
+    double *addsq;
 } gd_epilogue;
 
 /* Packing format shared by every ISA: A in MR-row panels, B in NR-column

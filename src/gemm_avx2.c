@@ -116,9 +116,11 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
     if (nr == GD_NR && only_add(ep, alpha, beta, last)) {
         const __m256 s = _mm256_set1_ps(ep->add_scale);
         const float *w = ep->add + i0 * ep->ld_add + j0;
-        for (int r = 0; r < 2 * mr; r++)
-            _mm256_storeu_ps(c + r / 2 * ldc + 8 * (r & 1),
-                             _mm256_add_ps(acc[r], _mm256_mul_ps(s, _mm256_loadu_ps(w + r / 2 * ep->ld_add + 8 * (r & 1)))));
+        for (int r = 0; r < 2 * mr; r++) {
+            __m256 wv = _mm256_loadu_ps(w + r / 2 * ep->ld_add + 8 * (r & 1));
+            if (ep->addsq) add_squares(ep->addsq + 8 * (i0 + r / 2), wv);
+            _mm256_storeu_ps(c + r / 2 * ldc + 8 * (r & 1), _mm256_add_ps(acc[r], _mm256_mul_ps(s, wv)));
+        }
         return;
     }
     __m256 valpha = _mm256_set1_ps(alpha);

@@ -105,6 +105,15 @@ GD_TABLE(accum_strided)
 GD_TABLE(accum_masked)
 GD_TABLE(accum_copy)
 
+/* add_squares (gemm_writeback_avx2.h) of 16 lanes: lanes 0-7, then 8-15,
+ * the order of their columns. */
+GD_INLINE void add_squares16(double *sq, __m512 w) {
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(w));
+    __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(w, 1));
+    __m512d a = _mm512_add_pd(_mm512_loadu_pd(sq), _mm512_mul_pd(lo, lo));
+    _mm512_storeu_pd(sq, _mm512_add_pd(a, _mm512_mul_pd(hi, hi)));
+}
+
 /* Lanes 8h .. 8h+7 (h = 0, 1) of a 16-lane register. */
 GD_INLINE __m256 lanes8(__m512 v, int h) {
     return h ? _mm512_extractf32x8_ps(v, 1) : _mm512_castps512_ps256(v);
@@ -130,10 +139,11 @@ GD_INLINE void tile(const int COPY, gd_index k, const float *a, gd_index rsa, gd
         const __m512 s = _mm512_set1_ps(ep->add_scale);
         const float *w = ep->add + i0 * ep->ld_add + j0;
         for (int r = 0; r < mr; r++)
-            for (int h = 0; h < nh; h++)
-                _mm512_storeu_ps(c + r * ldc + 16 * h,
-                                 _mm512_add_ps(acc[2 * r + h],
-                                               _mm512_mul_ps(s, _mm512_loadu_ps(w + r * ep->ld_add + 16 * h))));
+            for (int h = 0; h < nh; h++) {
+                __m512 wv = _mm512_loadu_ps(w + r * ep->ld_add + 16 * h);
+                if (ep->addsq) add_squares16(ep->addsq + 8 * (i0 + r), wv);
+                _mm512_storeu_ps(c + r * ldc + 16 * h, _mm512_add_ps(acc[2 * r + h], _mm512_mul_ps(s, wv)));
+            }
         return;
     }
     const __m256 valpha = _mm256_set1_ps(alpha);

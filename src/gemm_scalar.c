@@ -85,7 +85,11 @@ float gdfast_epilogue_scalar(const gd_epilogue *ep, float v, gd_index i, gd_inde
         uint32_t h = gdfast_drop_hash(d->k0, d->k1, (uint32_t)((d->row0 + i) * d->ld + j));
         v *= (int32_t)(h >> 8) >= d->thresh ? d->scale : 0.0f;
     }
-    if (ep->add) v += ep->add_scale * ep->add[i * ep->ld_add + j];
+    if (ep->add) {
+        float w = ep->add[i * ep->ld_add + j];
+        if (ep->addsq) ep->addsq[8 * i + (j & 7)] += (double)w * (double)w;
+        v += ep->add_scale * w;
+    }
     if (ep->colsum) ep->colsum[j] += v;
     return v;
 }

@@ -119,6 +119,16 @@ GD_INLINE __m256 drop_mask256(const gd_dropout *d, gd_index i, gd_index j) {
     return _mm256_andnot_ps(_mm256_castsi256_ps(dropped), _mm256_set1_ps(d->scale));
 }
 
+/* sq[l] += w[l]^2 in float64 for the 8 lanes (0 in masked-off lanes adds 0),
+ * j % 8 = l: gd_optim_k.sumsq's sums, in its order when a row's groups come
+ * in ascending order. */
+GD_INLINE void add_squares(double *sq, __m256 w) {
+    __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(w));
+    __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(w, 1));
+    _mm256_storeu_pd(sq, _mm256_add_pd(_mm256_loadu_pd(sq), _mm256_mul_pd(lo, lo)));
+    _mm256_storeu_pd(sq + 4, _mm256_add_pd(_mm256_loadu_pd(sq + 4), _mm256_mul_pd(hi, hi)));
+}
+
 /* An epilogue that only adds add_scale * add (the L2 term of a weight
  * gradient) to alpha = 1, beta = 0 sums: the tiles then write it back in one
  * tight loop, the same operations as write_back below (v + s * w, each
@@ -164,9 +174,11 @@ GD_INLINE void write_back_parts(const int F, __m256 acc, float *c, int full, __m
         v = dact256(ep->dact_kind, v, y);
     }
     if (d) v = _mm256_mul_ps(v, drop_mask256(d, i, j));
-    if (GD_HAS(GD_EP_ADD, ep->add))
-        v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->add_scale),
-                                           load_part(ep->add + i * ep->ld_add + j, full, m)));
+    if (GD_HAS(GD_EP_ADD, ep->add)) {
+        __m256 w = load_part(ep->add + i * ep->ld_add + j, full, m);
+        if (ep->addsq) add_squares(ep->addsq + 8 * i, w);
+        v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(ep->add_scale), w));
+    }
     if (GD_HAS(GD_EP_COLSUM, ep->colsum))
         store_part(ep->colsum + j, full, m, _mm256_add_ps(load_part(ep->colsum + j, full, m), v));
 #undef GD_HAS

@@ -33,11 +33,11 @@ static gd_index weight_rows(const gd_mlp *net) {
 }
 
 /* The work space holds A_1..A_L, then dZ_1..dZ_L in the same layout, then
- * two doubles per weight row (the one-example L2 step's sums of squares). */
+ * ten doubles per weight row (the L2 term's sums of squares). */
 gd_index gdfast_mlp_workspace(const gd_mlp *net, gd_index n) {
     gd_index total = 0;
     for (int l = 1; l <= net->n_layers; l++) total += n * net->sizes[l];
-    return 2 * total + 4 * weight_rows(net);
+    return 2 * total + 20 * weight_rows(net);
 }
 
 /* A_l (l >= 1) in the work space. */
@@ -54,10 +54,16 @@ float *gdfast_mlp_output(const gd_mlp *net, float *ws, gd_index n) {
     return act_buf(net, ws, n, net->n_layers);
 }
 
-/* The one-example L2 step's sums: weight_rows doubles of ||w_row||^2, then
- * as many of ||gradient row||^2. */
+/* The L2 term's sums: weight_rows doubles of ||w_row||^2, then (the
+ * one-example step) as many of ||gradient row||^2. */
 static double *row_sums(const gd_mlp *net, float *ws, gd_index n) {
     return (double *)dz_buf(net, ws, n, net->n_layers + 1);
+}
+
+/* ... then 8 per weight row: the 8 interleaved partial sums of ||w_row||^2
+ * that the weight-gradient GEMMs' epilogue adds up (gemm.h, addsq). */
+static double *lane_sums(const gd_mlp *net, float *ws, gd_index n) {
+    return row_sums(net, ws, n) + 2 * weight_rows(net);
 }
 
 /* Offsets of w_l and b_l in the arena. */
@@ -225,12 +231,15 @@ static int tell_done(const layer_hook *hook, int l) {
 }
 
 /* dW_l = A_{l-1}^T dZ_l (+ (alpha / n_mean) W_l, the L2 term in the
- * epilogue, once per accumulated batch), straight into the arena. */
+ * epilogue, once per accumulated batch, which also adds up the rows'
+ * ||W_l||^2 for the penalty), straight into the arena. */
 static int weight_grad(const gd_mlp *net, const float *params, float *grads, const float *x,
                        float *ws, gd_index n, gd_index n_mean, int acc, int l) {
-    gd_index fi = net->sizes[l - 1], fo = net->sizes[l];
+    gd_index fi = net->sizes[l - 1], fo = net->sizes[l], row = 0;
+    for (int i = 1; i < l; i++) row += net->sizes[i - 1];
     gd_epilogue ep = {NULL, GD_ACT_IDENTITY, NULL, 0, 0, NULL, params + w_offset(net, l),
-                      fo, (float)(net->alpha / (double)n_mean), NULL};
+                      fo, (float)(net->alpha / (double)n_mean), NULL,
+                      lane_sums(net, ws, n) + 8 * row};
     return gdfast_sgemm(1, 0, fi, fo, n, 1.0f, layer_input(net, x, ws, n, l), fi,
                         dz_buf(net, ws, n, l), fo, acc ? 1.0f : 0.0f, grads + w_offset(net, l),
                         fo, net->alpha > 0.0 && !acc ? &ep : NULL);
@@ -325,12 +334,22 @@ static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
                               const float *x, gd_index n, const int64_t *labels,
                               const float *targets, float *ws, double *loss, gd_index n_mean,
                               int acc, const layer_hook *hook, double *penalty) {
+    int fused = net->alpha > 0.0 && !acc;  /* the epilogue adds the squares up */
+    if (fused) memset(lane_sums(net, ws, n), 0, 8 * (size_t)weight_rows(net) * sizeof(double));
     gd_index status = backward_data(net, params, grads, x, n, labels, targets, ws, loss, n_mean,
                                     acc, 1, hook);
     double pen = 0.0;
     if (status == 0 && net->alpha > 0.0) {
-        l2_row_sums(net, params, row_sums(net, ws, n));
-        pen = l2_penalty(net, n_mean, row_sums(net, ws, n));
+        double *rowsq = row_sums(net, ws, n);
+        if (fused) {
+            /* combined as gd_optim_k.sumsq combines its 8 sums: the same bits */
+            const double *q = lane_sums(net, ws, n);
+            for (gd_index r = 0; r < weight_rows(net); r++, q += 8)
+                rowsq[r] = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+        } else {
+            l2_row_sums(net, params, rowsq);
+        }
+        pen = l2_penalty(net, n_mean, rowsq);
     }
     *loss += pen;
     if (penalty) *penalty = pen;

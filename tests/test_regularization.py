@@ -388,3 +388,32 @@ def test_penalty_false_leaves_the_l2_term_out_and_last_penalty_reports_it():
         np.testing.assert_array_equal(grads[f"b{l}"], net.params.grad_of(f"b{l}"))
     assert net.alpha == 0.3             # the call left the model's alpha alone
     assert net.loss_and_grad(x, y, mean_over=20) == with_l2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_penalty_is_the_rows_sums_of_squares_in_the_kernels_order(simd, threads, accumulate):
+    """The weight-gradient GEMMs' epilogue adds up each row's ||w||^2 in
+    gd_optim_k.sumsq's order (reference.optim.sumsq), so the penalty has
+    those bits on every path: tiles, part tiles, any thread count, and the
+    separate pass an accumulating call makes."""
+    from gdfast.reference.optim import sumsq
+    before = gdfast.get_num_threads()
+    gdfast.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(9)
+        net = gdfast.MLP([450, 70, 333, 10], alpha=0.3, seed=4)
+        x, y = batch(rng, 7, net.sizes)
+        net.loss_and_grad(x, y, accumulate=accumulate, mean_over=9)
+        rows = [sumsq(w_row) for l in (1, 2, 3) for w_row in net.params[f"w{l}"]]
+        assert net.last_penalty == 0.5 * 0.3 / 9 * _in_order(rows)
+    finally:
+        gdfast.set_num_threads(before)
+
+
+def _in_order(values):
+    """Rows added one after the other, as src/mlp.c adds them."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
