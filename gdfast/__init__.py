@@ -21,7 +21,7 @@ except ImportError as _e:
     raise
 from ._version import __version__
 from ._kernels import (get_flush_denormal, get_num_threads, matmul, set_flush_denormal,
-                       set_num_threads)
+                       set_num_threads, take_rows)
 from .lbfgs import LBFGS
 from .mlp import MLP
 from .optim import (SGD, Adagrad, Adam, AdamW, Lion, Lookahead, RMSprop, adaptive_clip_grad,
@@ -75,5 +75,5 @@ def set_simd(name):
 __all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "set_simd",
            "get_flush_denormal", "set_flush_denormal",
            "Params", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Lookahead", "LBFGS",
-           "adaptive_clip_grad", "clip_grad_norm", "clip_grad_value", "MLP", "matmul",
+           "adaptive_clip_grad", "clip_grad_norm", "clip_grad_value", "MLP", "matmul", "take_rows",
            "datasets", "schedules", "Trainer", "fit"]

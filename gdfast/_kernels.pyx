@@ -2,7 +2,7 @@
 """gdfast's one compiled module: checks buffers, releases the GIL, calls C.
 
 The pieces are kept in include files by topic (_checks.pxi, _optim.pxi,
-_gemm.pxi, _mlp.pxi, _lbfgs.pxi); they compile into this single extension so they share
+_gemm.pxi, _mlp.pxi, _lbfgs.pxi, _rows.pxi); they compile into this single extension so they share
 one dispatch table and one thread setting.
 """
 cimport numpy as cnp
@@ -51,6 +51,7 @@ include "_gemm.pxi"
 include "_mlp.pxi"
 include "_bench.pxi"
 include "_lbfgs.pxi"
+include "_rows.pxi"
 
 
 def simd_paths():

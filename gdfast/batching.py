@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 
+from ._kernels import take_rows
+
 __all__ = ["Batches"]
 
 
@@ -35,6 +37,8 @@ class Batches:
             raise ValueError(f"x must hold at least one example, got shape {x.shape}")
         if len(y) != len(x):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        if x.dtype.hasobject:
+            raise TypeError(f"x must hold numbers, got dtype {x.dtype}")
         if not (x.flags.c_contiguous and y.flags.c_contiguous):
             raise ValueError("x and y must be C-contiguous (np.ascontiguousarray) so batches "
                              "can be gathered without copies of the whole set")
@@ -122,13 +126,13 @@ class Batches:
             return
         for idx, counts in self.plan():
             xb, yb = self._xbuf[:len(idx)], self._ybuf[:len(idx)]
-            # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
             if self.shift:
                 raw = self._raw[:len(idx)]
-                np.take(self.x, idx, axis=0, out=raw, mode="clip")
+                take_rows(self.x, idx, raw)
                 self._shift_into(raw, xb, counts)
             else:
-                np.take(self.x, idx, axis=0, out=xb, mode="clip")
+                take_rows(self.x, idx, xb)
+            # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
             np.take(self.y, idx, axis=0, out=yb, mode="clip")
             yield xb, yb
 

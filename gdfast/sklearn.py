@@ -94,8 +94,8 @@ def _batches(X, T, size, rng, order):
     for start in range(0, len(X), size):
         idx = order[start:start + size]
         m = len(idx)
+        _kernels.take_rows(X, idx, xb[:m])
         # mode="clip" lets np.take write straight into out (the indices are valid)
-        np.take(X, idx, axis=0, out=xb[:m], mode="clip")
         np.take(T, idx, axis=0, out=tb[:m], mode="clip")
         yield xb[:m], tb[:m]
 
