@@ -292,39 +292,14 @@ static double l2_penalty(const gd_mlp *net, gd_index n, const double *rowsq) {
     return 0.5 * net->alpha / (double)n * total;
 }
 
-/* Weight floats per thread below which the rows' sums stay on one thread. */
-#define L2_GRAIN 65536
-
-typedef struct {
-    const gd_mlp *net;
-    const float *params;
-    double *rowsq;
-    gd_index rows, chunks;
-} l2_pass;
-
-/* rowsq[r] = ||weight row r||^2 for the rows of chunks [c0, c1), each row as
- * the one-example step sums it, so the penalty has the same bits either way. */
-static int l2_rows(void *ctx, gd_index c0, gd_index c1) {
-    const l2_pass *x = ctx;
-    gd_index r0 = x->rows * c0 / x->chunks, r1 = x->rows * c1 / x->chunks, first = 0;
-    for (int l = 1; l <= x->net->n_layers && r0 < r1; l++) {
-        gd_index fi = x->net->sizes[l - 1], fo = x->net->sizes[l];
-        const float *w = x->params + w_offset(x->net, l);
-        for (; r0 < r1 && r0 < first + fi; r0++)
-            x->rowsq[r0] = gd_optim_k.sumsq(w + (r0 - first) * fo, fo);
-        first += fi;
-    }
-    return 0;
-}
-
-/* Every weight row's sum of squares, into rowsq, on the threads. */
+/* Every weight row's sum of squares, into rowsq: for the accumulating calls,
+ * whose epilogue has no L2 term to add them up in. */
 static void l2_row_sums(const gd_mlp *net, const float *params, double *rowsq) {
-    gd_index rows = weight_rows(net), floats = 0;
-    for (int l = 1; l <= net->n_layers; l++) floats += net->sizes[l - 1] * net->sizes[l];
-    int nt = gdfast_threads_for(floats, L2_GRAIN);
-    gd_index chunks = gdfast_optim_chunks(floats, nt, L2_GRAIN);
-    l2_pass x = {net, params, rowsq, rows, chunks < rows ? chunks : rows};
-    gdfast_parallel(nt, x.chunks, l2_rows, &x);
+    for (int l = 1; l <= net->n_layers; l++) {
+        const float *w = params + w_offset(net, l);
+        gd_index fo = net->sizes[l];
+        for (gd_index i = 0; i < net->sizes[l - 1]; i++) *rowsq++ = gd_optim_k.sumsq(w + i * fo, fo);
+    }
 }
 
 /* Gradient accumulation (acc) adds this batch's gradients to grads: beta = 1

@@ -392,7 +392,9 @@ def test_penalty_false_leaves_the_l2_term_out_and_last_penalty_reports_it():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_penalty_is_the_rows_sums_of_squares_in_the_kernels_order(simd, threads, accumulate):
+@pytest.mark.parametrize("sizes", [[450, 70, 333, 10], [2, 37, 1, 5]])  # tiles; 1-2 rows
+def test_penalty_is_the_rows_sums_of_squares_in_the_kernels_order(simd, threads, accumulate,
+                                                                   sizes):
     """The weight-gradient GEMMs' epilogue adds up each row's ||w||^2 in
     gd_optim_k.sumsq's order (reference.optim.sumsq), so the penalty has
     those bits on every path: tiles, part tiles, any thread count, and the
@@ -402,10 +404,11 @@ def test_penalty_is_the_rows_sums_of_squares_in_the_kernels_order(simd, threads,
     gdfast.set_num_threads(threads)
     try:
         rng = np.random.default_rng(9)
-        net = gdfast.MLP([450, 70, 333, 10], alpha=0.3, seed=4)
+        net = gdfast.MLP(sizes, alpha=0.3, seed=4)
         x, y = batch(rng, 7, net.sizes)
         net.loss_and_grad(x, y, accumulate=accumulate, mean_over=9)
         rows = [sumsq(w_row) for l in (1, 2, 3) for w_row in net.params[f"w{l}"]]
+        assert len(rows) == sum(sizes[:-1])
         assert net.last_penalty == 0.5 * 0.3 / 9 * _in_order(rows)
     finally:
         gdfast.set_num_threads(before)
