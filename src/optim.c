@@ -86,7 +86,7 @@ static void update_piece(const gd_segment *s, const gd_hyper *h, const gd_agc *a
                          gd_index i, gd_index len) {
     float *s0 = s->s[0] ? s->s[0] + i : NULL, *s1 = s->s[1] ? s->s[1] + i : NULL;
     float *s2 = s->s[2] ? s->s[2] + i : NULL;
-    gd_update_ema_fn fused = gd_optim_k.update_ema[h->kind];
+    gd_update_aids_fn fused = gd_optim_k.update_aids[h->kind];
     if (!fused) {   /* Lookahead's sync reads no gradient */
         gd_optim_k.update[h->kind](h, s->p + i, s->g ? s->g + i : NULL, s0, s1, s2, len);
         if (e) gd_optim_k.ema(s->p + i, e, h->ema_m, h->ema_m1m, len);

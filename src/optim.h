@@ -115,15 +115,15 @@ typedef void (*gd_update_fn)(const gd_hyper *h, float *p, const float *g, float 
 typedef void (*gd_update_outer_fn)(const gd_hyper *h, float *p, const float *ga, const float *b,
                                    float *s0, float *s1, float *s2, gd_index rows,
                                    gd_index cols);
-/* The same update with gradient g[i] * sc[i] (sc not NULL) and, when e is not
- * NULL, the moving average e[i] = ema_m * e[i] + ema_m1m * p[i] of the updated
- * p in the same pass. */
-typedef void (*gd_update_ema_fn)(const gd_hyper *h, float *p, const float *g, const float *sc,
-                                 float *s0, float *s1, float *s2, float *e, gd_index n);
+/* The same update with the training aids: gradient g[i] * sc[i] when sc is not
+ * NULL (AGC's unit scales) and, when e is not NULL, the moving average
+ * e[i] = ema_m * e[i] + ema_m1m * p[i] of the updated p in the same pass. */
+typedef void (*gd_update_aids_fn)(const gd_hyper *h, float *p, const float *g, const float *sc,
+                                  float *s0, float *s1, float *s2, float *e, gd_index n);
 typedef struct {
     gd_update_fn update[GD_NKINDS];
     gd_update_outer_fn update_outer[GD_NKINDS];   /* NULL where there is no gradient */
-    gd_update_ema_fn update_ema[GD_NKINDS];       /* NULL where there is no gradient */
+    gd_update_aids_fn update_aids[GD_NKINDS];     /* NULL where there is no gradient */
     double (*sumsq)(const float *x, gd_index n);
     void (*scale)(float *x, float c, gd_index n);
     void (*clamp)(float *x, float lo, float hi, gd_index n);
