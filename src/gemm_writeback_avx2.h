@@ -129,17 +129,6 @@ GD_INLINE void add_squares(double *sq, __m256 w) {
     _mm256_storeu_pd(sq + 4, _mm256_add_pd(_mm256_loadu_pd(sq + 4), _mm256_mul_pd(hi, hi)));
 }
 
-/* An epilogue that only adds add_scale * add (the L2 term of a weight
- * gradient) to alpha = 1, beta = 0 sums: the tiles then write it back in one
- * tight loop, the same operations as write_back below (v + s * w, each
- * rounded), without write_back's tests for every 8 lanes (the three weight
- * gradients of 784-256-128-10 at batch 128, 1 thread: the term cost 93 us
- * over the plain store, now 24). */
-GD_INLINE int only_add(const gd_epilogue *ep, float alpha, float beta, int last) {
-    return last && ep && ep->add && !ep->bias && ep->act == GD_ACT_IDENTITY && !ep->dact &&
-           !ep->drop && !ep->colsum && alpha == 1.0f && beta == 0.0f;
-}
-
 /* The parts of an epilogue, for write-backs specialised at compile time:
  * a tile tests its epilogue once and runs the write-back made for it
  * (GD_EP_ANY: tests each part for every 8 lanes). */
@@ -153,6 +142,16 @@ GD_INLINE int ep_parts(const gd_epilogue *ep, int last) {
     return (ep->bias ? GD_EP_BIAS : 0) | (ep->act != GD_ACT_IDENTITY ? GD_EP_ACT : 0) |
            (ep->dact ? GD_EP_DACT : 0) | (ep->drop ? GD_EP_DROP : 0) |
            (ep->add ? GD_EP_ADD : 0) | (ep->colsum ? GD_EP_COLSUM : 0);
+}
+
+/* An epilogue that only adds add_scale * add (the L2 term of a weight
+ * gradient) to alpha = 1, beta = 0 sums: the tiles then write it back in one
+ * tight loop, the same operations as write_back below (v + s * w, each
+ * rounded), without write_back's tests for every 8 lanes (the three weight
+ * gradients of 784-256-128-10 at batch 128, 1 thread: the term cost 93 us
+ * over the plain store, now 24). */
+GD_INLINE int only_add(const gd_epilogue *ep, float alpha, float beta, int last) {
+    return ep_parts(ep, last) == GD_EP_ADD && alpha == 1.0f && beta == 0.0f;
 }
 
 /* Write one 8-wide half-row of a finished tile back to C, with the epilogue
