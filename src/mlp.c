@@ -288,7 +288,7 @@ static gd_index backward_data(const gd_mlp *net, const float *params, float *gra
  * `rowsq`, added in row order. */
 static double l2_penalty(const gd_mlp *net, gd_index n, const double *rowsq) {
     double total = 0.0;
-    for (gd_index r = 0; r < weight_rows(net); r++) total += rowsq[r];
+    for (gd_index r = 0, rows = weight_rows(net); r < rows; r++) total += rowsq[r];
     return 0.5 * net->alpha / (double)n * total;
 }
 
@@ -319,7 +319,7 @@ static gd_index mlp_loss_grad(const gd_mlp *net, const float *params, float *gra
         if (fused) {
             /* combined as gd_optim_k.sumsq combines its 8 sums: the same bits */
             const double *q = lane_sums(net, ws, n);
-            for (gd_index r = 0; r < weight_rows(net); r++, q += 8)
+            for (gd_index r = 0, rows = weight_rows(net); r < rows; r++, q += 8)
                 rowsq[r] = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
         } else {
             l2_row_sums(net, params, rowsq);

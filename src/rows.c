@@ -1,7 +1,8 @@
 /* Gathering the rows of a mini-batch: np.take copies one row after another
  * on one thread and waits on memory at the start of every row (the rows of
- * a shuffled data set are far apart), about 7.5 GB/s for 200 MNIST-sized
- * rows. Here the threads copy disjoint rows while asking for the row after
+ * a shuffled data set are far apart): 7.5-13 GB/s for 200 MNIST-sized rows
+ * of a 60k set, against 19 GB/s here on 1 thread and 24 on 2 (34 and 26 us a
+ * batch). Here the threads copy disjoint rows while asking for the row after
  * next, so its first misses overlap the current copy. Any split gives the
  * same bytes. */
 #include <string.h>
