@@ -119,6 +119,37 @@ def test_simd_paths_agree_within_rounding():
         check(r, results[0], 300)
 
 
+def in_order_chain(a, b, fused):
+    """C[i, j] as a running sum over p = 0, 1, ... k-1 from 0, rounded to
+    float32 once per step: of the exact product (an FMA; float32 products are
+    exact in float64) or of the product rounded first (multiply, then add)."""
+    c = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for p in range(a.shape[1]):
+        if fused:
+            c = (c.astype(np.float64) + np.outer(a[:, p].astype(np.float64), b[p])).astype(np.float32)
+        else:
+            c = c + np.outer(a[:, p], b[p])
+    return c
+
+
+# Up to GD_KC (320) steps of k, one block: packed, strided, masked and
+# copying tiles, the 1-2 row tile and a transposed A. Not 1-2 rows against a
+# transposed B: those are dot products, summed in 8 lanes.
+@pytest.mark.parametrize("m,n,k,ta,tb", [
+    (1, 256, 200, False, False), (2, 45, 300, False, False), (2, 200, 300, True, False),
+    (6, 16, 50, False, False), (7, 13, 29, False, False), (31, 37, 41, False, True),
+    (64, 256, 300, False, False), (300, 256, 64, True, False), (64, 256, 128, False, True),
+    (13, 20, 77, True, True), (700, 100, 300, False, False), (20, 1100, 240, False, False),
+    (144, 832, 320, False, False)])
+def test_each_element_is_one_sum_over_k_in_order(simd, m, n, k, ta, tb):
+    # The SIMD tiles chain FMAs, the portable one multiplies then adds; a
+    # tile that unrolled or split its k loop into several sums would show here.
+    rng = np.random.default_rng(m + n + k)
+    a, b = operands(rng, m, n, k, ta, tb)
+    want = in_order_chain(a.T if ta else a, b.T if tb else b, fused=simd != "scalar")
+    np.testing.assert_array_equal(gdfast.matmul(a, b, ta, tb), want)
+
+
 @pytest.mark.skipif("avx512" not in SIMD, reason="this CPU has no AVX-512")
 @pytest.mark.parametrize("m,n,k,ta,tb", [
     (64, 256, 784, False, False), (784, 256, 64, True, False), (64, 256, 128, False, True),
