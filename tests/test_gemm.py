@@ -121,8 +121,10 @@ def test_simd_paths_agree_within_rounding():
 
 def in_order_chain(a, b, fused):
     """C[i, j] as a running sum over p = 0, 1, ... k-1 from 0, rounded to
-    float32 once per step: of the exact product (an FMA; float32 products are
-    exact in float64) or of the product rounded first (multiply, then add)."""
+    float32 at each step: of the exact product (float32 products are exact in
+    float64; the float64 sum rounded to float32 is the FMA's result unless it
+    rounds twice, which no element of these seeds does) or of the product
+    rounded first (multiply, then add)."""
     c = np.zeros((a.shape[0], b.shape[1]), np.float32)
     for p in range(a.shape[1]):
         if fused:
