@@ -13,7 +13,8 @@
  * (any strides), and B too when C has at most 12 rows (unit column stride, not
  * transposed; 1-2 rows go to a wider tile), or packs B one micro-panel at a
  * time as it goes; 1-2 rows against a transposed B are dot products.
- * Threads take chunks of whole tiles of C's columns (or rows) as they come;
+ * Threads take chunks of whole tiles of C's columns (or rows), each its own
+ * run of them first, then what the others left (see gdfast_parallel);
  * the K loop is never split, so every element of C is computed by the same
  * operations in the same order whatever the chunk and the thread.
  */
@@ -43,7 +44,7 @@
 #define GD_DOT_ROWS 2
 /* Each extra thread should get at least this many flops. */
 #define GD_THREAD_GRAIN ((gd_index)1 << 18)
-/* Chunks of C per thread, which threads take as they come (see gdfast_parallel). */
+/* Chunks of C per thread (see gdfast_parallel for who takes which). */
 #define GD_CHUNKS_PER_THREAD 4
 
 /* One instruction set's GEMM pieces. */

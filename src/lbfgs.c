@@ -1,5 +1,5 @@
 /* The L-BFGS driver: each pass runs over whole blocks of GD_LB_BLOCK floats
- * (gdfast_parallel: blocks go to whichever thread asks, and the team guard
+ * (gdfast_parallel: any thread may take any block, and the team guard
  * keeps a busy machine's passes on one thread); reductions keep one partial
  * per block and add the partials in block order, so results do not depend on
  * the thread count.
@@ -163,7 +163,7 @@ static double phase(lb_phase *x, int nt, gd_index nb, int axpy, const float *src
     return s;
 }
 
-/* Every phase is one parallel pass (blocks taken as they come, see
+/* Every phase is one parallel pass (blocks spread over the team, see
  * gdfast_parallel) followed by the ordered sum on the caller's thread. */
 int gdfast_lbfgs_two_loop(const float *g, float *d, gd_index n, const float *const *S,
                           const float *const *Y, const double *rho, int k, double h) {

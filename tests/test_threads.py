@@ -4,7 +4,7 @@ Different optimizers and MLPs stepped from several threads at once give the
 same bits as running them one after another. One optimizer (or MLP) used by
 two threads at once is refused with a RuntimeError in one of them, never
 corrupted: afterwards its state is what the successful calls alone produce.
-Kernels whose chunks go to threads as they come, and whose team the guard
+Kernels whose chunks go to whichever thread is free, and whose team the guard
 shrinks on busy cores, still give the same bits on any team; the guard's
 rules are checked on replayed histories (no timing here).
 """
@@ -420,8 +420,8 @@ def run_everything(threads):
 
 @pytest.mark.parametrize("load", [False, True], ids=["quiet", "busy core"])
 def test_chunked_passes_give_the_same_bits_on_any_team(load, omp_threads, request):
-    """Chunks go to whichever thread asks first and the guard may run a pass
-    alone: 1 to 5 threads (more than this machine's cores), with and without
+    """Each thread takes its own run of chunks, then what is left of the
+    others', and the guard may run a pass alone: 1 to 5 threads (more than this machine's cores), with and without
     a busy core beside them, give the same bits."""
     if load:
         request.getfixturevalue("busy_core")
@@ -429,3 +429,30 @@ def test_chunked_passes_give_the_same_bits_on_any_team(load, omp_threads, reques
     for threads in (2, 3, 5):
         for got, exp in zip(run_everything(threads), want):
             np.testing.assert_array_equal(got, exp, err_msg=f"{threads} threads")
+
+
+
+ADAM_STEPS = """
+import sys
+import numpy as np
+import gdfast
+gdfast.set_num_threads(int(sys.argv[1]))
+rng = np.random.default_rng(3)
+p = rng.standard_normal(1_200_000).astype(np.float32)
+opt = gdfast.Adam([p], lr=1e-2)
+for _ in range(3):
+    opt.step([rng.standard_normal(p.size).astype(np.float32)])
+np.save(sys.argv[2], p)
+"""
+
+
+def test_teams_larger_than_the_chunk_runs_cover_every_chunk_once(tmp_path):
+    """A pass gives each of up to 64 threads a run of its chunks; threads past
+    that share runs, and every thread ends up taking from every run. Adam on
+    1.2M floats (hundreds of chunks) on 70 threads gives the 1-thread bits:
+    a chunk skipped or updated twice would not. Fresh processes, so no
+    earlier test has left the guard running passes alone."""
+    for threads in (1, 70):
+        subprocess.run([sys.executable, "-c", ADAM_STEPS, str(threads),
+                        str(tmp_path / f"{threads}.npy")], check=True, timeout=120)
+    np.testing.assert_array_equal(np.load(tmp_path / "70.npy"), np.load(tmp_path / "1.npy"))
