@@ -421,15 +421,15 @@ def run_everything(threads):
 @pytest.mark.parametrize("load", [False, True], ids=["quiet", "busy core"])
 def test_chunked_passes_give_the_same_bits_on_any_team(load, omp_threads, request):
     """Each thread takes its own run of chunks, then what is left of the
-    others', and the guard may run a pass alone: 1 to 5 threads (more than this machine's cores), with and without
-    a busy core beside them, give the same bits."""
+    others', and the guard may run a pass alone: 1 to 5 threads (more than
+    this machine's cores), with and without a busy core beside them, give
+    the same bits."""
     if load:
         request.getfixturevalue("busy_core")
     want = run_everything(1)
     for threads in (2, 3, 5):
         for got, exp in zip(run_everything(threads), want):
             np.testing.assert_array_equal(got, exp, err_msg=f"{threads} threads")
-
 
 
 ADAM_STEPS = """
