@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import gdfast
+from conftest import child_python
 from gdfast import _kernels
 
 THREADS = [1, 2]  # OpenMP threads inside each kernel call
@@ -452,7 +453,9 @@ def test_teams_larger_than_the_chunk_runs_cover_every_chunk_once(tmp_path):
     1.2M floats (hundreds of chunks) on 70 threads gives the 1-thread bits:
     a chunk skipped or updated twice would not. Fresh processes, so no
     earlier test has left the guard running passes alone."""
+    env, cwd = child_python()
     for threads in (1, 70):
         subprocess.run([sys.executable, "-c", ADAM_STEPS, str(threads),
-                        str(tmp_path / f"{threads}.npy")], check=True, timeout=120)
+                        str(tmp_path / f"{threads}.npy")], env=env, cwd=cwd, check=True,
+                       timeout=120)
     np.testing.assert_array_equal(np.load(tmp_path / "70.npy"), np.load(tmp_path / "1.npy"))
