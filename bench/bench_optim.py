@@ -1,6 +1,7 @@
 """Optimizer steps: gdfast vs the in-place NumPy reference vs torch.optim
 (foreach and fused, when torch is installed), and the in-place
-read-modify-write bandwidth ceiling measured by gdfast's own C probe.
+read-modify-write bandwidth and square-root-and-divide ceilings measured by
+gdfast's own C probes.
 
     python -m pytest bench/bench_optim.py --benchmark-only --benchmark-columns=median,ops
 """
@@ -74,3 +75,11 @@ def test_stream_triad(benchmark, threads):
     rate = benchmark.pedantic(gdfast._kernels.bandwidth_triad, args=(10_000_000, 5),
                               rounds=3, iterations=1)
     benchmark.extra_info.update(triad_bytes_per_s=rate, threads=threads)
+
+
+def test_rootdiv_ceiling(benchmark, threads):
+    """Square roots and divisions per second, one of each per element: the
+    compute ceiling of Adam, RMSprop and Adagrad where the divider is slow."""
+    done = benchmark.pedantic(gdfast._kernels.rootdiv_loop, args=(2_000_000, threads),
+                              rounds=3, iterations=1)
+    benchmark.extra_info.update(elements=done, threads=threads)

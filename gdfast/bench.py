@@ -3,8 +3,10 @@
 Every figure is a median over repeated timed runs after a warm-up, and every
 ratio compares numbers measured in the same run: the speed-up over the NumPy
 reference, and the fraction of a ceiling measured here (memory bandwidth for
-optimizer steps, the FMA loop for GEMM), each ceiling the best of repeated
-measurements and never shown as beaten (no row prints more than 100%).
+optimizer steps, or the square-root-and-divide loop for the updates that need
+both per parameter when that is lower; the FMA loop for GEMM), each ceiling
+the best of repeated measurements and never shown as beaten (no row prints
+more than 100%).
 """
 import argparse
 import itertools
@@ -115,22 +117,33 @@ def machine():
 CEILING_REPEATS = 5
 
 
-def fma_peak(threads, quick=False, repeats=CEILING_REPEATS):
-    """GFLOP/s of the FMA loop on `threads` threads, best of `repeats` runs."""
-    iters = 2_000_000 if quick else 20_000_000
+def _best_rate(loop, iters, threads, repeats):
+    """Billions of what loop(iters, threads) counts per second, best of `repeats` runs."""
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        flops = _kernels.fma_loop(iters, threads)
-        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+        done = loop(iters, threads)
+        best = max(best, done / (time.perf_counter() - start) / 1e9)
     return best
 
 
-def fma_ceilings(threads, measure):
-    """{threads: GFLOP/s}, the GEMM ceilings: measure(t) for every t in
-    `threads` and 1, each raised to the best of the fewer-thread ones. More
-    threads can always do what fewer do (the others idle), so a lower N-thread
-    figure only means another process held a core during its measurement."""
+def fma_peak(threads, quick=False, repeats=CEILING_REPEATS):
+    """GFLOP/s of the FMA loop on `threads` threads, best of `repeats` runs."""
+    return _best_rate(_kernels.fma_loop, 2_000_000 if quick else 20_000_000, threads, repeats)
+
+
+def rootdiv_peak(threads, quick=False, repeats=CEILING_REPEATS):
+    """G elements/s of the square-root-and-divide loop on `threads` threads,
+    best of `repeats` runs: no update taking one root and one division per
+    parameter (Adam, RMSprop, Adagrad) can go faster."""
+    return _best_rate(_kernels.rootdiv_loop, 200_000 if quick else 2_000_000, threads, repeats)
+
+
+def thread_ceilings(threads, measure):
+    """{threads: ceiling}: measure(t) for every t in `threads` and 1, each
+    raised to the best of the fewer-thread ones. More threads can always do
+    what fewer do (the others idle), so a lower N-thread figure only means
+    another process held a core during its measurement."""
     peaks, best = {}, 0.0
     for t in sorted({1, *threads}):
         best = max(best, measure(t))
@@ -153,6 +166,21 @@ def rmw_ceiling(n, rw, ro, rate=0.0, seconds=0.1, tries=3):
         if best >= rate:
             break
     return best
+
+
+def step_ceiling(n, rw, ro, rate, rootdiv=None, param_bytes=0.0):
+    """(GB/s, which probe) for an optimizer step over n parameters moving
+    param_bytes each: the lower of the memory probe with its streams (sizes
+    from 1e6; small steps' overheads keep them far from it) and, for updates
+    taking a square root and a division per parameter, `rootdiv` (G elements/s
+    of that loop) times param_bytes. (NaN, "-") when neither applies; a step
+    at `rate` beating the lower one has no ceiling shown (Row.fraction)."""
+    bounds = []
+    if n >= 1_000_000:
+        bounds.append((rmw_ceiling(n, rw, ro, rate), "memory"))
+    if rootdiv:
+        bounds.append((rootdiv * param_bytes, "sqrt+div"))
+    return min(bounds) if bounds else (float("nan"), "-")
 
 
 def _fmt_time(seconds):
@@ -289,6 +317,8 @@ OPTIMIZERS = {
     "lion": ("Lion", {"lr": 1e-4}, (2, 1)),
 }
 OPTIMIZER_SIZES = [10_000, 100_000, 1_000_000, 10_000_000]
+# The updates that take a square root and a division per parameter.
+ROOT_DIV = {"rmsprop", "adagrad", "adam", "adamw"}
 
 # name: (m, n, k, trans_a, trans_b), the products one MLP step at batch 64 makes.
 GEMM_SHAPES = {
@@ -368,7 +398,7 @@ def _torch():
     return torch
 
 
-def bench_optimizers(sizes, threads, repeats, torch=None):
+def bench_optimizers(sizes, threads, repeats, rootdiv, torch=None):
     from gdfast.reference import optim as ref_optim
     rows = []
     rng = np.random.default_rng(0)
@@ -386,10 +416,8 @@ def bench_optimizers(sizes, threads, repeats, torch=None):
                       gdfast_s=median_time(opt.step, repeats=repeats),
                       numpy_s=median_time(lambda: ref.step([ref_g]), repeats=repeats),
                       unit="GB/s", work=bytes_per_step / 1e9)
-            # Large steps are memory-bound: their ceiling is the same streams
-            # through our own copy loop. Small ones are overhead-bound: no ceiling.
-            if n >= 1_000_000:
-                row.ceiling = rmw_ceiling(n, rw, ro, row.rate)
+            row.ceiling, row.extra["bound"] = step_ceiling(
+                n, rw, ro, row.rate, rootdiv if name in ROOT_DIV else None, (2 * rw + ro) * 4)
             if torch is not None:
                 row.extra.update(_torch_optimizer(torch, cls, hyper, n, repeats))
             rows.append(row)
@@ -408,7 +436,7 @@ AIDS = {
 AIDS_COLUMNS = 1000
 
 
-def bench_aids(sizes, threads, repeats):
+def bench_aids(sizes, threads, repeats, rootdiv):
     """Adam with AGC and EMA on one (n / 1000, 1000) weight, each row timed in
     the same run as plain Adam on the same arena: the cost of the aids."""
     from gdfast.reference import optim as ref_optim
@@ -433,7 +461,8 @@ def bench_aids(sizes, threads, repeats):
                       numpy_s=median_time(lambda: ref.step([ref_g]), repeats=repeats),
                       unit="GB/s", work=((2 * rw + ro) * 4 + norm_bytes) * params.size / 1e9)
             if not norm_bytes:     # AGC's norms are a pass of their own: no one probe bounds it
-                row.ceiling = rmw_ceiling(params.size, rw, ro, row.rate)
+                row.ceiling, row.extra["bound"] = step_ceiling(
+                    params.size, rw, ro, row.rate, rootdiv, (2 * rw + ro) * 4)
             base = base or row.gdfast_s
             row.extra["vs adam"] = f"{row.gdfast_s / base:.3f}x"
             rows.append(row)
@@ -712,7 +741,8 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
     info = machine()
     info["torch"] = torch.__version__ if torch is not None else None
     rows, ceilings = [], {}
-    peaks = fma_ceilings(threads, lambda t: fma_peak(t, quick))
+    peaks = thread_ceilings(threads, lambda t: fma_peak(t, quick))
+    roots = thread_ceilings(threads, lambda t: rootdiv_peak(t, quick))
     probe_n = 2_000_000 if quick else 10_000_000
     saved = gdfast.get_num_threads()
     try:
@@ -723,13 +753,15 @@ def run(quick=False, threads=None, sizes=None, batches=None, sections=None, repe
             limits = blas_threads(nt)
             peak = peaks[nt]
             ceilings[nt] = {"fma_gflops": peak,
+                            "rootdiv_gelems": roots[nt],
                             "rmw_gbs": _kernels.bandwidth_rmw(probe_n, 3, 1, 20) / 1e9,
                             "triad_gbs": _kernels.bandwidth_triad(probe_n, 20) / 1e9}
-            log(f"threads={nt}: FMA peak {peak:.0f} GFLOP/s, in-place RMW "
+            log(f"threads={nt}: FMA peak {peak:.0f} GFLOP/s, sqrt+div "
+                f"{roots[nt]:.2f} G/s, in-place RMW "
                 f"{ceilings[nt]['rmw_gbs']:.1f} GB/s, triad {ceilings[nt]['triad_gbs']:.1f} GB/s")
             if "optim" in sections:
-                rows += bench_optimizers(sizes, nt, repeats, torch)
-                rows += bench_aids(sizes, nt, repeats)
+                rows += bench_optimizers(sizes, nt, repeats, roots[nt], torch)
+                rows += bench_aids(sizes, nt, repeats, roots[nt])
             if "gemm" in sections:
                 rows += bench_gemm(shapes, nt, repeats, peak, torch)
             if "mlp" in sections:
@@ -945,11 +977,14 @@ def report(result, markdown=False):
             "Times are medians per call; speed-up = NumPy reference time / gdfast time, "
             "same run; 'of ceiling' = rate / the machine's measured ceiling "
             "(in-place read-modify-write bandwidth with the same streams at that size, "
-            "or the FMA loop's GFLOP/s for the threads used, never below the "
+            "or, for the updates that take a square root and a division per parameter, "
+            "the rate of a loop of just those two when lower ('bound': memory or "
+            "sqrt+div); the FMA loop's GFLOP/s for the threads used, never below the "
             "1-thread figure). Ceilings are the best of repeated measurements; a row "
             "that beats its ceiling shows none ('-'): the probe was no bound there.",
             "Ceilings: " + "; ".join(
                 f"{nt} thread{'s' if int(nt) > 1 else ''}: FMA {c['fma_gflops']:.0f} GFLOP/s, "
+                f"sqrt+div {c['rootdiv_gelems']:.2f} G elements/s, "
                 f"in-place RMW {c['rmw_gbs']:.1f} GB/s, triad {c['triad_gbs']:.1f} GB/s"
                 for nt, c in result["ceilings"].items()) + ".",
             ""]

@@ -1,4 +1,4 @@
-/* A measured FMA loop: the compute ceiling the GEMM benchmark compares to. */
+/* Measured compute loops: the ceilings the benchmarks compare to. */
 #ifndef GDFAST_PEAK_H
 #define GDFAST_PEAK_H
 #include "gdfast.h"
@@ -7,7 +7,16 @@
  * returns the number of floating-point operations done (2 per FMA lane). */
 double gdfast_fma_peak(gd_index iters, int threads);
 
+/* Runs `iters` rounds of independent x = 1 / (sqrt(x) + eps) on every thread
+ * and returns the elements done: one square root and one division each, what
+ * Adam, RMSprop and Adagrad take per parameter. Where the divider is slow
+ * (256 bits a cycle-pair on Zen 4) it, not memory, bounds those updates. */
+double gdfast_rootdiv_peak(gd_index iters, int threads);
+
 double gdfast_fma_loop_scalar(gd_index iters);
 double gdfast_fma_loop_avx2(gd_index iters);
 double gdfast_fma_loop_avx512(gd_index iters);
+double gdfast_rootdiv_loop_scalar(gd_index iters);
+double gdfast_rootdiv_loop_avx2(gd_index iters);
+double gdfast_rootdiv_loop_avx512(gd_index iters);
 #endif

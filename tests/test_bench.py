@@ -33,6 +33,7 @@ def test_json_names_the_machine_and_ceilings(result_json):
     assert m["simd"] in m["simd_available"] and m["cores"] >= 1
     ceilings = result_json["ceilings"]["1"]
     assert ceilings["fma_gflops"] > 0 and ceilings["rmw_gbs"] > 0 and ceilings["triad_gbs"] > 0
+    assert ceilings["rootdiv_gelems"] > 0
 
 
 def test_every_section_and_case_is_there(result_json):
@@ -53,8 +54,19 @@ def test_rows_are_consistent(result_json):
         assert math.isclose(r["speedup"], r["numpy_s"] / r["gdfast_s"], rel_tol=1e-9)
         assert math.isclose(r["rate"], r["work"] / r["gdfast_s"], rel_tol=1e-9)
         assert r["unit"] in {"GB/s", "GFLOP/s", "samples/s"}
-        # Small optimizer steps are overhead-bound: no bandwidth ceiling for them.
-        assert (r["ceiling"] is None) == (r["section"] == "optimizer step")
+        if r["section"] != "optimizer step":
+            assert r["ceiling"] is not None
+            continue
+        # Small steps have no memory ceiling, but those that take a square root
+        # and a division per parameter have the divider's when they stay under it.
+        name = r["case"].split()[0]
+        bound = r["extra"]["bound"]
+        assert bound == ("sqrt+div" if name in bench.ROOT_DIV else "-")
+        assert (r["ceiling"] is None) == (bound == "-")
+        if bound == "sqrt+div":
+            param_bytes = r["work"] * 1e9 / 1000     # GB per step over n = 1e3 parameters
+            root_div = result_json["ceilings"]["1"]["rootdiv_gelems"]
+            assert math.isclose(r["ceiling"], root_div * param_bytes, rel_tol=1e-9)
 
 
 def test_table_has_a_block_per_section(capsys):
@@ -139,10 +151,32 @@ def test_no_row_shows_more_than_its_ceiling():
     assert rows == {"n=1e+06": "-", "n=1e+07": "50%"}
 
 
-def test_n_thread_fma_ceiling_is_never_below_the_1_thread_one():
+def test_n_thread_ceiling_is_never_below_the_1_thread_one():
     measured = {1: 113.0, 2: 79.0, 4: 300.0}     # a neighbour held a core at 2 threads
-    assert bench.fma_ceilings([2, 4], measured.get) == {2: 113.0, 4: 300.0}
-    assert bench.fma_ceilings([1, 2], measured.get) == {1: 113.0, 2: 113.0}
+    assert bench.thread_ceilings([2, 4], measured.get) == {2: 113.0, 4: 300.0}
+    assert bench.thread_ceilings([1, 2], measured.get) == {1: 113.0, 2: 113.0}
+
+
+def test_step_ceiling_is_the_lower_of_the_probes_that_apply(monkeypatch):
+    monkeypatch.setattr(bench, "rmw_ceiling", lambda n, rw, ro, rate: 100.0)
+    # Adam moves 28 bytes a parameter: 3 G elements/s of sqrt+div bound it at 84 GB/s.
+    assert bench.step_ceiling(10**6, 3, 1, 50.0, 3.0, 28) == (84.0, "sqrt+div")
+    assert bench.step_ceiling(10**6, 3, 1, 50.0, 5.0, 28) == (100.0, "memory")
+    assert bench.step_ceiling(10**6, 1, 1, 50.0) == (100.0, "memory")           # SGD: no divider
+    assert bench.step_ceiling(10**4, 3, 1, 50.0, 3.0, 28) == (84.0, "sqrt+div")  # no memory probe
+    ceiling, bound = bench.step_ceiling(10**4, 1, 1, 50.0)
+    assert math.isnan(ceiling) and bound == "-"
+    # a step beating the lower probe shows no fraction, even if the other holds
+    beaten = bench.Row("optimizer step", "adam n=1e+06", 1, gdfast_s=1.0, unit="GB/s", work=90.0,
+                       ceiling=bench.step_ceiling(10**6, 3, 1, 90.0, 3.0, 28)[0])
+    assert math.isnan(beaten.fraction)
+
+
+def test_rootdiv_loop_counts_its_elements():
+    one, two = bench._kernels.rootdiv_loop(1000, 1), bench._kernels.rootdiv_loop(1000, 2)
+    assert one > 0 and one % 1000 == 0 and two == 2 * one
+    with pytest.raises(ValueError, match="iters must be >= 0"):
+        bench._kernels.rootdiv_loop(-1, 1)
 
 
 def test_rmw_ceiling_is_measured_again_while_the_step_beats_it(monkeypatch):
