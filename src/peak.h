@@ -10,7 +10,8 @@ double gdfast_fma_peak(gd_index iters, int threads);
 /* Runs `iters` rounds of independent x = 1 / (sqrt(x) + eps) on every thread
  * and returns the elements done: one square root and one division each, what
  * Adam, RMSprop and Adagrad take per parameter. Where the divider is slow
- * (256 bits a cycle-pair on Zen 4) it, not memory, bounds those updates. */
+ * (on a Zen 4, no faster on 512-bit registers than on 256-bit ones) it, not
+ * memory, bounds those updates. */
 double gdfast_rootdiv_peak(gd_index iters, int threads);
 
 double gdfast_fma_loop_scalar(gd_index iters);
