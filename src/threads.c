@@ -56,9 +56,9 @@ int gdfast_threads_for(gd_index work, gd_index grain) {
  * sleeping workers (measured on a 2-vCPU VM: 0.8-1.6 ms); losses up to
  * GD_GUARD_WAKE on such a try are forgiven, or every try would count as a
  * loss and a quiet machine would stay alone. Waking a team the program
- * itself left idle counts in full: NumPy's own calls between ours on a busy
- * machine made every such pass lose up to 2 ms, which, forgiven, kept a
- * 40 us GEMM at 105 us a call on 2 threads against 42 on one.
+ * itself left idle counts in full: forgiven, a program calling NumPy between
+ * bursts of our calls could lose up to 2 ms a burst on a busy machine and
+ * never leave the team (replayed in tests/test_threads.py).
  * Which thread runs a chunk never changes its bits, so neither does the
  * guard. */
 #define GD_GUARD_CREDIT 100e-6

@@ -4,7 +4,7 @@ Different optimizers and MLPs stepped from several threads at once give the
 same bits as running them one after another. One optimizer (or MLP) used by
 two threads at once is refused with a RuntimeError in one of them, never
 corrupted: afterwards its state is what the successful calls alone produce.
-Kernels whose chunks go to whichever thread is free, and whose team the guard
+Kernels whose chunks any thread of the team may take, and whose team the guard
 shrinks on busy cores, still give the same bits on any team; the guard's
 rules are checked on replayed histories (no timing here).
 """
