@@ -411,9 +411,16 @@ void gdfast_optim_update_grad(const gd_plan *pl, const float *base, gd_index lo,
         gd_index off = s->p - base, from = lo - off;
         if (from < 0 || off + s->n < hi) continue;
         const gd_hyper *h = &pl->hyper[s->group];
-        gd_optim_k.update[h->kind](h, s->p + from, g, s->s[0] ? s->s[0] + from : NULL,
-                                   s->s[1] ? s->s[1] + from : NULL,
-                                   s->s[2] ? s->s[2] + from : NULL, hi - lo);
+        float *s0 = s->s[0] ? s->s[0] + from : NULL, *s1 = s->s[1] ? s->s[1] + from : NULL;
+        float *s2 = s->s[2] ? s->s[2] + from : NULL;
+        float *e = pl->ema_on && h->ema && s->ema ? s->ema + from : NULL;
+        gd_update_aids_fn fused = gd_optim_k.update_aids[h->kind];
+        if (fused) {
+            fused(h, s->p + from, g, NULL, s0, s1, s2, e, hi - lo);
+        } else {
+            gd_optim_k.update[h->kind](h, s->p + from, g, s0, s1, s2, hi - lo);
+            if (e) gd_optim_k.ema(s->p + from, e, h->ema_m, h->ema_m1m, hi - lo);
+        }
         return;
     }
 }

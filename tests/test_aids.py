@@ -290,11 +290,13 @@ def test_mlp_train_step_agc_is_the_hidden_layers_group(batch):
     assert opt_a._step == 3 and not opt_a._in_step
 
 
-def test_fused_batch1_step_keeps_ema_exact():
-    """The batch-1 fused pass (no stored dW) updates the EMA as the plain step does."""
+@pytest.mark.parametrize("alpha", [0.0, 1e-3])
+def test_fused_batch1_step_keeps_ema_exact(alpha):
+    """The batch-1 fused pass (no stored dW) updates the EMA as the plain step
+    does, also with the L2 term (whose rows take another route)."""
     rng = np.random.default_rng(11)
     x, y = rng.random((1, 12), dtype=np.float32), np.array([2])
-    a, b = gdfast.MLP([12, 9, 4], seed=2), gdfast.MLP([12, 9, 4], seed=2)
+    a, b = (gdfast.MLP([12, 9, 4], seed=2, alpha=alpha) for _ in range(2))
     opt_a, opt_b = gdfast.Adam(a.params, ema=0.8), gdfast.Adam(b.params, ema=0.8)
     for _ in range(3):
         a.train_step(x, y, opt_a)
